@@ -1,0 +1,45 @@
+"""The exceptions of sensortasks, under one root.
+
+    SensortasksError
+    ├── ConfigError            invalid settings
+    ├── NotFound               no such task or sensor (or not the caller's)
+    ├── Conflict               the request contradicts the task's state (e.g. cancel a Completed task)
+    ├── InvalidInput           a request that fails validation
+    └── Unavailable            a dependency (database, broker) is down
+
+The API maps these to HTTP in one exception handler; the MQTT command topics map them
+to ``{"ok": false, "error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SensortasksError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:  # noqa: ANN401
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ConfigError(SensortasksError):
+    code = "invalid_configuration"
+
+
+class NotFound(SensortasksError):
+    code = "not_found"
+
+
+class Conflict(SensortasksError):
+    code = "conflict"
+
+
+class InvalidInput(SensortasksError):
+    code = "invalid_input"
+
+
+class Unavailable(SensortasksError):
+    code = "unavailable"

@@ -1,0 +1,35 @@
+"""The MQTT wire contract (protocol v1), shared by the dispatcher and the sensor SDK.
+
+Nothing here imports the rest of sensortasks, so a device-side install stays small.
+"""
+
+from sensortasks.protocol.messages import (
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+    CancelMessage,
+    CommandReply,
+    OpsEvent,
+    Presence,
+    Rejection,
+    SensorCommand,
+    StatusReport,
+    TaskMessage,
+    parse_sensor_command,
+)
+from sensortasks.protocol.topics import SensorTopic, Topics
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "PROTOCOL_VERSION",
+    "CancelMessage",
+    "CommandReply",
+    "OpsEvent",
+    "Presence",
+    "Rejection",
+    "SensorCommand",
+    "SensorTopic",
+    "StatusReport",
+    "TaskMessage",
+    "Topics",
+    "parse_sensor_command",
+]

@@ -1,0 +1,97 @@
+"""Every MQTT topic of protocol v1: builders, parsers and wildcards.
+
+The prefixes are configurable so that several deployments can share one broker;
+the defaults are the ones in SPEC section 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SensorChannel = Literal["tasks", "status", "presence"]
+_CHANNELS: frozenset[str] = frozenset(("tasks", "status", "presence"))
+COMMAND_NAMES: tuple[str, ...] = ("create", "cancel", "get")
+
+
+@dataclass(frozen=True, slots=True)
+class SensorTopic:
+    """A parsed `sensors/{serial}/{channel}` topic."""
+
+    serial: int
+    channel: SensorChannel
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names under configurable prefixes."""
+
+    sensors: str = "sensors"
+    ops: str = "ops"
+    commands: str = "tasks/commands"
+
+    # -- sensor channels -------------------------------------------------
+    def tasks(self, serial: int) -> str:
+        return f"{self.sensors}/{serial}/tasks"
+
+    def status(self, serial: int) -> str:
+        return f"{self.sensors}/{serial}/status"
+
+    def presence(self, serial: int) -> str:
+        return f"{self.sensors}/{serial}/presence"
+
+    @property
+    def all_status(self) -> str:
+        return f"{self.sensors}/+/status"
+
+    @property
+    def all_presence(self) -> str:
+        return f"{self.sensors}/+/presence"
+
+    def parse_sensor(self, topic: str) -> SensorTopic | None:
+        """Return the serial and channel of a sensor topic, or None if it is not one."""
+        prefix = self.sensors + "/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        if len(parts) != 2 or parts[1] not in _CHANNELS:  # noqa: PLR2004
+            return None
+        serial_text, channel = parts
+        if not serial_text.isascii() or not serial_text.isdigit() or len(serial_text) > 18:  # noqa: PLR2004
+            return None
+        serial = int(serial_text)
+        if serial <= 0 or str(serial) != serial_text:
+            return None
+        return SensorTopic(serial, channel)  # type: ignore[arg-type]
+
+    # -- backend commands ------------------------------------------------
+    def command(self, name: str) -> str:
+        return f"{self.commands}/{name}"
+
+    @property
+    def all_commands(self) -> str:
+        return f"{self.commands}/+"
+
+    def parse_command(self, topic: str) -> str | None:
+        prefix = self.commands + "/"
+        name = topic[len(prefix) :] if topic.startswith(prefix) else None
+        return name if name in COMMAND_NAMES else None
+
+    # -- operations ------------------------------------------------------
+    def ops_event(self, serial: int, task_id: int) -> str:
+        return f"{self.ops}/events/{serial}/{task_id}"
+
+    @property
+    def ops_stats(self) -> str:
+        return f"{self.ops}/stats"
+
+    def ops_dispatcher(self, instance: str) -> str:
+        return f"{self.ops}/dispatchers/{instance}"
+
+    @property
+    def ops_rejected(self) -> str:
+        return f"{self.ops}/rejected"
+
+    @property
+    def ops_all(self) -> str:
+        return f"{self.ops}/#"

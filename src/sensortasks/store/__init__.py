@@ -1,0 +1,36 @@
+"""Persistence behind a small interface (`TaskStore`); SQLite by default, PostgreSQL at scale."""
+
+from sensortasks.store.engine import Database, open_database, upgrade
+from sensortasks.store.records import (
+    Dispatch,
+    IncomingReport,
+    NewTask,
+    Refusal,
+    ReportBatchResult,
+    SensorInfo,
+    Transition,
+    format_time,
+    utcnow,
+)
+from sensortasks.store.repository import StaleBatch, TaskStore
+from sensortasks.store.tables import Sensor, Task, TaskEvent
+
+__all__ = [
+    "Database",
+    "Dispatch",
+    "IncomingReport",
+    "NewTask",
+    "Refusal",
+    "ReportBatchResult",
+    "Sensor",
+    "SensorInfo",
+    "StaleBatch",
+    "Task",
+    "TaskEvent",
+    "TaskStore",
+    "Transition",
+    "format_time",
+    "open_database",
+    "upgrade",
+    "utcnow",
+]

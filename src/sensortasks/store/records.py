@@ -1,0 +1,95 @@
+"""Plain values the store hands to the dispatcher and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sensortasks.domain import TaskStatus
+
+SEED_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime | None) -> str | None:
+    """The seed's timestamp format, ``YYYY-MM-DD HH:MM:SS`` in UTC."""
+    return None if value is None else value.astimezone(UTC).strftime(SEED_TIME_FORMAT)
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    sensor_serial: int
+    type: str
+    file_id: str
+    max_attempts: int
+    timeout_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """One task message to publish: a new attempt, or a re-delivery of the current one."""
+
+    task_id: int
+    sensor_serial: int
+    type: str
+    file_id: str
+    attempt: int
+    timeout_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An applied transition, as published on ``ops/events/{serial}/{task_id}``."""
+
+    task_id: int
+    sensor_serial: int
+    type: str
+    source: TaskStatus | None
+    target: TaskStatus
+    attempt: int
+    reason: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingReport:
+    """A validated status report and the sensor (from the topic) that sent it."""
+
+    serial: int
+    task_id: int
+    attempt: int
+    status: str
+    progress: int | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A report refused before it reached a task (unknown task, wrong sensor)."""
+
+    report: IncomingReport
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportBatchResult:
+    transitions: list[Transition]
+    refused: list[Refusal]
+    ignored: int
+    #: Sensors whose queue may move on (a task finished or will be retried).
+    wake: set[int]
+
+
+@dataclass(frozen=True, slots=True)
+class SensorInfo:
+    serial: int
+    online: bool | None
+    last_seen: datetime | None
+    in_flight: int | None
+    queued: int

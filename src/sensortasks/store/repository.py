@@ -1,0 +1,534 @@
+"""TaskStore: every read and write of tasks, events and sensors.
+
+Writes follow one pattern: load the rows inside the transaction (locked with
+``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises
+writers), let the pure domain decide, then write all changes with one guarded
+``UPDATE ... WHERE id = :id AND status_id = :loaded AND attempt_count = :loaded``
+executemany and one INSERT of events. A batch of N reports costs a handful of
+statements, not N round trips, and a guard that matches fewer rows than expected
+rolls the whole batch back (`StaleBatch`) to be retried on fresh rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sensortasks.domain import RetryPolicy, TaskState, TaskStatus
+from sensortasks.domain import lifecycle as lc
+from sensortasks.errors import Conflict, NotFound, SensortasksError
+from sensortasks.store.engine import Database
+from sensortasks.store.records import (
+    Dispatch,
+    IncomingReport,
+    NewTask,
+    Refusal,
+    ReportBatchResult,
+    SensorInfo,
+    Transition,
+)
+from sensortasks.store.tables import Sensor, Task, TaskEvent
+
+log = logging.getLogger(__name__)
+
+T = Task.__table__  # type: ignore[attr-defined]
+E = TaskEvent.__table__  # type: ignore[attr-defined]
+S = Sensor.__table__  # type: ignore[attr-defined]
+
+ACTIVE = (TaskStatus.PENDING, TaskStatus.ONGOING)
+#: Columns a state change may write; the guarded UPDATE sets all of them.
+MUTABLE = (
+    "status_id",
+    "attempt_count",
+    "progress",
+    "error",
+    "result",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "sent_at",
+    "not_before",
+    "deadline_at",
+)
+#: Rows one dispatcher query claims or expires at a time.
+CLAIM_BATCH = 500
+#: Largest IN (...) list sent in one statement.
+IN_CHUNK = 500
+
+_GUARDED_UPDATE = (
+    update(T)
+    .where(
+        T.c.id == bindparam("g_id"),
+        T.c.status_id == bindparam("g_status"),
+        T.c.attempt_count == bindparam("g_attempt"),
+    )
+    .values({name: bindparam(f"v_{name}", type_=T.c[name].type) for name in MUTABLE})
+)
+
+
+class StaleBatch(SensortasksError):
+    """A guarded update matched fewer rows than loaded: another writer got there first."""
+
+
+def _chunks(items: Sequence[int], size: int = IN_CHUNK) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class _Work:
+    """A task row being changed inside one transaction (its loaded values are the guard)."""
+
+    row: dict[str, Any]
+    guard_status: int
+    guard_attempt: int
+    changed: bool = False
+
+    @classmethod
+    def load(cls, row: Any) -> _Work:  # noqa: ANN401
+        values = dict(row._mapping)
+        return cls(values, values["status_id"], values["attempt_count"])
+
+    @property
+    def id(self) -> int:
+        return int(self.row["id"])
+
+    @property
+    def state(self) -> TaskState:
+        status = TaskStatus(self.row["status_id"])
+        in_flight = status is TaskStatus.ONGOING or (
+            status is TaskStatus.PENDING and self.row["sent_at"] is not None
+        )
+        return TaskState(status, self.row["attempt_count"], self.row["max_attempts"], in_flight)
+
+    def set(self, now: datetime, **values: Any) -> None:  # noqa: ANN401
+        self.row.update(values, updated_at=now)
+        self.changed = True
+
+    def dispatch(self) -> Dispatch:
+        r = self.row
+        return Dispatch(r["id"], r["sensor_serial"], r["type"], r["file_id"], r["attempt_count"], r["timeout_s"])
+
+
+@dataclass
+class _Changes:
+    """What one transaction writes: guarded row updates, events, and what to tell the caller."""
+
+    now: datetime
+    works: dict[int, _Work] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
+    wake: set[int] = field(default_factory=set)
+
+    def event(self, work: _Work, kind: str, attempt: int, reason: str | None, **extra: Any) -> None:  # noqa: ANN401
+        self.events.append(
+            {
+                "task_id": work.id,
+                "at": self.now,
+                "kind": kind,
+                "from_status": extra.get("from_status"),
+                "to_status": extra.get("to_status"),
+                "attempt": attempt,
+                "reason": reason[:1100] if reason else reason,
+                "published": extra.get("published", True),
+            }
+        )
+
+    def apply(self, work: _Work, outcome: lc.Outcome, *, report: IncomingReport | None = None) -> None:
+        """Write a domain outcome into the row, the event list and the transitions."""
+        now = self.now
+        if outcome.ignored is not None:
+            what = f"{report.status} report" if report else "request"
+            attempt = report.attempt if report else work.row["attempt_count"]
+            self.event(work, "ignored", attempt, f"{what} ignored: {outcome.ignored}")
+            return
+        if outcome.resend:
+            work.set(now, attempt_count=outcome.state.attempt_count, sent_at=now, not_before=None)
+            self.event(work, "sent", outcome.state.attempt_count, "acknowledgement timeout: new attempt")
+            self.dispatches.append(work.dispatch())
+        for step in outcome.steps:
+            self._step(work, step, outcome, report)
+        if report is not None and report.progress is not None and work.row["status_id"] == TaskStatus.ONGOING:
+            if work.row["progress"] != report.progress:
+                work.set(now, progress=report.progress)
+
+    def _step(self, work: _Work, step: lc.Step, outcome: lc.Outcome, report: IncomingReport | None) -> None:
+        now, row = self.now, work.row
+        target = step.target
+        if target is TaskStatus.ONGOING:
+            deadline = now + timedelta(seconds=row["timeout_s"])
+            work.set(now, status_id=target, started_at=now, deadline_at=deadline, progress=0)
+        elif target is TaskStatus.COMPLETED:
+            result = report.result if report else None
+            work.set(now, status_id=target, completed_at=now, progress=100, result=result, error=None, deadline_at=None)
+        elif target is TaskStatus.PENDING:
+            delay = timedelta(seconds=outcome.retry_delay_s or 0.0)
+            work.set(now, status_id=target, sent_at=None, not_before=now + delay, deadline_at=None, error=step.reason)
+        else:  # ERROR or CANCELLED
+            error = step.reason if target is TaskStatus.ERROR else row["error"]
+            work.set(now, status_id=target, completed_at=now, deadline_at=None, error=error)
+        if target.terminal or target is TaskStatus.PENDING:
+            self.wake.add(row["sensor_serial"])
+        attempt = row["attempt_count"]
+        self.event(work, "transition", attempt, step.reason, from_status=step.source, to_status=target, published=False)
+        self.transitions.append(
+            Transition(work.id, row["sensor_serial"], row["type"], step.source, target, attempt, step.reason, now)
+        )
+
+    async def write(self, conn: AsyncConnection) -> None:
+        changed = [w for w in self.works.values() if w.changed]
+        if changed:
+            params = [
+                {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
+                | {f"v_{name}": w.row[name] for name in MUTABLE}
+                for w in changed
+            ]
+            result = await conn.execute(_GUARDED_UPDATE, params)
+            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(changed):
+                raise StaleBatch(f"{len(changed) - result.rowcount} of {len(changed)} rows changed meanwhile")
+        if self.events:
+            await conn.execute(insert(E), self.events)
+
+
+class TaskStore:
+    """The persistence interface the dispatcher and the API talk to."""
+
+    def __init__(self, db: Database, policy: RetryPolicy | None = None) -> None:
+        self.db = db
+        self.policy = policy or RetryPolicy()
+        self._lock_rows = not db.is_sqlite  # SQLite's BEGIN IMMEDIATE already holds the lock
+
+    # -- plumbing ----------------------------------------------------------
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.db.writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.db.reader.connect() as conn:
+            yield conn
+
+    def _locked(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
+        return query.with_for_update(skip_locked=skip_locked) if self._lock_rows else query
+
+    async def _load(self, conn: AsyncConnection, query: Select[Any], changes: _Changes) -> list[_Work]:
+        works = [_Work.load(row) for row in await conn.execute(query)]
+        for work in works:
+            changes.works.setdefault(work.id, work)
+        return [changes.works[w.id] for w in works]
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(select(1))
+
+    # -- customers ---------------------------------------------------------
+    async def create(self, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime) -> list[Task]:
+        """Insert tasks in one transaction, all or nothing."""
+        rows = [
+            {
+                "customer_id": customer_id,
+                "sensor_serial": t.sensor_serial,
+                "type": t.type,
+                "file_id": t.file_id,
+                "max_attempts": t.max_attempts,
+                "timeout_s": t.timeout_s,
+                "status_id": TaskStatus.PENDING,
+                "attempt_count": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for t in tasks
+        ]
+        async with self._write() as conn:
+            result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
+            created = [Task.model_validate(dict(r._mapping)) for r in result]
+            events = [
+                {"task_id": t.id, "at": now, "kind": "transition", "from_status": None,
+                 "to_status": TaskStatus.PENDING, "attempt": 0, "reason": "created", "published": False}
+                for t in created
+            ]
+            await conn.execute(insert(E), events)
+        return created
+
+    def _owned(self, query: Select[Any], customer_id: int | None) -> Select[Any]:
+        return query if customer_id is None else query.where(T.c.customer_id == customer_id)
+
+    async def get(self, task_id: int, *, customer_id: int | None = None) -> Task:
+        async with self._read() as conn:
+            row = (await conn.execute(self._owned(select(T).where(T.c.id == task_id), customer_id))).first()
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return Task.model_validate(dict(row._mapping))
+
+    async def list(
+        self,
+        *,
+        customer_id: int | None = None,
+        sensor_serial: int | None = None,
+        statuses: Collection[TaskStatus] = (),
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Task], bool]:
+        """Newest first; `before_id` is the keyset cursor. Returns the page and whether more follow."""
+        query = self._owned(select(T), customer_id)
+        if sensor_serial is not None:
+            query = query.where(T.c.sensor_serial == sensor_serial)
+        if statuses:
+            query = query.where(T.c.status_id.in_([int(s) for s in statuses]))
+        if before_id is not None:
+            query = query.where(T.c.id < before_id)
+        query = query.order_by(T.c.id.desc()).limit(limit + 1)
+        async with self._read() as conn:
+            rows = [Task.model_validate(dict(r._mapping)) for r in await conn.execute(query)]
+        return rows[:limit], len(rows) > limit
+
+    async def events(self, task_id: int, *, customer_id: int | None = None) -> list[TaskEvent]:
+        await self.get(task_id, customer_id=customer_id)
+        async with self._read() as conn:
+            rows = await conn.execute(select(E).where(E.c.task_id == task_id).order_by(E.c.id))
+            return [TaskEvent.model_validate(dict(r._mapping)) for r in rows]
+
+    async def cancel(self, task_id: int, *, customer_id: int | None = None, now: datetime) -> Task:
+        """Cancel a task; cancelling a Cancelled task again is a no-op, a finished one a Conflict."""
+        changes = _Changes(now)
+        async with self._write() as conn:
+            query = self._locked(self._owned(select(T).where(T.c.id == task_id), customer_id))
+            works = await self._load(conn, query, changes)
+            if not works:
+                raise NotFound(f"task {task_id} not found")
+            work = works[0]
+            outcome = lc.cancel(work.state)
+            if outcome.ignored:
+                raise Conflict(
+                    f"task {task_id} is {work.state.status.label} and can no longer be cancelled",
+                    details={"status_id": work.state.status.value, "status_name": work.state.status.label},
+                )
+            changes.apply(work, outcome)
+            await changes.write(conn)
+        return Task.model_validate(work.row)
+
+    async def sensor(self, serial: int, *, customer_id: int | None = None) -> SensorInfo:
+        async with self._read() as conn:
+            presence = (await conn.execute(select(S).where(S.c.serial == serial))).first()
+            active = self._owned(
+                select(T.c.id, T.c.status_id, T.c.sent_at).where(
+                    T.c.sensor_serial == serial, T.c.status_id.in_(ACTIVE)
+                ),
+                customer_id,
+            ).order_by(T.c.id)
+            rows = (await conn.execute(active)).all()
+        if presence is None and not rows:
+            raise NotFound(f"sensor {serial} not found")
+        head = rows[0] if rows else None
+        in_flight = head.id if head and (head.status_id == TaskStatus.ONGOING or head.sent_at) else None
+        return SensorInfo(
+            serial=serial,
+            online=presence.online if presence else None,
+            last_seen=presence.last_seen if presence else None,
+            in_flight=in_flight,
+            queued=len(rows) - (1 if in_flight else 0),
+        )
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        async with self._read() as conn:
+            rows = await conn.execute(select(T.c.status_id, func.count()).group_by(T.c.status_id))
+            counts = {status: 0 for status in TaskStatus}
+            counts.update({TaskStatus(s): n for s, n in rows})
+            return counts
+
+    async def sensors_online(self) -> int:
+        async with self._read() as conn:
+            return int((await conn.execute(select(func.count()).where(S.c.online.is_(True)))).scalar_one())
+
+    # -- dispatcher ----------------------------------------------------------
+    def _not_offline(self) -> Any:  # noqa: ANN401
+        return T.c.sensor_serial.not_in(select(S.c.serial).where(S.c.online.is_(False)))
+
+    async def claim_next(self, serials: Sequence[int] | None, *, now: datetime) -> list[Dispatch]:
+        """Start the next attempt of each given sensor's head task, where one is due.
+
+        A sensor's head is its oldest Pending or Ongoing task; it is claimed when it is
+        Pending, not yet sent for its current attempt, past any back off, and the sensor
+        is not known to be offline. ``serials=None`` looks at every sensor.
+        """
+        dispatches: list[Dispatch] = []
+        groups = [None] if serials is None else list(_chunks(serials))
+        for group in groups:
+            heads = select(func.min(T.c.id)).where(T.c.status_id.in_(ACTIVE))
+            if group is not None:
+                heads = heads.where(T.c.sensor_serial.in_(group))
+            heads = heads.group_by(T.c.sensor_serial)
+            query = (
+                select(T)
+                .where(
+                    T.c.id.in_(heads),
+                    T.c.status_id == TaskStatus.PENDING,
+                    T.c.sent_at.is_(None),
+                    or_(T.c.not_before.is_(None), T.c.not_before <= now),
+                    self._not_offline(),
+                )
+                .order_by(T.c.id)
+                .limit(CLAIM_BATCH)
+            )
+            changes = _Changes(now)
+            async with self._write() as conn:
+                for work in await self._load(conn, self._locked(query, skip_locked=True), changes):
+                    attempt = work.row["attempt_count"] + 1
+                    work.set(now, attempt_count=attempt, sent_at=now, not_before=None)
+                    changes.event(work, "sent", attempt, "first attempt" if attempt == 1 else "retry")
+                    changes.dispatches.append(work.dispatch())
+                await changes.write(conn)
+            dispatches += changes.dispatches
+        return dispatches
+
+    async def redeliver(self, serials: Sequence[int] | None, *, now: datetime, reason: str) -> list[Dispatch]:
+        """Re-send the current attempt of every in-flight task (same attempt number).
+
+        Restarts the acknowledgement clock of Pending ones: the sensor gets a fresh
+        `ack_timeout_s` to answer after it (or the dispatcher) comes back.
+        """
+        in_flight = or_(
+            T.c.status_id == TaskStatus.ONGOING,
+            (T.c.status_id == TaskStatus.PENDING) & T.c.sent_at.is_not(None),
+        )
+        dispatches: list[Dispatch] = []
+        groups = [None] if serials is None else list(_chunks(serials))
+        for group in groups:
+            after = 0
+            while True:
+                query = select(T).where(in_flight, self._not_offline(), T.c.id > after)
+                if group is not None:
+                    query = query.where(T.c.sensor_serial.in_(group))
+                query = query.order_by(T.c.id).limit(CLAIM_BATCH)
+                changes = _Changes(now)
+                async with self._write() as conn:
+                    works = await self._load(conn, self._locked(query, skip_locked=True), changes)
+                    for work in works:
+                        if work.row["status_id"] == TaskStatus.PENDING:
+                            work.set(now, sent_at=now)
+                        changes.event(work, "redelivered", work.row["attempt_count"], reason)
+                        changes.dispatches.append(work.dispatch())
+                    await changes.write(conn)
+                dispatches += changes.dispatches
+                if len(works) < CLAIM_BATCH:
+                    break
+                after = works[-1].id
+        return dispatches
+
+    async def apply_reports(self, reports: Sequence[IncomingReport], *, now: datetime) -> ReportBatchResult:
+        """Apply a burst of status reports in one transaction, in arrival order."""
+        changes = _Changes(now)
+        refused: list[Refusal] = []
+        ignored = 0
+        ids = sorted({r.task_id for r in reports})
+        async with self._write() as conn:
+            for group in _chunks(ids):
+                await self._load(conn, self._locked(select(T).where(T.c.id.in_(group))), changes)
+            for report in reports:
+                work = changes.works.get(report.task_id)
+                if work is None:
+                    refused.append(Refusal(report, f"unknown task {report.task_id}"))
+                    continue
+                if work.row["sensor_serial"] != report.serial:
+                    refused.append(Refusal(report, f"task {report.task_id} belongs to another sensor"))
+                    continue
+                outcome = lc.apply_report(
+                    work.state,
+                    attempt=report.attempt,
+                    status=report.status,  # type: ignore[arg-type]
+                    error=report.error,
+                    retryable=report.retryable,
+                    policy=self.policy,
+                )
+                ignored += outcome.ignored is not None
+                changes.apply(work, outcome, report=report)
+            await changes.write(conn)
+        return ReportBatchResult(changes.transitions, refused, ignored, changes.wake)
+
+    async def expire(self, *, now: datetime, ack_timeout_s: float) -> tuple[list[Dispatch], set[int]]:
+        """Apply acknowledgement and run timeouts that are due.
+
+        Returns the new attempts to send and the sensors whose queue may move on.
+        Tasks of sensors known to be offline do not time out unacknowledged.
+        """
+        ack_cutoff = now - timedelta(seconds=ack_timeout_s)
+        unacked = select(T).where(
+            T.c.status_id == TaskStatus.PENDING,
+            T.c.sent_at.is_not(None),
+            T.c.sent_at <= ack_cutoff,
+            self._not_offline(),
+        )
+        overdue = select(T).where(T.c.status_id == TaskStatus.ONGOING, T.c.deadline_at <= now)
+        changes = _Changes(now)
+        async with self._write() as conn:
+            for work in await self._load(conn, self._locked(unacked.limit(CLAIM_BATCH), skip_locked=True), changes):
+                changes.apply(work, lc.ack_timeout(work.state))
+            for work in await self._load(conn, self._locked(overdue.limit(CLAIM_BATCH), skip_locked=True), changes):
+                changes.apply(work, lc.run_timeout(work.state, self.policy))
+            await changes.write(conn)
+        return changes.dispatches, changes.wake
+
+    async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:
+        """Store the latest presence of each sensor (last message wins)."""
+        latest = dict(updates)
+        async with self._write() as conn:
+            known = set()
+            for group in _chunks(sorted(latest)):
+                known |= set((await conn.execute(select(S.c.serial).where(S.c.serial.in_(group)))).scalars())
+            new = [{"serial": s, "online": o, "last_seen": now} for s, o in latest.items() if s not in known]
+            old = [{"k": s, "v_online": o, "v_seen": now} for s, o in latest.items() if s in known]
+            if new:
+                await conn.execute(insert(S), new)
+            if old:
+                stmt = update(S).where(S.c.serial == bindparam("k")).values(
+                    online=bindparam("v_online"), last_seen=bindparam("v_seen", type_=S.c.last_seen.type)
+                )
+                await conn.execute(stmt, old)
+
+    async def touch_sensors(self, serials: Collection[int], *, now: datetime) -> None:
+        """A status message proves its sensor is connected: refresh ``last_seen``."""
+        async with self._write() as conn:
+            for group in _chunks(sorted(serials)):
+                await conn.execute(update(S).where(S.c.serial.in_(group)).values(last_seen=now))
+
+    async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
+        """Transitions not yet published on ``ops/events``, oldest first, with their event ids."""
+        query = (
+            select(E, T.c.sensor_serial, T.c.type)
+            .join(T, T.c.id == E.c.task_id)
+            .where(E.c.published.is_(False))
+            .order_by(E.c.id)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            (
+                r.id,
+                Transition(
+                    r.task_id,
+                    r.sensor_serial,
+                    r.type,
+                    None if r.from_status is None else TaskStatus(r.from_status),
+                    TaskStatus(r.to_status),
+                    r.attempt,
+                    r.reason,
+                    r.at,
+                ),
+            )
+            for r in rows
+        ]
+
+    async def mark_published(self, event_ids: Sequence[int]) -> None:
+        async with self._write() as conn:
+            for group in _chunks(sorted(event_ids)):
+                await conn.execute(update(E).where(E.c.id.in_(group)).values(published=True))

@@ -1,0 +1,100 @@
+"""SQLModel tables. Timestamps are timezone-aware UTC datetimes.
+
+Dispatch state lives in the task row, so the database alone says what to send next:
+``sent_at`` is NULL until the current attempt has been sent (a NULL with status
+Pending means "the next send is a new attempt"), ``not_before`` holds a retry back
+off, ``deadline_at`` the run timeout of an Ongoing attempt.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, text
+from sqlmodel import Field, SQLModel
+
+#: 64-bit ids on PostgreSQL; SQLite only autoincrements a plain INTEGER PRIMARY KEY (64-bit anyway).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+ACTIVE_SQL = text("status_id IN (1, 4)")
+UNPUBLISHED_SQL = text("published = false")
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_sensor_id", "sensor_serial", "id"),
+        Index("ix_tasks_status_id", "status_id", "id"),
+        Index(
+            "ix_tasks_active_sensor",
+            "sensor_serial",
+            "id",
+            sqlite_where=ACTIVE_SQL,
+            postgresql_where=ACTIVE_SQL,
+        ),
+        Index("ix_tasks_created", "created_at"),
+        Index("ix_tasks_updated", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    customer_id: int | None = Field(default=None, index=True)
+    sensor_serial: int = Field(sa_column=Column(BigInteger, nullable=False))
+    type: str = Field(max_length=32)
+    status_id: int = Field(default=1)
+    attempt_count: int = Field(default=0)
+    max_attempts: int
+    timeout_s: int
+    file_id: str = Field(max_length=36)
+    progress: int | None = None
+    error: str | None = Field(default=None, max_length=1000)
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    sent_at: datetime | None = None
+    not_before: datetime | None = None
+    deadline_at: datetime | None = None
+
+
+class TaskEvent(SQLModel, table=True):
+    """Per-task history: transitions (kind ``transition``), attempts sent (``sent``),
+    re-deliveries of the current attempt (``redelivered``) and ignored reports (``ignored``).
+
+    It is also the outbox of ``ops/events``: a transition is written with
+    ``published = false`` in the transaction that applies it, and the dispatcher
+    publishes it (and the cancel message a cancellation needs) afterwards, so a crash
+    between commit and publish loses nothing and a cancel made by an API process
+    without an MQTT connection still reaches the sensor.
+    """
+
+    __tablename__ = "task_events"
+    __table_args__ = (
+        Index("ix_task_events_task", "task_id", "id"),
+        Index(
+            "ix_task_events_unpublished",
+            "id",
+            sqlite_where=UNPUBLISHED_SQL,
+            postgresql_where=UNPUBLISHED_SQL,
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    task_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    at: datetime
+    kind: str = Field(max_length=16)
+    from_status: int | None = None
+    to_status: int | None = None
+    attempt: int
+    reason: str | None = Field(default=None, max_length=1100)
+    published: bool = True
+
+
+class Sensor(SQLModel, table=True):
+    """What the dispatcher knows of a sensor: its last presence."""
+
+    __tablename__ = "sensors"
+
+    serial: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    online: bool
+    last_seen: datetime
