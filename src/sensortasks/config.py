@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     #: MQTT 5 session expiry: how long the broker keeps our subscriptions and queued
     #: statuses while the dispatcher is down.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
+    #: Set when several dispatcher instances share the work: statuses and presence are
+    #: then read through the MQTT 5 shared subscription ``$share/<group>/...``.
+    mqtt_share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     stats_interval_s: float = Field(default=5.0, gt=0)
     topic_sensors: str = "sensors"
     topic_ops: str = "ops"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, computed_field
 
 PROTOCOL_VERSION = 1
 #: Largest payload the dispatcher parses on any topic; larger ones are rejected unread.
@@ -77,6 +77,18 @@ class Presence(_Message):
     """Sensor presence, retained; the `online: false` copy is the sensor's last will."""
 
     online: bool
+
+
+class DispatcherPresence(_Message):
+    """Retained on `ops/dispatchers/{instance}`; the offline copy is the dispatcher's last will."""
+
+    instance: str
+    online: bool
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def status(self) -> Literal["online", "offline"]:
+        return "online" if self.online else "offline"
 
 
 class OpsEvent(_Message):

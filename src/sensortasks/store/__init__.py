@@ -3,6 +3,7 @@
 from sensortasks.store.engine import Database, open_database, upgrade
 from sensortasks.store.records import (
     Dispatch,
+    Expiry,
     IncomingReport,
     NewTask,
     Refusal,
@@ -18,6 +19,7 @@ from sensortasks.store.tables import Sensor, Task, TaskEvent
 __all__ = [
     "Database",
     "Dispatch",
+    "Expiry",
     "IncomingReport",
     "NewTask",
     "Refusal",

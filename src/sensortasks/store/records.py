@@ -84,6 +84,18 @@ class ReportBatchResult:
     ignored: int
     #: Sensors whose queue may move on (a task finished or will be retried).
     wake: set[int]
+    #: Retries scheduled: (sensor serial, back off in seconds).
+    retries: list[tuple[int, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """What applying due timeouts did."""
+
+    dispatches: list[Dispatch]
+    transitions: list[Transition]
+    wake: set[int]
+    retries: list[tuple[int, float]]
 
 
 @dataclass(frozen=True, slots=True)

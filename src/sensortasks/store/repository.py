@@ -27,6 +27,7 @@ from sensortasks.errors import Conflict, NotFound, SensortasksError
 from sensortasks.store.engine import Database
 from sensortasks.store.records import (
     Dispatch,
+    Expiry,
     IncomingReport,
     NewTask,
     Refusal,
@@ -127,6 +128,7 @@ class _Changes:
     transitions: list[Transition] = field(default_factory=list)
     dispatches: list[Dispatch] = field(default_factory=list)
     wake: set[int] = field(default_factory=set)
+    retries: list[tuple[int, float]] = field(default_factory=list)
 
     def event(self, work: _Work, kind: str, attempt: int, reason: str | None, **extra: Any) -> None:  # noqa: ANN401
         self.events.append(
@@ -170,8 +172,10 @@ class _Changes:
             result = report.result if report else None
             work.set(now, status_id=target, completed_at=now, progress=100, result=result, error=None, deadline_at=None)
         elif target is TaskStatus.PENDING:
-            delay = timedelta(seconds=outcome.retry_delay_s or 0.0)
-            work.set(now, status_id=target, sent_at=None, not_before=now + delay, deadline_at=None, error=step.reason)
+            delay_s = outcome.retry_delay_s or 0.0
+            not_before = now + timedelta(seconds=delay_s)
+            work.set(now, status_id=target, sent_at=None, not_before=not_before, deadline_at=None, error=step.reason)
+            self.retries.append((row["sensor_serial"], delay_s))
         else:  # ERROR or CANCELLED
             error = step.reason if target is TaskStatus.ERROR else row["error"]
             work.set(now, status_id=target, completed_at=now, deadline_at=None, error=error)
@@ -452,12 +456,14 @@ class TaskStore:
                 ignored += outcome.ignored is not None
                 changes.apply(work, outcome, report=report)
             await changes.write(conn)
-        return ReportBatchResult(changes.transitions, refused, ignored, changes.wake)
+            # A status proves its sensor is connected: refresh what /v1/sensors shows.
+            for group in _chunks(sorted({r.serial for r in reports})):
+                await conn.execute(update(S).where(S.c.serial.in_(group)).values(last_seen=now))
+        return ReportBatchResult(changes.transitions, refused, ignored, changes.wake, changes.retries)
 
-    async def expire(self, *, now: datetime, ack_timeout_s: float) -> tuple[list[Dispatch], set[int]]:
+    async def expire(self, *, now: datetime, ack_timeout_s: float) -> Expiry:
         """Apply acknowledgement and run timeouts that are due.
 
-        Returns the new attempts to send and the sensors whose queue may move on.
         Tasks of sensors known to be offline do not time out unacknowledged.
         """
         ack_cutoff = now - timedelta(seconds=ack_timeout_s)
@@ -475,7 +481,7 @@ class TaskStore:
             for work in await self._load(conn, self._locked(overdue.limit(CLAIM_BATCH), skip_locked=True), changes):
                 changes.apply(work, lc.run_timeout(work.state, self.policy))
             await changes.write(conn)
-        return changes.dispatches, changes.wake
+        return Expiry(changes.dispatches, changes.transitions, changes.wake, changes.retries)
 
     async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:
         """Store the latest presence of each sensor (last message wins)."""
@@ -493,12 +499,6 @@ class TaskStore:
                     online=bindparam("v_online"), last_seen=bindparam("v_seen", type_=S.c.last_seen.type)
                 )
                 await conn.execute(stmt, old)
-
-    async def touch_sensors(self, serials: Collection[int], *, now: datetime) -> None:
-        """A status message proves its sensor is connected: refresh ``last_seen``."""
-        async with self._write() as conn:
-            for group in _chunks(sorted(serials)):
-                await conn.execute(update(S).where(S.c.serial.in_(group)).values(last_seen=now))
 
     async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
         """Transitions not yet published on ``ops/events``, oldest first, with their event ids."""

@@ -98,3 +98,24 @@ class Sensor(SQLModel, table=True):
     serial: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     online: bool
     last_seen: datetime
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True)
+    created_at: datetime
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored only as its SHA-256 (keys are 256-bit random, so a fast hash suffices)."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customers.id", index=True)
+    key_hash: str = Field(max_length=64, unique=True)
+    #: The first characters of the key, to recognise it in listings without storing it.
+    prefix: str = Field(max_length=16)
+    created_at: datetime

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 09:04:38.249978
+Create Date: 2026-11-22 09:16:58.262774
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    
+    op.create_table(
+        "customers",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("name"),
+    )
     op.create_table(
         "sensors",
         sa.Column("serial", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -103,11 +110,36 @@ def upgrade() -> None:
         batch_op.create_index("ix_tasks_status_id", ["status_id", "id"], unique=False)
         batch_op.create_index("ix_tasks_updated", ["updated_at"], unique=False)
 
-    
+    op.create_table(
+        "api_keys",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("customer_id", sa.Integer(), nullable=False),
+        sa.Column(
+            "key_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False
+        ),
+        sa.Column(
+            "prefix", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False
+        ),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["customer_id"],
+            ["customers.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("key_hash"),
+    )
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_api_keys_customer_id"), ["customer_id"], unique=False
+        )
+
 
 
 def downgrade() -> None:
-    
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_keys_customer_id"))
+
+    op.drop_table("api_keys")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_index("ix_tasks_updated")
         batch_op.drop_index("ix_tasks_status_id")
@@ -131,4 +163,4 @@ def downgrade() -> None:
 
     op.drop_table("task_events")
     op.drop_table("sensors")
-    
+    op.drop_table("customers")

@@ -1,0 +1,3 @@
+from sensortasks.cli import main
+
+main()

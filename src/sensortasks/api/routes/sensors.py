@@ -1,0 +1,16 @@
+"""``/v1/sensors``: what the dispatcher knows of a sensor."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from sensortasks.api.deps import CustomerId, State
+from sensortasks.api.models import SensorPublic
+from sensortasks.api.routes.tasks import ERRORS, checked_id
+
+router = APIRouter(prefix="/v1/sensors", tags=["sensors"])
+
+
+@router.get("/{serial}", summary="Presence, the task in flight and the queue of a sensor", responses=ERRORS)
+async def get_sensor(serial: int, state: State, customer_id: CustomerId) -> SensorPublic:
+    return SensorPublic.of(await state.store.sensor(checked_id(serial), customer_id=customer_id))

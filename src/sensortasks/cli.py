@@ -1,0 +1,248 @@
+"""The ``sensortasks`` command line. Flags override the environment (``SENSORTASKS_*``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from sensortasks.config import Settings, get_settings
+
+app = typer.Typer(help="MQTT task dispatcher for sensor fleets.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="Customers' API keys.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Tasks, through the REST API of a running server.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(tasks_app, name="tasks")
+
+console = Console()
+err = Console(stderr=True)
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
+MqttUrl = Annotated[str | None, typer.Option("--mqtt-url", help="Overrides SENSORTASKS_MQTT_URL.")]
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Overrides SENSORTASKS_DATABASE_URL.")]
+
+
+def _settings(**overrides: Any) -> Settings:  # noqa: ANN401
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given) if given else get_settings()
+    except ValidationError as exc:
+        err.print(f"[red]invalid configuration:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+@app.command()
+def serve(
+    api_only: Annotated[bool, typer.Option("--api-only", help="Run the REST API without the dispatcher.")] = False,
+    dispatcher_only: Annotated[bool, typer.Option("--dispatcher-only", help="Run the dispatcher alone.")] = False,
+    host: Annotated[str | None, typer.Option(help="Overrides SENSORTASKS_HTTP_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides SENSORTASKS_HTTP_PORT.")] = None,
+    mqtt_url: MqttUrl = None,
+    database_url: DatabaseUrl = None,
+    instance: Annotated[str | None, typer.Option(help="Dispatcher instance name.")] = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the REST API and the dispatcher (one process)."""
+    from sensortasks.server import serve as run_server  # noqa: PLC0415
+
+    if api_only and dispatcher_only:
+        err.print("[red]--api-only and --dispatcher-only exclude each other[/red]")
+        raise typer.Exit(2)
+    _logging(log_level)
+    settings = _settings(
+        http_host=host, http_port=port, mqtt_url=mqtt_url, database_url=database_url, instance=instance
+    )
+    asyncio.run(run_server(settings, api=not dispatcher_only, dispatcher=not api_only))
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None) -> None:
+    """Create or migrate the schema to the latest version."""
+    from sensortasks.store import upgrade  # noqa: PLC0415
+
+    settings = _settings(database_url=database_url)
+    asyncio.run(upgrade(settings.database_url))
+    console.print("database is up to date")
+
+
+@keys_app.command("create")
+def keys_create(customer: str, database_url: DatabaseUrl = None) -> None:
+    """Create an API key for CUSTOMER (created if new). The key is the last line printed."""
+    from sensortasks.store import open_database, upgrade  # noqa: PLC0415
+    from sensortasks.store.keys import KeyStore  # noqa: PLC0415
+
+    if not 0 < len(customer) <= 100:  # noqa: PLR2004
+        err.print("[red]CUSTOMER must be 1 to 100 characters[/red]")
+        raise typer.Exit(2)
+    settings = _settings(database_url=database_url)
+
+    async def create() -> str:
+        await upgrade(settings.database_url)
+        db = open_database(settings.database_url)
+        try:
+            return await KeyStore(db).create_key(customer)
+        finally:
+            await db.dispose()
+
+    key = asyncio.run(create())
+    err.print(f"API key for customer {customer!r} (shown once; stored hashed):")
+    print(key)  # noqa: T201  (plain, so scripts can take the last line)
+
+
+# -- REST client -----------------------------------------------------------------
+ApiUrl = Annotated[str | None, typer.Option("--url", help="Server URL (default from SENSORTASKS_HTTP_*).")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="SENSORTASKS_API_KEY", help="API key.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TASK_COLUMNS = ("id", "sensor_serial", "type", "status_name", "attempt_count", "progress", "created_at", "updated_at")
+
+
+def _client(url: str | None, api_key: str | None) -> httpx.Client:
+    if url is None:
+        settings = get_settings()
+        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
+        url = f"http://{host}:{settings.http_port}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30.0)
+
+
+def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs: Any) -> Any:  # noqa: ANN401
+    with _client(url, api_key) as client:
+        try:
+            response = client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            err.print(f"[red]cannot reach the server:[/red] {exc}")
+            raise typer.Exit(1) from None
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.is_error:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        err.print(f"[red]{response.status_code} {error.get('code', '')}:[/red] {error.get('message', response.text)}")
+        raise typer.Exit(1)
+    return body
+
+
+def _show(tasks: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(tasks if len(tasks) != 1 else tasks[0], indent=2))  # noqa: T201
+        return
+    table = Table(*TASK_COLUMNS)
+    for task in tasks:
+        table.add_row(*("" if task.get(c) is None else str(task[c]) for c in TASK_COLUMNS))
+    console.print(table)
+
+
+@tasks_app.command("create")
+def tasks_create(
+    sensor_serial: Annotated[int, typer.Option("--sensor", help="Sensor serial.")],
+    file_id: Annotated[str, typer.Option("--file-id")],
+    task_type: Annotated[str, typer.Option("--type", help="update_firmware or update_configuration")],
+    max_attempts: Annotated[int | None, typer.Option()] = None,
+    timeout_s: Annotated[int | None, typer.Option()] = None,
+    url: ApiUrl = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a task."""
+    body: dict[str, Any] = {"sensor_serial": sensor_serial, "file_id": file_id, "type": task_type}
+    body |= {k: v for k, v in (("max_attempts", max_attempts), ("timeout_s", timeout_s)) if v is not None}
+    _show([_call(url, api_key, "POST", "/v1/tasks", json=body)], as_json=as_json)
+
+
+@tasks_app.command("get")
+def tasks_get(task_id: int, url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Show one task."""
+    _show([_call(url, api_key, "GET", f"/v1/tasks/{task_id}")], as_json=as_json)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    sensor_serial: Annotated[int | None, typer.Option("--sensor")] = None,
+    status: Annotated[str | None, typer.Option(help="Names or ids, comma-separated.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    url: ApiUrl = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """List tasks, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    params |= {k: v for k, v in (("sensor_serial", sensor_serial), ("status", status)) if v is not None}
+    page = _call(url, api_key, "GET", "/v1/tasks", params=params)
+    if as_json:
+        print(json.dumps(page, indent=2))  # noqa: T201
+    else:
+        _show(page["data"], as_json=False)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(task_id: int, url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Cancel a task."""
+    _show([_call(url, api_key, "DELETE", f"/v1/tasks/{task_id}")], as_json=as_json)
+
+
+# -- fleet ---------------------------------------------------------------------------
+@app.command()
+def simulate(
+    sensors: Annotated[int, typer.Option(min=1, max=100_000, help="How many sensors.")] = 10,
+    first_serial: Annotated[int, typer.Option(min=1)] = 100_000_000_000_000,
+    work_s: Annotated[float, typer.Option(min=0, help="Mean work time per task.")] = 0.5,
+    error_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of runs failing (retryable).")] = 0.0,
+    fatal_rate: Annotated[float, typer.Option(min=0, max=1, help="Share failing for good.")] = 0.0,
+    silent_share: Annotated[float, typer.Option(min=0, max=1, help="Share of sensors that never answer.")] = 0.0,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    mqtt_url: MqttUrl = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Run a fleet of simulated sensors (the sensor SDK) against the broker."""
+    from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
+
+    _logging(log_level)
+    target = _settings(mqtt_url=mqtt_url).mqtt
+    config = SimulationConfig(
+        sensors=sensors,
+        first_serial=first_serial,
+        work_s=work_s,
+        error_rate=error_rate,
+        fatal_rate=fatal_rate,
+        silent_share=silent_share,
+        seed=seed,
+        host=target.host,
+        port=target.port,
+        username=target.username,
+        password=target.password,
+    )
+
+    async def run() -> Any:  # noqa: ANN401
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal  # noqa: PLC0415
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if seconds is not None:
+            loop.call_later(seconds, stop.set)
+        err.print(f"simulating {sensors} sensor(s) from serial {first_serial}; Ctrl-C to stop")
+        return await run_fleet(config, stop=stop)
+
+    stats = asyncio.run(run())
+    console.print(stats)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

@@ -1,0 +1,164 @@
+"""The dispatcher's MQTT connection: a reconnect loop around an aiomqtt client.
+
+- MQTT 5 with a persistent session (``clean_start=False`` and a session expiry), so
+  statuses published while the dispatcher is down are queued by the broker.
+- Manual acknowledgement: incoming QoS 1 messages are acknowledged only after the
+  service has committed what they say (`ack`). A crash before that makes the broker
+  deliver them again; they are idempotent.
+- No state of its own beyond the connection: after every (re)connect the service asks
+  the database what to re-send (`on_connect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from sensortasks.config import MqttTarget
+from sensortasks.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF_S = 0.2
+RECONNECT_BACKOFF_MAX_S = 10.0
+PUBLISH_TIMEOUT_S = 10.0
+#: QoS 1 messages paho keeps in flight towards the broker (its default is 20).
+MAX_INFLIGHT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A received message and the connection it came on (acks go to that connection only)."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    mid: int
+    qos: int
+    generation: int
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+class MqttLink:
+    def __init__(
+        self,
+        target: MqttTarget,
+        *,
+        identifier: str,
+        subscriptions: Sequence[str],
+        will: aiomqtt.Will | None = None,
+        session_expiry_s: int = 7 * 24 * 3600,
+        ca_file: str | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.target = target
+        self.identifier = identifier
+        self.subscriptions = list(subscriptions)
+        self.will = will
+        self.session_expiry_s = session_expiry_s
+        self.ca_file = ca_file
+        self.on_connect = on_connect
+        self.messages: asyncio.Queue[Incoming] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._client: aiomqtt.Client | None = None
+        self._generation = 0
+
+    def _build(self) -> aiomqtt.Client:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.session_expiry_s
+        client = aiomqtt.Client(
+            self.target.host,
+            self.target.port,
+            username=self.target.username,
+            password=self.target.password,
+            identifier=self.identifier,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=properties,
+            will=self.will,
+            max_inflight_messages=MAX_INFLIGHT,
+            tls_context=tls_context(self.ca_file) if self.target.tls else None,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        client._client.manual_ack_set(True)  # noqa: SLF001  (not exposed by aiomqtt 2.x)
+        return client
+
+    async def run(self) -> None:
+        """Connect, subscribe and feed `messages` until cancelled, reconnecting with back off."""
+        backoff = RECONNECT_BACKOFF_S
+        while True:
+            client = self._build()
+            try:
+                async with client:
+                    self._generation += 1
+                    generation = self._generation
+                    self._client = client
+                    await client.subscribe([(topic, 1) for topic in self.subscriptions])
+                    self.connects += 1
+                    self.connected.set()
+                    log.info("mqtt connected to %s:%s as %s", self.target.host, self.target.port, self.identifier)
+                    backoff = RECONNECT_BACKOFF_S
+                    if self.on_connect is not None:
+                        await self.on_connect()
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        await self.messages.put(
+                            Incoming(str(message.topic), payload, message.retain, message.mid, message.qos, generation)
+                        )
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt connection lost (%s); reconnecting in %.1f s", exc, backoff)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+
+    def ack(self, messages: Sequence[Incoming]) -> None:
+        """Acknowledge committed messages; those of an older connection are left to redelivery."""
+        client = self._client
+        if client is None:
+            return
+        for message in messages:
+            if message.qos > 0 and message.generation == self._generation:
+                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish and wait for the broker's acknowledgement; `Unavailable` when disconnected."""
+        client = self._client
+        if client is None:
+            raise Unavailable("MQTT broker not connected")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
+        except aiomqtt.MqttError as exc:
+            raise Unavailable(f"publish to {topic} failed: {exc}") from exc
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], *, limit: int = 500) -> int:
+        """Publish QoS 1 messages concurrently (bounded), in order; returns how many were acknowledged.
+
+        Order is kept because each publish hands its packet to paho synchronously, in
+        the order the coroutines start.
+        """
+        gate = asyncio.Semaphore(limit)
+
+        async def one(topic: str, payload: bytes) -> bool:
+            async with gate:
+                try:
+                    await self.publish(topic, payload)
+                except Unavailable as exc:
+                    log.warning("%s", exc)
+                    return False
+                return True
+
+        results = await asyncio.gather(*(one(t, p) for t, p in messages))
+        return sum(results)
