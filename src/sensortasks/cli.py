@@ -243,6 +243,30 @@ def simulate(
     console.print(stats)
 
 
+@app.command("bench")
+def bench_command(
+    tasks: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tasks to run through.")] = 2000,
+    sensors: Annotated[int, typer.Option(min=1, max=10_000, help="Simulated sensors.")] = 100,
+    mqtt_url: Annotated[
+        str | None, typer.Option("--mqtt-url", help="Use this broker instead of starting one.")
+    ] = None,
+) -> None:
+    """Lifecycles per second and latency, with the raw MQTT baseline of the same run."""
+    from sensortasks.bench import bench, summary  # noqa: PLC0415
+    from sensortasks.config import parse_mqtt_url  # noqa: PLC0415
+
+    target = parse_mqtt_url(mqtt_url) if mqtt_url else None
+    product, baseline = bench(
+        tasks=tasks,
+        sensors=sensors,
+        mqtt_host=target.host if target else None,
+        mqtt_port=target.port if target else None,
+        say=err.print,
+    )
+    for line in summary(product, baseline):
+        print(line)  # noqa: T201
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

@@ -55,6 +55,19 @@ class TaskCreate(BaseModel):
     timeout_s: Annotated[int, Field(ge=10, le=86400, strict=True)] | None = None
 
 
+MAX_BULK = 10_000
+
+
+class TasksBulkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: Annotated[list[TaskCreate], Field(min_length=1, max_length=MAX_BULK)]
+
+
+class TasksBulkCreated(BaseModel):
+    ids: list[int]
+
+
 class TaskPublic(BaseModel):
     """A task in the seed's shape (field for field), followed by the extensions."""
 

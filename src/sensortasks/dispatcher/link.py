@@ -75,7 +75,7 @@ class MqttLink:
         self._generation = 0
 
     def _build(self) -> aiomqtt.Client:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = self.session_expiry_s
         client = aiomqtt.Client(
             self.target.host,

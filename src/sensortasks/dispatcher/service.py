@@ -417,13 +417,15 @@ def _dumps(payload: object) -> bytes:
 
 
 def _event_json(t: Transition) -> bytes:
-    return OpsEvent(
-        task_id=t.task_id,
-        sensor_serial=t.sensor_serial,
-        type=t.type,
-        from_=None if t.source is None else t.source.label,
-        to=t.target.label,
-        attempt=t.attempt,
-        reason=t.reason,
-        at=format_time(t.at) or "",
+    return OpsEvent.model_validate(
+        {
+            "task_id": t.task_id,
+            "sensor_serial": t.sensor_serial,
+            "type": t.type,
+            "from": None if t.source is None else t.source.label,
+            "to": t.target.label,
+            "attempt": t.attempt,
+            "reason": t.reason,
+            "at": format_time(t.at) or "",
+        }
     ).to_json()

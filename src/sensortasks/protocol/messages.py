@@ -28,7 +28,7 @@ Attempt = Annotated[int, Field(ge=1, le=1000, strict=True)]
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -273,7 +273,7 @@ class TaskStore:
             raise NotFound(f"task {task_id} not found")
         return Task.model_validate(dict(row._mapping))
 
-    async def list(
+    async def list_tasks(
         self,
         *,
         customer_id: int | None = None,

@@ -8,11 +8,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from sensortasks.api.deps import CustomerId, State
-from sensortasks.api.models import ErrorResponse, EventPublic, EventsPublic, TaskCreate, TaskPublic, TasksPublic
+from sensortasks.api.deps import AppState, CustomerId, State
+from sensortasks.api.models import (
+    ErrorResponse,
+    EventPublic,
+    EventsPublic,
+    TaskCreate,
+    TaskPublic,
+    TasksBulkCreate,
+    TasksBulkCreated,
+    TasksPublic,
+)
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
-from sensortasks.store import NewTask, utcnow
+from sensortasks.store import NewTask, Task, utcnow
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -48,21 +57,34 @@ def parse_statuses(text: str | None) -> list[TaskStatus]:
         ) from None
 
 
-@router.post("", status_code=201, summary="Create a task", responses=ERRORS)
-async def create_task(body: TaskCreate, state: State, customer_id: CustomerId) -> TaskPublic:
-    settings = state.settings
-    new = NewTask(
+def _new(body: TaskCreate, state: AppState) -> NewTask:
+    return NewTask(
         sensor_serial=body.sensor_serial,
         type=body.type.value,
         file_id=str(body.file_id),
-        max_attempts=body.max_attempts or settings.max_attempts,
-        timeout_s=body.timeout_s or settings.default_timeout_s,
+        max_attempts=body.max_attempts or state.settings.max_attempts,
+        timeout_s=body.timeout_s or state.settings.default_timeout_s,
     )
-    (task,) = await state.store.create([new], customer_id=customer_id, now=utcnow())
+
+
+async def _create(bodies: list[TaskCreate], state: AppState, customer_id: int | None) -> list[Task]:
+    tasks = await state.store.create([_new(b, state) for b in bodies], customer_id=customer_id, now=utcnow())
     if state.dispatcher is not None:
-        state.dispatcher.kick([task.sensor_serial])
+        state.dispatcher.kick({t.sensor_serial for t in tasks})
         state.dispatcher.notify_outbox()
+    return tasks
+
+
+@router.post("", status_code=201, summary="Create a task", responses=ERRORS)
+async def create_task(body: TaskCreate, state: State, customer_id: CustomerId) -> TaskPublic:
+    (task,) = await _create([body], state, customer_id)
     return TaskPublic.of(task)
+
+
+@router.post("/bulk", status_code=201, summary="Create up to 10,000 tasks in one transaction", responses=ERRORS)
+async def create_tasks(body: TasksBulkCreate, state: State, customer_id: CustomerId) -> TasksBulkCreated:
+    """All or nothing: one invalid item refuses the whole request (its index is in the error)."""
+    return TasksBulkCreated(ids=[t.id for t in await _create(body.tasks, state, customer_id) if t.id is not None])
 
 
 @router.get("", summary="List tasks, newest first", responses=ERRORS)
@@ -74,7 +96,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TasksPublic:
-    rows, has_more = await state.store.list(
+    rows, has_more = await state.store.list_tasks(
         customer_id=customer_id,
         sensor_serial=sensor_serial,
         statuses=parse_statuses(status),

@@ -1,0 +1,516 @@
+"""The sensor side of protocol v1: one MQTT 5 connection that receives tasks and reports status.
+
+Device code supplies an async handler; the SDK owns the protocol rules (SPEC 4) so that every
+device answers re-sends, cancels and reconnects the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from sensortasks.protocol import (
+    MAX_PAYLOAD_BYTES,
+    CancelMessage,
+    Presence,
+    StatusReport,
+    TaskMessage,
+    Topics,
+    parse_sensor_command,
+)
+from sensortasks.protocol.messages import MAX_ERROR_CHARS
+
+logger = logging.getLogger(__name__)
+
+#: What a device handler returns: the task's result, reported with status "completed".
+Handler = Callable[["Job"], Awaitable[dict[str, Any] | None]]
+
+_PRESENCE_TIMEOUT_S = 5.0
+_PUBLISH_RETRY_PAUSE_S = 0.2
+#: A publish caught by a disconnection waits for its PUBACK until this timeout, so keep it short.
+_PUBLISH_ATTEMPT_TIMEOUT_S = 10.0
+_DEFAULT_TOPICS = Topics()
+
+
+class TaskFailed(Exception):
+    """Raised by a handler to report an error; `retryable=False` asks for no retry."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class Job:
+    """One attempt of a task, as handed to the device handler."""
+
+    def __init__(self, message: TaskMessage, client: SensorClient) -> None:
+        self.message = message
+        self.task_id = message.task_id
+        self.type = message.type
+        self.file_id = message.file_id
+        self.attempt = message.attempt
+        self.timeout_s = message.timeout_s
+        #: Set when the dispatcher cancels the task or a newer attempt replaces this one.
+        self.cancelled = asyncio.Event()
+        #: The last progress reported, repeated when the dispatcher re-sends the task.
+        self.last_progress = 0
+        self._client = client
+
+    async def progress(self, pct: int) -> None:
+        """Report progress (0-100) as status "ongoing"; waits until the broker has it."""
+        if not 0 <= pct <= 100:
+            msg = f"progress must be within 0..100, got {pct}"
+            raise ValueError(msg)
+        if self.cancelled.is_set():
+            return
+        self.last_progress = pct
+        await self._client.publish_status(self.ongoing_report())
+
+    def ongoing_report(self) -> StatusReport:
+        return StatusReport(
+            task_id=self.task_id,
+            attempt=self.attempt,
+            status="ongoing",
+            progress=self.last_progress,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """How a task ended: the final report of its last attempt, or None once cancelled."""
+
+    attempt: int
+    report: StatusReport | None
+
+
+#: A cancelled task is terminal (SPEC 2.2): no later message may start any attempt of it.
+_CANCELLED = _Outcome(attempt=0, report=None)
+
+
+@dataclass(slots=True)
+class _Run:
+    job: Job
+    task: asyncio.Task[None]
+
+
+class SensorClient:
+    """A sensor's MQTT session: receives its tasks, runs `handler` for each, reports status.
+
+    Status reports are idempotent (task id + attempt), so the SDK re-publishes rather than
+    risk losing one: reports wait for a reconnection, and a re-sent task gets its last
+    known status again.
+    """
+
+    def __init__(
+        self,
+        serial: int,
+        handler: Handler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        topics: Topics = _DEFAULT_TOPICS,
+        reconnect_backoff_s: float = 0.5,
+        reconnect_backoff_max_s: float = 10.0,
+        session_expiry_s: int = 3600,
+        publish_wait_s: float = 60.0,
+        remember: int = 1000,
+        silent: bool = False,
+        record: bool = True,
+    ) -> None:
+        """Configure the sensor; nothing connects until `run()` or `start()`.
+
+        `publish_wait_s` bounds how long a report waits for a reconnection before it is
+        dropped (the dispatcher's re-send recovers it). `remember` is how many finished tasks
+        keep their final status for re-sends. `silent` receives tasks but never reports
+        (an unresponsive device, for tests). `record=False` keeps `received` empty for
+        long-running fleets; `received_count` still counts.
+        """
+        if serial <= 0:
+            msg = f"serial must be positive, got {serial}"
+            raise ValueError(msg)
+        self.serial = serial
+        self.silent = silent
+        self._handler = handler
+        self._host = host
+        self._port = port
+        self._username = username
+        self._password = password
+        self._tls_context = tls_context
+        self._topics = topics
+        self._backoff_min_s = reconnect_backoff_s
+        self._backoff_max_s = reconnect_backoff_max_s
+        self._backoff_s = reconnect_backoff_s
+        self._session_expiry_s = session_expiry_s
+        self._publish_wait_s = publish_wait_s
+        self._remember = remember
+        self._record = record
+
+        #: Set while subscribed and announced online; cleared on any disconnection.
+        self.connected = asyncio.Event()
+        #: Every valid command received on the task topic, in order (if `record`).
+        self.received: list[TaskMessage | CancelMessage] = []
+        self.received_count = 0
+
+        self._client: aiomqtt.Client | None = None
+        self._runs: dict[int, _Run] = {}
+        self._outcomes: OrderedDict[int, _Outcome] = OrderedDict()
+        self._replies: set[asyncio.Task[Any]] = set()
+        self._stop_requested = asyncio.Event()
+        self._active = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._run_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    async def run(self) -> None:
+        """Stay connected until `stop()`: reconnect with exponential backoff on any MQTT error."""
+        if self._active:
+            msg = f"sensor {self.serial} is already running"
+            raise RuntimeError(msg)
+        self._active = True
+        self._idle.clear()
+        self._stop_requested.clear()
+        self._backoff_s = self._backoff_min_s
+        try:
+            while not self._stop_requested.is_set():
+                try:
+                    await self._session()
+                except aiomqtt.MqttError as exc:
+                    if self._stop_requested.is_set():
+                        break
+                    delay = self._backoff_s * random.uniform(0.5, 1.0)
+                    self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+                    logger.warning(
+                        "sensor %s: connection lost (%s), reconnecting in %.1f s",
+                        self.serial,
+                        exc,
+                        delay,
+                    )
+                    await self._sleep_unless_stopped(delay)
+        finally:
+            await self._cancel_all()
+            self._active = False
+            self._idle.set()
+
+    async def stop(self) -> None:
+        """Announce offline, disconnect cleanly and wait until `run()` has returned."""
+        self._stop_requested.set()
+        task = self._run_task
+        if task is not None and not task.done() and not self._active:
+            task.cancel()  # created by start() but never ran: it would ignore the stop flag
+        if task is not None:
+            self._run_task = None
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+        await self._idle.wait()
+
+    async def start(self, timeout: float | None = 30.0) -> None:
+        """Run in a background task and wait until connected.
+
+        Raises TimeoutError (after stopping) if the broker cannot be reached in `timeout` s.
+        """
+        if self._run_task is None or self._run_task.done():
+            self._run_task = asyncio.create_task(self.run(), name=f"sensor-{self.serial}")
+        running = self._run_task
+        connected = asyncio.create_task(self.connected.wait())
+        try:
+            await asyncio.wait(
+                {connected, running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            connected.cancel()
+        if self.connected.is_set():
+            return
+        await self.stop()  # re-raises whatever ended run() early
+        msg = f"sensor {self.serial} could not connect to {self._host}:{self._port} in {timeout} s"
+        raise TimeoutError(msg)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- publishing --------------------------------------------------------
+    async def publish_status(self, report: StatusReport) -> bool:
+        """Publish a status report at QoS 1, waiting (bounded) for a connection.
+
+        Returns False if it was not confirmed within `publish_wait_s` (or the sensor is silent).
+        """
+        if self.silent:
+            return False
+        return await self._publish(self._topics.status(self.serial), report.to_json())
+
+    async def _publish(self, topic: str, payload: bytes) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._publish_wait_s
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.connected.wait()
+            except TimeoutError:
+                break
+            client = self._client
+            if client is None or not self.connected.is_set():
+                continue
+            try:
+                await client.publish(
+                    topic, payload, qos=1, timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT_S)
+                )
+            except aiomqtt.MqttError as exc:
+                # A timeout means "maybe delivered"; a broken connection is noticed by
+                # run(). Either way re-publishing is safe because reports are idempotent.
+                logger.debug(
+                    "sensor %s: publish to %s failed (%s), retrying", self.serial, topic, exc
+                )
+                await asyncio.sleep(_PUBLISH_RETRY_PAUSE_S)
+            else:
+                return True
+        logger.warning(
+            "sensor %s: gave up publishing to %s after %.0f s",
+            self.serial,
+            topic,
+            self._publish_wait_s,
+        )
+        return False
+
+    # -- connection --------------------------------------------------------
+    def _make_client(self) -> aiomqtt.Client:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._session_expiry_s
+        return aiomqtt.Client(
+            self._host,
+            self._port,
+            username=self._username,
+            password=self._password,
+            identifier=f"sensor-{self.serial}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(
+                topic=self._topics.presence(self.serial),
+                payload=Presence(online=False).to_json(),
+                qos=1,
+                retain=True,
+            ),
+            clean_start=False,
+            properties=properties,
+            tls_context=self._tls_context,
+        )
+
+    async def _session(self) -> None:
+        """One connection: subscribe, announce online, read until stopped or disconnected."""
+        client = self._make_client()
+        presence = self._topics.presence(self.serial)
+        async with client:
+            self._client = client
+            try:
+                await client.subscribe(self._topics.tasks(self.serial), qos=1)
+                await client.publish(presence, Presence(online=True).to_json(), qos=1, retain=True)
+                self._backoff_s = self._backoff_min_s
+                self.connected.set()
+                logger.info("sensor %s: connected to %s:%s", self.serial, self._host, self._port)
+                reader = asyncio.create_task(self._read(client))
+                stopper = asyncio.create_task(self._stop_requested.wait())
+                try:
+                    await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    reader.cancel()
+                    stopper.cancel()
+                if not self._stop_requested.is_set():
+                    reader.result()  # raises the MqttError that ended the session
+                self.connected.clear()  # running jobs hold their reports until run() cancels them
+                await self._say_offline(client, presence)
+            except asyncio.CancelledError:
+                self.connected.clear()
+                await self._say_offline(client, presence)
+                raise
+            finally:
+                self.connected.clear()
+                self._client = None
+
+    async def _say_offline(self, client: aiomqtt.Client, presence: str) -> None:
+        """Best effort: a clean disconnect does not fire the will, so say it ourselves."""
+        try:
+            await client.publish(
+                presence,
+                Presence(online=False).to_json(),
+                qos=1,
+                retain=True,
+                timeout=_PRESENCE_TIMEOUT_S,
+            )
+        except aiomqtt.MqttError as exc:
+            logger.warning("sensor %s: could not publish offline presence (%s)", self.serial, exc)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self._on_message(message)
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        try:
+            async with asyncio.timeout(delay):
+                await self._stop_requested.wait()
+        except TimeoutError:
+            pass
+
+    # -- commands ----------------------------------------------------------
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        """Apply one command; synchronous so that no other message interleaves with it."""
+        payload = message.payload
+        if isinstance(payload, bytearray):
+            payload = bytes(payload)
+        if not isinstance(payload, bytes | str) or len(payload) > MAX_PAYLOAD_BYTES:
+            logger.warning(
+                "sensor %s: dropped an unusable payload on %s", self.serial, message.topic
+            )
+            return
+        try:
+            command = parse_sensor_command(payload)
+        except ValidationError as exc:
+            logger.warning(
+                "sensor %s: dropped an invalid command on %s: %s",
+                self.serial,
+                message.topic,
+                exc.errors(include_url=False, include_input=False),
+            )
+            return
+        self.received_count += 1
+        if self._record:
+            self.received.append(command)
+        if self.silent:
+            return
+        if isinstance(command, CancelMessage):
+            self._on_cancel(command)
+        else:
+            self._on_task(command)
+
+    def _on_task(self, message: TaskMessage) -> None:
+        task_id, attempt = message.task_id, message.attempt
+        outcome = self._outcomes.get(task_id)
+        if outcome is not None:
+            if outcome.report is None:
+                logger.info("sensor %s: task %s was cancelled, ignoring it", self.serial, task_id)
+                return
+            if attempt == outcome.attempt:
+                self._reply(outcome.report)  # a re-send: the dispatcher missed our final status
+                return
+            if attempt < outcome.attempt:
+                logger.info(
+                    "sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id
+                )
+                return
+        run = self._runs.get(task_id)
+        if run is not None:
+            if attempt == run.job.attempt:
+                self._reply(run.job.ongoing_report())
+                return
+            if attempt < run.job.attempt:
+                logger.info(
+                    "sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id
+                )
+                return
+            logger.info(
+                "sensor %s: attempt %s of task %s replaces attempt %s",
+                self.serial,
+                attempt,
+                task_id,
+                run.job.attempt,
+            )
+            self._abort(run)
+        job = Job(message, self)
+        task = asyncio.create_task(self._execute(job), name=f"sensor-{self.serial}-task-{task_id}")
+        self._runs[task_id] = _Run(job, task)
+
+    def _on_cancel(self, message: CancelMessage) -> None:
+        run = self._runs.pop(message.task_id, None)
+        if run is not None:
+            self._abort(run)
+            logger.info("sensor %s: task %s cancelled while running", self.serial, message.task_id)
+        self._store(message.task_id, _CANCELLED)
+
+    def _abort(self, run: _Run) -> None:
+        run.job.cancelled.set()
+        run.task.cancel()
+
+    def _reply(self, report: StatusReport) -> None:
+        self._spawn(self.publish_status(report))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    def _store(self, task_id: int, outcome: _Outcome) -> None:
+        self._outcomes[task_id] = outcome
+        self._outcomes.move_to_end(task_id)
+        while len(self._outcomes) > self._remember:
+            self._outcomes.popitem(last=False)
+
+    async def _execute(self, job: Job) -> None:
+        """Acknowledge, run the handler, then report its outcome (nothing if cancelled)."""
+        try:
+            await self.publish_status(job.ongoing_report())
+            report: StatusReport
+            try:
+                result = await self._handler(job)
+                report = StatusReport(
+                    task_id=job.task_id, attempt=job.attempt, status="completed", result=result
+                )
+                report.to_json()  # a result that cannot be sent is the handler's error
+            except TaskFailed as exc:
+                report = self._error_report(job, exc.message, retryable=exc.retryable)
+            except Exception as exc:
+                logger.exception("sensor %s: handler failed on task %s", self.serial, job.task_id)
+                report = self._error_report(job, str(exc) or type(exc).__name__, retryable=True)
+        finally:
+            run = self._runs.get(job.task_id)
+            if run is not None and run.job is job:
+                del self._runs[job.task_id]
+        if job.cancelled.is_set():
+            return  # the handler swallowed its cancellation; the dispatcher has moved on
+        self._store(job.task_id, _Outcome(job.attempt, report))
+        await self.publish_status(report)
+
+    @staticmethod
+    def _error_report(job: Job, error: str, *, retryable: bool) -> StatusReport:
+        return StatusReport(
+            task_id=job.task_id,
+            attempt=job.attempt,
+            status="error",
+            error=error[:MAX_ERROR_CHARS],
+            retryable=retryable,
+        )
+
+    async def _cancel_all(self) -> None:
+        """Stop device work and pending replies; the dispatcher re-sends when we return."""
+        tasks: list[asyncio.Task[Any]] = [*self._replies]
+        for run in self._runs.values():
+            run.job.cancelled.set()
+            tasks.append(run.task)
+        self._runs.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

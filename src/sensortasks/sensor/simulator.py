@@ -1,0 +1,175 @@
+"""A fleet of simulated sensors in one event loop, for demos, load tests and fault tests.
+
+Every simulated sensor is a real `SensorClient` with its own MQTT connection, so the
+dispatcher cannot tell it from a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sensortasks.sensor.client import Handler, Job, SensorClient, TaskFailed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SimulationConfig:
+    """How many sensors to simulate and how they behave.
+
+    Each run works for `uniform(0.5, 1.5) * work_s` seconds, then fails for good with
+    probability `fatal_rate`, fails retryably with probability `error_rate`, else completes.
+    The last `round(silent_share * sensors)` serials are silent: online, but they never
+    report a status (to exercise the acknowledgement timeout).
+    """
+
+    sensors: int
+    first_serial: int = 100_000_000_000_000
+    work_s: float = 0.5
+    error_rate: float = 0.0
+    fatal_rate: float = 0.0
+    silent_share: float = 0.0
+    progress_steps: int = 0
+    seed: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls_context: ssl.SSLContext | None = None
+    #: Sensors connecting at the same time; bounded so that the broker is not flooded.
+    connect_batch: int = 50
+    connect_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sensors < 0:
+            problems.append("sensors must be >= 0")
+        if self.first_serial <= 0:
+            problems.append("first_serial must be positive")
+        if self.work_s < 0:
+            problems.append("work_s must be >= 0")
+        for name in ("error_rate", "fatal_rate", "silent_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be within 0..1")
+        if self.error_rate + self.fatal_rate > 1.0:
+            problems.append("error_rate + fatal_rate must be <= 1")
+        if self.progress_steps < 0:
+            problems.append("progress_steps must be >= 0")
+        if self.connect_batch < 1:
+            problems.append("connect_batch must be >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def serials(self) -> range:
+        return range(self.first_serial, self.first_serial + self.sensors)
+
+    @property
+    def silent_serials(self) -> range:
+        silent = round(self.silent_share * self.sensors)
+        return self.serials[self.sensors - silent :]
+
+
+@dataclass
+class FleetStats:
+    """Counts over the whole fleet; the handler counts are updated live while it runs."""
+
+    sensors: int = 0
+    silent: int = 0
+    #: Sensors connected when start-up finished.
+    connected: int = 0
+    #: Valid commands received (tasks, re-sends and cancels); filled in when the fleet stops.
+    received: int = 0
+    started: int = 0
+    completed: int = 0
+    errors: int = 0
+    fatal_errors: int = 0
+    #: Runs interrupted by a cancel, a newer attempt or the fleet stopping.
+    cancelled: int = 0
+
+
+def _make_handler(config: SimulationConfig, rng: random.Random, stats: FleetStats) -> Handler:
+    async def handle(job: Job) -> dict[str, Any] | None:
+        stats.started += 1
+        work_s = rng.uniform(0.5 * config.work_s, 1.5 * config.work_s)
+        step_s = work_s / (config.progress_steps + 1)
+        try:
+            for step in range(1, config.progress_steps + 1):
+                await asyncio.sleep(step_s)
+                await job.progress(step * 100 // (config.progress_steps + 1))
+            await asyncio.sleep(step_s)
+        except asyncio.CancelledError:
+            stats.cancelled += 1
+            raise
+        roll = rng.random()
+        if roll < config.fatal_rate:
+            stats.fatal_errors += 1
+            raise TaskFailed("simulated fatal failure", retryable=False)
+        if roll < config.fatal_rate + config.error_rate:
+            stats.errors += 1
+            raise TaskFailed("simulated transient failure")
+        stats.completed += 1
+        return {"file_id": job.file_id, "type": job.type, "simulated": True}
+
+    return handle
+
+
+async def run_fleet(
+    config: SimulationConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    on_started: Callable[[FleetStats], None] | None = None,
+) -> FleetStats:
+    """Run the fleet until `stop` is set (or until cancelled), then take every sensor offline.
+
+    Sensors connect `connect_batch` at a time; one that cannot connect within
+    `connect_timeout_s` is left out (logged). `on_started` gets the live stats once
+    start-up is done.
+    """
+    rng = random.Random(config.seed)  # simulation, not security
+    stats = FleetStats(sensors=config.sensors, silent=len(config.silent_serials))
+    handler = _make_handler(config, rng, stats)
+    silent = set(config.silent_serials)
+    sensors = [
+        SensorClient(
+            serial,
+            handler,
+            host=config.host,
+            port=config.port,
+            username=config.username,
+            password=config.password,
+            tls_context=config.tls_context,
+            silent=serial in silent,
+            record=False,
+        )
+        for serial in config.serials
+    ]
+    try:
+        for first in range(0, len(sensors), config.connect_batch):
+            batch = sensors[first : first + config.connect_batch]
+            outcomes = await asyncio.gather(
+                *(sensor.start(config.connect_timeout_s) for sensor in batch),
+                return_exceptions=True,
+            )
+            for sensor, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    logger.warning("sensor %s did not start: %s", sensor.serial, outcome)
+                else:
+                    stats.connected += 1
+        logger.info("fleet started: %d of %d sensors connected", stats.connected, stats.sensors)
+        if on_started is not None:
+            on_started(stats)
+        if stop is None:
+            await asyncio.Future()  # until cancelled
+        else:
+            await stop.wait()
+    finally:
+        await asyncio.gather(*(sensor.stop() for sensor in sensors), return_exceptions=True)
+        stats.received = sum(sensor.received_count for sensor in sensors)
+    return stats

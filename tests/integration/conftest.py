@@ -1,0 +1,179 @@
+"""An in-process sensortasks (dispatcher + API) on a real Mosquitto and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+from sensortasks.api import create_app
+from sensortasks.config import Settings
+from sensortasks.dispatcher import Dispatcher
+from sensortasks.sensor import Handler, Job, SensorClient
+from sensortasks.server import build_store
+from sensortasks.store import TaskStore, upgrade
+from sensortasks.testing import MosquittoBroker
+
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
+
+
+async def complete(job: Job) -> dict[str, Any]:
+    """A sensor that does its work at once and reports a result."""
+    return {"version": "2.4.1", "task": job.task_id}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class OpsWatcher:
+    """Collects every message on ``ops/#`` (and anything else subscribed)."""
+
+    messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def on(self, prefix: str) -> list[dict[str, Any]]:
+        return [payload for topic, payload in self.messages if topic.startswith(prefix)]
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: TaskStore
+    dispatcher: Dispatcher
+    api: httpx.AsyncClient
+    broker: MosquittoBroker
+    sensors: list[SensorClient] = field(default_factory=list)
+
+    async def create(self, serial: int, task_type: str = "update_firmware", **extra: Any) -> dict[str, Any]:
+        body = {"sensor_serial": serial, "file_id": FILE_ID, "type": task_type, **extra}
+        response = await self.api.post("/v1/tasks", json=body)
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    async def task(self, task_id: int) -> dict[str, Any]:
+        response = await self.api.get(f"/v1/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        task: dict[str, Any] = response.json()
+        return task
+
+    async def events(self, task_id: int) -> list[dict[str, Any]]:
+        response = await self.api.get(f"/v1/tasks/{task_id}/events")
+        assert response.status_code == 200, response.text
+        data: list[dict[str, Any]] = response.json()["data"]
+        return data
+
+    async def wait_status(self, task_id: int, status: str, *, timeout: float = 10.0) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+
+        async def reached() -> bool:
+            nonlocal last
+            last = await self.task(task_id)
+            return bool(last["status_name"] == status)
+
+        try:
+            await eventually(reached, timeout=timeout, what=f"task {task_id} to be {status}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; task is {last}") from None
+        return last
+
+    async def sensor(self, serial: int, handler: Handler = complete, **options: Any) -> SensorClient:
+        """Start an SDK sensor and wait until the dispatcher has seen it come online, so
+        that its presence cannot race the first task (that would be a legitimate re-delivery)."""
+        client = SensorClient(serial, handler, host=self.broker.host, port=self.broker.port, **options)
+        await client.start()
+        self.sensors.append(client)
+
+        async def seen_online() -> bool:
+            response = await self.api.get(f"/v1/sensors/{serial}")
+            return bool(response.status_code == 200 and response.json()["online"])
+
+        await eventually(seen_online, what=f"sensor {serial} to be seen online")
+        return client
+
+    async def publish(self, topic: str, payload: bytes | str | dict[str, Any]) -> None:
+        """Publish as a raw client (a misbehaving sensor)."""
+        data = json.dumps(payload) if isinstance(payload, dict) else payload
+        async with aiomqtt.Client(
+            self.broker.host, self.broker.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            await client.publish(topic, data, qos=1)
+
+
+ServiceFactory = Callable[..., Awaitable[Service]]
+
+
+@pytest.fixture
+async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    """Start sensortasks with settings overridden per test (fast timeouts by default)."""
+    started: list[tuple[Service, asyncio.Task[None]]] = []
+
+    async def make(**overrides: Any) -> Service:
+        options: dict[str, Any] = {
+            "mqtt_url": broker.url,
+            "database_url": f"sqlite+aiosqlite:///{tmp_path}/sensortasks.db",
+            "auth": "disabled",
+            "instance": f"test-{uuid.uuid4().hex[:8]}",
+            "ack_timeout_s": 5.0,
+            "retry_backoff_s": 0.05,
+            "retry_backoff_max_s": 0.2,
+            "stats_interval_s": 0.5,
+        }
+        settings = Settings(**(options | overrides))
+        await upgrade(settings.database_url)
+        store = build_store(settings)
+        dispatcher = Dispatcher(settings, store)
+        app = create_app(settings, store, dispatcher=dispatcher)
+        runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
+        await asyncio.wait_for(dispatcher.link.connected.wait(), 10)
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sensortasks.test")
+        service = Service(settings, store, dispatcher, api, broker)
+        started.append((service, runner))
+        return service
+
+    yield make
+    for service, runner in started:
+        for sensor in service.sensors:
+            with contextlib.suppress(Exception):
+                await sensor.stop()
+        service.dispatcher.stop()
+        await asyncio.wait_for(runner, 15)
+        await service.api.aclose()
+        await service.store.db.dispose()
+
+
+@pytest.fixture
+async def ops(broker: MosquittoBroker) -> AsyncIterator[OpsWatcher]:
+    """Everything published on ``ops/#`` while the test runs."""
+    watcher = OpsWatcher()
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe("ops/#", qos=1)
+            ready.set()
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b"{}"
+                watcher.messages.append((str(message.topic), json.loads(payload)))
+
+    task = asyncio.create_task(listen())
+    await asyncio.wait_for(ready.wait(), 10)
+    yield watcher
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
