@@ -120,7 +120,9 @@ def _bare_dispatcher(host: str, port: int, sensors: int, tasks: int, results: An
             await asyncio.gather(*(send(serial) for serial in queues))
             async for message in client.messages:
                 parsed = topics.parse_sensor(str(message.topic))
-                report = StatusReport.model_validate_json(message.payload if isinstance(message.payload, bytes) else b"")
+                report = StatusReport.model_validate_json(
+                    message.payload if isinstance(message.payload, bytes) else b""
+                )
                 if parsed is None or report.status != "completed":
                     continue
                 queues[parsed.serial].popleft()
@@ -264,6 +266,8 @@ def summary(product: RunResult, baseline: RunResult) -> list[str]:
             f"{run.name:<20} {run.tasks:>7} {run.seconds:>8.2f} {run.rate:>13.1f} "
             + " ".join(f"{run.percentile(p) * 1000:>8.0f}" for p in (50, 95, 99))
         )
-    lines.append(f"median latency ratio: {statistics.median(product.latencies) / statistics.median(baseline.latencies):.2f}")
+    lines.append(
+        f"median latency ratio: {statistics.median(product.latencies) / statistics.median(baseline.latencies):.2f}"
+    )
     lines.append(f"ratio: {product.rate / baseline.rate:.2f}")
     return lines

@@ -247,9 +247,7 @@ def simulate(
 def bench_command(
     tasks: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tasks to run through.")] = 2000,
     sensors: Annotated[int, typer.Option(min=1, max=10_000, help="Simulated sensors.")] = 100,
-    mqtt_url: Annotated[
-        str | None, typer.Option("--mqtt-url", help="Use this broker instead of starting one.")
-    ] = None,
+    mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Use this broker instead of starting one.")] = None,
 ) -> None:
     """Lifecycles per second and latency, with the raw MQTT baseline of the same run."""
     from sensortasks.bench import bench, summary  # noqa: PLC0415

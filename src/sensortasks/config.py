@@ -42,9 +42,7 @@ def parse_mqtt_url(url: str) -> MqttTarget:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="SENSORTASKS_", env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="SENSORTASKS_", env_file=".env", extra="ignore", frozen=True)
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     #: CA bundle for ``mqtts://`` (default: the system's trust store).

@@ -109,9 +109,7 @@ class Service:
     async def publish(self, topic: str, payload: bytes | str | dict[str, Any]) -> None:
         """Publish as a raw client (a misbehaving sensor)."""
         data = json.dumps(payload) if isinstance(payload, dict) else payload
-        async with aiomqtt.Client(
-            self.broker.host, self.broker.port, protocol=aiomqtt.ProtocolVersion.V5
-        ) as client:
+        async with aiomqtt.Client(self.broker.host, self.broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
             await client.publish(topic, data, qos=1)
 
 

@@ -25,7 +25,8 @@ async def test_happy_path_both_types_in_the_seed_shape(make_service: ServiceFact
     await service.sensor(SERIAL + 1)
     firmware = await service.create(SERIAL, "update_firmware")
     config = await service.create(SERIAL + 1, "update_configuration")
-    assert firmware["status_id"] == 1 and firmware["status_name"] == "Pending"
+    assert firmware["status_id"] == 1
+    assert firmware["status_name"] == "Pending"
 
     for created, task_type in ((firmware, "update_firmware"), (config, "update_configuration")):
         task = await service.wait_status(created["id"], "Completed")
@@ -62,7 +63,9 @@ async def test_one_task_at_a_time_per_sensor_in_order(make_service: ServiceFacto
         await asyncio.sleep(0.1)
         running.remove(job.task_id)
 
-    ids = [(await service.create(SERIAL, "update_firmware" if i % 2 else "update_configuration"))["id"] for i in range(5)]
+    ids = [
+        (await service.create(SERIAL, "update_firmware" if i % 2 else "update_configuration"))["id"] for i in range(5)
+    ]
     await service.sensor(SERIAL, slow)
     for task_id in ids:
         await service.wait_status(task_id, "Completed")
@@ -75,7 +78,7 @@ async def test_many_sensors_in_parallel(make_service: ServiceFactory) -> None:
     serials = [SERIAL + i for i in range(40)]
     received: dict[int, list[int]] = {s: [] for s in serials}
 
-    def recorder(serial: int) -> Any:  # noqa: ANN401
+    def recorder(serial: int) -> Any:
         async def handle(job: Job) -> None:
             received[serial].append(job.task_id)
             await asyncio.sleep(0.05)
@@ -112,7 +115,11 @@ async def test_retryable_error_then_success_on_the_next_attempt(make_service: Se
     assert attempts == [1, 2]
     assert task["attempt_count"] == 2
     assert task["error"] is None
-    steps = [(e["from_status_name"], e["to_status_name"]) for e in await service.events(task["id"]) if e["kind"] == "transition"]
+    steps = [
+        (e["from_status_name"], e["to_status_name"])
+        for e in await service.events(task["id"])
+        if e["kind"] == "transition"
+    ]
     assert steps == [
         (None, "Pending"),
         ("Pending", "Ongoing"),
@@ -132,7 +139,8 @@ async def test_non_retryable_error_ends_in_error(make_service: ServiceFactory) -
     task = await service.wait_status((await service.create(SERIAL))["id"], "Error")
     assert task["attempt_count"] == 1
     assert task["status_id"] == 3
-    assert "checksum mismatch" in task["error"] and "not retryable" in task["error"]
+    assert "checksum mismatch" in task["error"]
+    assert "not retryable" in task["error"]
 
 
 async def test_attempts_used_up_end_in_error(make_service: ServiceFactory) -> None:
@@ -184,7 +192,7 @@ async def test_offline_sensor_pauses_the_clock_and_gets_its_task_back(make_servi
     back = await service.sensor(SERIAL, complete)
     done = await service.wait_status(task_id, "Completed")
     assert done["attempt_count"] == 1
-    assert [m.attempt for m in back.received if isinstance(m, TaskMessage) and m.task_id == task_id][0] == 1
+    assert next(m.attempt for m in back.received if isinstance(m, TaskMessage) and m.task_id == task_id) == 1
     await service.wait_status(queued_id, "Completed")
     assert "redelivered" in [e["kind"] for e in await service.events(task_id)]
 
@@ -255,9 +263,7 @@ async def test_cancel_while_ongoing_tells_the_sensor_and_ignores_late_statuses(
     await asyncio.wait_for(cancelled.wait(), 5)
     assert any(isinstance(m, CancelMessage) and m.task_id == task_id for m in sensor.received)
 
-    await service.publish(
-        f"sensors/{SERIAL}/status", {"v": 1, "task_id": task_id, "attempt": 1, "status": "completed"}
-    )
+    await service.publish(f"sensors/{SERIAL}/status", {"v": 1, "task_id": task_id, "attempt": 1, "status": "completed"})
     await eventually(lambda: _has_event(service, task_id, "ignored"), what="the late status to be recorded")
     task = await service.task(task_id)
     assert task["status_name"] == "Cancelled"
@@ -303,7 +309,9 @@ async def test_bad_reports_change_nothing_and_are_visible(make_service: ServiceF
         assert expected in reasons
     await eventually(lambda: _has_event(service, task_id, "ignored"), what="the unknown attempt to be recorded")
     after = await service.task(task_id)
-    assert {k: after[k] for k in ("status_id", "attempt_count")} == {k: before[k] for k in ("status_id", "attempt_count")}
+    assert {k: after[k] for k in ("status_id", "attempt_count")} == {
+        k: before[k] for k in ("status_id", "attempt_count")
+    }
 
     # The real completion, then a duplicate and a stale one.
     gate.set()
@@ -324,28 +332,33 @@ async def test_ops_topics_show_transitions_stats_and_dispatcher_presence(
     await service.wait_status(task_id, "Completed")
     await eventually(lambda: _count(ops, f"ops/events/{SERIAL}/{task_id}", 3), what="3 ops events")
     events = ops.on(f"ops/events/{SERIAL}/{task_id}")
-    assert [(e["from"], e["to"]) for e in events] == [(None, "Pending"), ("Pending", "Ongoing"), ("Ongoing", "Completed")]
+    assert [(e["from"], e["to"]) for e in events] == [
+        (None, "Pending"),
+        ("Pending", "Ongoing"),
+        ("Ongoing", "Completed"),
+    ]
     assert set(events[-1]) >= {"v", "task_id", "sensor_serial", "type", "from", "to", "attempt", "reason", "at"}
     await eventually(lambda: _count(ops, "ops/stats", 1), what="stats")
     assert set(ops.on("ops/stats")[-1]["tasks"]) == {"Pending", "Ongoing", "Completed", "Error", "Cancelled"}
     presence = ops.on(f"ops/dispatchers/{service.settings.instance}")
-    assert presence and presence[-1]["status"] == "online"
+    assert presence
+    assert presence[-1]["status"] == "online"
 
 
-async def _received(sensor: Any, attempt: int) -> bool:  # noqa: ANN401
+async def _received(sensor: Any, attempt: int) -> bool:
     return any(isinstance(m, TaskMessage) and m.attempt == attempt for m in sensor.received)
 
 
-async def _online(service: Any, serial: int, *, online: bool) -> bool:  # noqa: ANN401
+async def _online(service: Any, serial: int, *, online: bool) -> bool:
     response = await service.api.get(f"/v1/sensors/{serial}")
     return bool(response.status_code == 200 and response.json()["online"] is online)
 
 
-async def _has_event(service: Any, task_id: int, kind: str) -> bool:  # noqa: ANN401
+async def _has_event(service: Any, task_id: int, kind: str) -> bool:
     return kind in [e["kind"] for e in await service.events(task_id)]
 
 
-async def _ignored(service: Any, task_id: int, text: str) -> bool:  # noqa: ANN401
+async def _ignored(service: Any, task_id: int, text: str) -> bool:
     return any(e["kind"] == "ignored" and text in e["reason"] for e in await service.events(task_id))
 
 

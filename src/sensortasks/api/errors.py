@@ -50,7 +50,11 @@ def error_response(status: int, code: str, message: str, details: Any = None, **
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [
-        {"field": ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]), "rule": err["type"], "message": err["msg"]}
+        {
+            "field": ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]),
+            "rule": err["type"],
+            "message": err["msg"],
+        }
         for err in exc.errors()
     ]
 
@@ -76,5 +80,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal_error", "internal error (this is a bug; it has been logged)")

@@ -91,7 +91,7 @@ class MqttLink:
             tls_context=tls_context(self.ca_file) if self.target.tls else None,
             timeout=PUBLISH_TIMEOUT_S,
         )
-        client._client.manual_ack_set(True)  # noqa: SLF001  (not exposed by aiomqtt 2.x)
+        client._client.manual_ack_set(True)
         return client
 
     async def run(self) -> None:
@@ -131,7 +131,7 @@ class MqttLink:
             return
         for message in messages:
             if message.qos > 0 and message.generation == self._generation:
-                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+                client._client.ack(message.mid, message.qos)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's acknowledgement; `Unavailable` when disconnected."""

@@ -12,12 +12,13 @@ everything else (tasks created by another process, back offs that ran out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiomqtt
 from pydantic import ValidationError
@@ -179,20 +180,22 @@ class Dispatcher:
         self._wake.set()
         self._outbox_wake.set()
 
-    async def _retrying(self, what: str, action: Callable[[], Awaitable[_R]]) -> _R:
+    async def _retrying(self, what: str, action: Callable[..., Awaitable[_R]], *args: Any, **kwargs: Any) -> _R:  # noqa: ANN401
         """Run a database action until it succeeds: a locked or unreachable database slows
         the dispatcher down instead of crashing it or dropping work."""
         delay = DB_RETRY_S
         while True:
             try:
-                return await action()
+                return await action(*args, **kwargs)
             except (SQLAlchemyError, StaleBatch, OSError) as exc:
                 self.counters.db_retries += 1
                 log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, DB_RETRY_MAX_S)
 
-    def _after(self, transitions: Sequence[Transition], wake: Iterable[int], retries: Iterable[tuple[int, float]]) -> None:
+    def _after(
+        self, transitions: Sequence[Transition], wake: Iterable[int], retries: Iterable[tuple[int, float]]
+    ) -> None:
         self.counters.transitions += len(transitions)
         self.counters.completed += sum(t.target is TaskStatus.COMPLETED for t in transitions)
         if transitions:
@@ -207,7 +210,11 @@ class Dispatcher:
             (
                 self.topics.tasks(d.sensor_serial),
                 TaskMessage(
-                    task_id=d.task_id, type=d.type, file_id=d.file_id, attempt=d.attempt, timeout_s=d.timeout_s  # type: ignore[arg-type]
+                    task_id=d.task_id,
+                    type=d.type,  # type: ignore[arg-type]
+                    file_id=d.file_id,
+                    attempt=d.attempt,
+                    timeout_s=d.timeout_s,
                 ).to_json(),
             )
             for d in dispatches
@@ -238,7 +245,7 @@ class Dispatcher:
             await self._handle(batch)
             self.link.ack(batch)
 
-    async def _handle(self, batch: Sequence[Incoming]) -> None:  # noqa: C901
+    async def _handle(self, batch: Sequence[Incoming]) -> None:  # noqa: PLR0912
         reports: list[IncomingReport] = []
         origin: dict[int, Incoming] = {}  # id(report) -> its message, to quote refusals
         presence: list[tuple[int, bool]] = []
@@ -248,7 +255,9 @@ class Dispatcher:
             topic = self.topics.parse_sensor(message.topic)
             if len(message.payload) > MAX_PAYLOAD_BYTES:
                 size = len(message.payload)
-                rejections.append((message.topic, message.payload, f"payload too large ({size} > {MAX_PAYLOAD_BYTES} bytes)"))
+                rejections.append(
+                    (message.topic, message.payload, f"payload too large ({size} > {MAX_PAYLOAD_BYTES} bytes)")
+                )
             elif topic is None or topic.channel == "tasks":
                 rejections.append((message.topic, message.payload, "not a topic the dispatcher reads"))
             elif topic.channel == "status":
@@ -258,8 +267,14 @@ class Dispatcher:
                     rejections.append((message.topic, message.payload, f"malformed status: {_summary(exc)}"))
                     continue
                 incoming = IncomingReport(
-                    topic.serial, report.task_id, report.attempt, report.status,
-                    report.progress, report.result, report.error, report.retryable,
+                    topic.serial,
+                    report.task_id,
+                    report.attempt,
+                    report.status,
+                    report.progress,
+                    report.result,
+                    report.error,
+                    report.retryable,
                 )
                 reports.append(incoming)
                 origin[id(incoming)] = message
@@ -276,10 +291,10 @@ class Dispatcher:
                     back_online.append(topic.serial)
         now = self.clock()
         if presence:
-            await self._retrying("presence", lambda: self.store.record_presence(presence, now=now))
+            await self._retrying("presence", self.store.record_presence, presence, now=now)
         if reports:
             self.counters.reports += len(reports)
-            result = await self._retrying("status batch", lambda: self.store.apply_reports(reports, now=now))
+            result = await self._retrying("status batch", self.store.apply_reports, reports, now=now)
             for refusal in result.refused:
                 message = origin[id(refusal.report)]
                 rejections.append((message.topic, message.payload, refusal.reason))
@@ -287,7 +302,7 @@ class Dispatcher:
         if back_online:
             serials = sorted(set(back_online))
             redelivered = await self._retrying(
-                "redeliver", lambda: self.store.redeliver(serials, now=now, reason="sensor came online")
+                "redeliver", self.store.redeliver, serials, now=now, reason="sensor came online"
             )
             self.counters.redelivered += len(redelivered)
             await self._send(redelivered)
@@ -308,7 +323,7 @@ class Dispatcher:
             if self._resync:
                 self._resync = False
                 redelivered = await self._retrying(
-                    "re-sync", lambda: self.store.redeliver(None, now=now, reason="dispatcher (re)connected")
+                    "re-sync", self.store.redeliver, None, now=now, reason="dispatcher (re)connected"
                 )
                 self.counters.redelivered += len(redelivered)
                 await self._send(redelivered)
@@ -323,7 +338,7 @@ class Dispatcher:
                 if not serials:
                     continue
             while True:
-                claimed = await self._retrying("claim", lambda: self.store.claim_next(serials, now=now))
+                claimed = await self._retrying("claim", self.store.claim_next, serials, now=now)
                 self.counters.dispatched += len(claimed)
                 await self._send(claimed)
                 if serials is not None or len(claimed) < CLAIM_BATCH:
@@ -337,7 +352,7 @@ class Dispatcher:
                 continue  # sensors cannot reach us: their clocks do not run either
             now = self.clock()
             expiry = await self._retrying(
-                "timeouts", lambda: self.store.expire(now=now, ack_timeout_s=self.settings.ack_timeout_s)
+                "timeouts", self.store.expire, now=now, ack_timeout_s=self.settings.ack_timeout_s
             )
             self.counters.dispatched += len(expiry.dispatches)
             await self._send(expiry.dispatches)
@@ -346,13 +361,11 @@ class Dispatcher:
     # -- outbox --------------------------------------------------------------
     async def _outbox(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox_wake.wait(), OUTBOX_POLL_S)
-            except TimeoutError:
-                pass
             self._outbox_wake.clear()
             await self.link.connected.wait()
-            pending = await self._retrying("outbox", lambda: self.store.unpublished(limit=CLAIM_BATCH))
+            pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
             if not pending:
                 continue
             cancels = [
@@ -366,7 +379,7 @@ class Dispatcher:
             if sent < len(cancels) + len(events):
                 continue  # broker went away: publish them all again later (consumers dedupe)
             ids = [event_id for event_id, _ in pending]
-            await self._retrying("outbox mark", lambda: self.store.mark_published(ids))
+            await self._retrying("outbox mark", self.store.mark_published, ids)
             self.kick(t.sensor_serial for _, t in pending if t.target.terminal)
             if len(pending) == CLAIM_BATCH:
                 self._outbox_wake.set()

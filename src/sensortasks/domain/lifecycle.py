@@ -73,7 +73,7 @@ def _fail(state: TaskState, policy: RetryPolicy, reason: str, *, retryable: bool
     return Outcome(new, (step,))
 
 
-def apply_report(  # noqa: PLR0911
+def apply_report(
     state: TaskState,
     *,
     attempt: int,

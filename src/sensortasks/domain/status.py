@@ -43,16 +43,12 @@ class TaskStatus(IntEnum):
             raise ValueError(f"unknown status {text!r}") from None
 
 
-TERMINAL: frozenset[TaskStatus] = frozenset(
-    {TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.CANCELLED}
-)
+TERMINAL: frozenset[TaskStatus] = frozenset({TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.CANCELLED})
 ACTIVE: frozenset[TaskStatus] = frozenset({TaskStatus.PENDING, TaskStatus.ONGOING})
 
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.ONGOING, TaskStatus.CANCELLED, TaskStatus.ERROR}),
-    TaskStatus.ONGOING: frozenset(
-        {TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.PENDING, TaskStatus.CANCELLED}
-    ),
+    TaskStatus.ONGOING: frozenset({TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.PENDING, TaskStatus.CANCELLED}),
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.ERROR: frozenset(),
     TaskStatus.CANCELLED: frozenset(),

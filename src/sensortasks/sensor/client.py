@@ -233,9 +233,7 @@ class SensorClient:
         running = self._run_task
         connected = asyncio.create_task(self.connected.wait())
         try:
-            await asyncio.wait(
-                {connected, running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({connected, running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             connected.cancel()
         if self.connected.is_set():
@@ -279,15 +277,11 @@ class SensorClient:
             if client is None or not self.connected.is_set():
                 continue
             try:
-                await client.publish(
-                    topic, payload, qos=1, timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT_S)
-                )
+                await client.publish(topic, payload, qos=1, timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT_S))
             except aiomqtt.MqttError as exc:
                 # A timeout means "maybe delivered"; a broken connection is noticed by
                 # run(). Either way re-publishing is safe because reports are idempotent.
-                logger.debug(
-                    "sensor %s: publish to %s failed (%s), retrying", self.serial, topic, exc
-                )
+                logger.debug("sensor %s: publish to %s failed (%s), retrying", self.serial, topic, exc)
                 await asyncio.sleep(_PUBLISH_RETRY_PAUSE_S)
             else:
                 return True
@@ -383,9 +377,7 @@ class SensorClient:
         if isinstance(payload, bytearray):
             payload = bytes(payload)
         if not isinstance(payload, bytes | str) or len(payload) > MAX_PAYLOAD_BYTES:
-            logger.warning(
-                "sensor %s: dropped an unusable payload on %s", self.serial, message.topic
-            )
+            logger.warning("sensor %s: dropped an unusable payload on %s", self.serial, message.topic)
             return
         try:
             command = parse_sensor_command(payload)
@@ -418,9 +410,7 @@ class SensorClient:
                 self._reply(outcome.report)  # a re-send: the dispatcher missed our final status
                 return
             if attempt < outcome.attempt:
-                logger.info(
-                    "sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id
-                )
+                logger.info("sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id)
                 return
         run = self._runs.get(task_id)
         if run is not None:
@@ -428,9 +418,7 @@ class SensorClient:
                 self._reply(run.job.ongoing_report())
                 return
             if attempt < run.job.attempt:
-                logger.info(
-                    "sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id
-                )
+                logger.info("sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id)
                 return
             logger.info(
                 "sensor %s: attempt %s of task %s replaces attempt %s",
@@ -476,9 +464,7 @@ class SensorClient:
             report: StatusReport
             try:
                 result = await self._handler(job)
-                report = StatusReport(
-                    task_id=job.task_id, attempt=job.attempt, status="completed", result=result
-                )
+                report = StatusReport(task_id=job.task_id, attempt=job.attempt, status="completed", result=result)
                 report.to_json()  # a result that cannot be sent is the handler's error
             except TaskFailed as exc:
                 report = self._error_report(job, exc.message, retryable=exc.retryable)

@@ -11,6 +11,7 @@ rolls the whole batch back (`StaleBatch`) to be retried on fresh rows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -104,9 +105,7 @@ class _Work:
     @property
     def state(self) -> TaskState:
         status = TaskStatus(self.row["status_id"])
-        in_flight = status is TaskStatus.ONGOING or (
-            status is TaskStatus.PENDING and self.row["sent_at"] is not None
-        )
+        in_flight = status is TaskStatus.ONGOING or (status is TaskStatus.PENDING and self.row["sent_at"] is not None)
         return TaskState(status, self.row["attempt_count"], self.row["max_attempts"], in_flight)
 
     def set(self, now: datetime, **values: Any) -> None:  # noqa: ANN401
@@ -158,9 +157,9 @@ class _Changes:
             self.dispatches.append(work.dispatch())
         for step in outcome.steps:
             self._step(work, step, outcome, report)
-        if report is not None and report.progress is not None and work.row["status_id"] == TaskStatus.ONGOING:
-            if work.row["progress"] != report.progress:
-                work.set(now, progress=report.progress)
+        progress = None if report is None else report.progress
+        if progress is not None and work.row["status_id"] == TaskStatus.ONGOING and work.row["progress"] != progress:
+            work.set(now, progress=progress)
 
     def _step(self, work: _Work, step: lc.Step, outcome: lc.Outcome, report: IncomingReport | None) -> None:
         now, row = self.now, work.row
@@ -209,11 +208,18 @@ class TaskStore:
         self.db = db
         self.policy = policy or RetryPolicy()
         self._lock_rows = not db.is_sqlite  # SQLite's BEGIN IMMEDIATE already holds the lock
+        # SQLite has one writer. Queue this process's writers here instead of letting them
+        # collide in SQLite's busy handler, which sleeps in millisecond steps.
+        self._write_lock = asyncio.Lock() if db.is_sqlite else None
 
     # -- plumbing ----------------------------------------------------------
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.db.writer.begin() as conn:
+        if self._write_lock is None:
+            async with self.db.writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.db.writer.begin() as conn:
             yield conn
 
     @asynccontextmanager
@@ -256,8 +262,16 @@ class TaskStore:
             result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
             created = [Task.model_validate(dict(r._mapping)) for r in result]
             events = [
-                {"task_id": t.id, "at": now, "kind": "transition", "from_status": None,
-                 "to_status": TaskStatus.PENDING, "attempt": 0, "reason": "created", "published": False}
+                {
+                    "task_id": t.id,
+                    "at": now,
+                    "kind": "transition",
+                    "from_status": None,
+                    "to_status": TaskStatus.PENDING,
+                    "attempt": 0,
+                    "reason": "created",
+                    "published": False,
+                }
                 for t in created
             ]
             await conn.execute(insert(E), events)
@@ -345,7 +359,7 @@ class TaskStore:
     async def counts(self) -> dict[TaskStatus, int]:
         async with self._read() as conn:
             rows = await conn.execute(select(T.c.status_id, func.count()).group_by(T.c.status_id))
-            counts = {status: 0 for status in TaskStatus}
+            counts = dict.fromkeys(TaskStatus, 0)
             counts.update({TaskStatus(s): n for s, n in rows})
             return counts
 
@@ -495,8 +509,10 @@ class TaskStore:
             if new:
                 await conn.execute(insert(S), new)
             if old:
-                stmt = update(S).where(S.c.serial == bindparam("k")).values(
-                    online=bindparam("v_online"), last_seen=bindparam("v_seen", type_=S.c.last_seen.type)
+                stmt = (
+                    update(S)
+                    .where(S.c.serial == bindparam("k"))
+                    .values(online=bindparam("v_online"), last_seen=bindparam("v_seen", type_=S.c.last_seen.type))
                 )
                 await conn.execute(stmt, old)
 

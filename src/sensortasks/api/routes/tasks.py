@@ -24,9 +24,7 @@ from sensortasks.errors import InvalidInput, NotFound
 from sensortasks.store import NewTask, Task, utcnow
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (401, 404, 409, 422)
-}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (401, 404, 409, 422)}
 MAX_ID = 2**63 - 1
 
 

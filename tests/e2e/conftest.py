@@ -1,0 +1,82 @@
+"""`sensortasks serve` as a real process, for crash and shutdown tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sensortasks.testing import MosquittoBroker, free_port
+
+START_TIMEOUT_S = 30.0
+
+
+class ServeProcess:
+    def __init__(self, broker: MosquittoBroker, workdir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.env = (
+            os.environ
+            | {
+                "SENSORTASKS_MQTT_URL": broker.url,
+                "SENSORTASKS_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/sensortasks.db",
+                "SENSORTASKS_AUTH": "disabled",
+                "SENSORTASKS_HTTP_PORT": str(self.port),
+                "SENSORTASKS_INSTANCE": "e2e",
+                "SENSORTASKS_RETRY_BACKOFF_S": "0.1",
+                "SENSORTASKS_RETRY_BACKOFF_MAX_S": "0.5",
+            }
+            | env
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.starts += 1
+        with (self.workdir / f"serve-{self.starts}.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sensortasks", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log()
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("serve did not become healthy:\n" + self.log())
+
+    def log(self) -> str:
+        return (self.workdir / f"serve-{self.starts}.log").read_text(errors="replace")[-5000:]
+
+    def signal(self, sig: signal.Signals) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(30)
+        self.process = None
+        return code
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def serve(broker: MosquittoBroker, tmp_path: Path) -> Iterator[ServeProcess]:
+    process = ServeProcess(broker, tmp_path)
+    yield process
+    process.stop()

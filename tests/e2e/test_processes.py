@@ -1,0 +1,121 @@
+"""Real processes: a dispatcher killed with SIGKILL and restarted, graceful shutdown, ./scripts/run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import pytest
+
+from sensortasks.sensor import Job, SensorClient
+from sensortasks.testing import MosquittoBroker, free_port
+
+from .conftest import ServeProcess
+
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_kill_9_and_restart_loses_nothing(serve: ServeProcess, broker: MosquittoBroker) -> None:
+    serve.start()
+    serials = [700000000000000 + i for i in range(5)]
+
+    async def work(job: Job) -> dict[str, int]:
+        await job.progress(50)
+        await asyncio.sleep(0.15)
+        return {"task": job.task_id}
+
+    sensors = [SensorClient(s, work, host=broker.host, port=broker.port) for s in serials]
+    await asyncio.gather(*(s.start() for s in sensors))
+    try:
+        async with httpx.AsyncClient(base_url=serve.url, timeout=10) as api:
+            body = {
+                "tasks": [
+                    {"sensor_serial": serials[i % 5], "file_id": FILE_ID, "type": "update_firmware"} for i in range(40)
+                ]
+            }
+            ids = (await api.post("/v1/tasks/bulk", json=body)).json()["ids"]
+            for _ in range(2):  # two crashes, each with tasks Pending and Ongoing
+                await asyncio.sleep(0.6)
+                statuses = {
+                    t["status_name"] for t in (await api.get("/v1/tasks", params={"limit": 100})).json()["data"]
+                }
+                assert {"Pending", "Ongoing"} <= statuses or "Completed" in statuses
+                serve.signal(signal.SIGKILL)
+                await asyncio.sleep(0.5)  # sensors keep reporting into the dispatcher's session
+                serve.start()
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                page = (await api.get("/v1/tasks", params={"limit": 100})).json()["data"]
+                if all(t["status_name"] == "Completed" for t in page):
+                    break
+                await asyncio.sleep(0.2)
+            tasks = {t["id"]: t for t in (await api.get("/v1/tasks", params={"limit": 100})).json()["data"]}
+            assert sorted(tasks) == sorted(ids)
+            assert {t["status_name"] for t in tasks.values()} == {"Completed"}, serve.log()
+            for task_id, task in tasks.items():
+                events = (await api.get(f"/v1/tasks/{task_id}/events")).json()["data"]
+                completed = [e for e in events if e["to_status_name"] == "Completed"]
+                sent = [e for e in events if e["kind"] == "sent"]
+                assert len(completed) == 1
+                assert task["attempt_count"] == len(sent) == max(e["attempt"] for e in events)
+    finally:
+        for sensor in sensors:
+            await sensor.stop()
+
+
+async def test_sigterm_and_sigint_shut_down_cleanly(serve: ServeProcess, broker: MosquittoBroker) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        serve.start()
+        seen: list[bytes] = []
+        async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as watcher:
+            await watcher.subscribe("ops/dispatchers/e2e", qos=1)
+            started = time.monotonic()
+            code = await asyncio.to_thread(serve.signal, sig)
+            elapsed = time.monotonic() - started
+            async with asyncio.timeout(5):
+                async for message in watcher.messages:
+                    seen.append(message.payload if isinstance(message.payload, bytes) else b"")
+                    if b'"offline"' in seen[-1]:
+                        break
+        assert code == 0
+        assert elapsed < 10
+        assert b'"status":"offline"' in seen[-1]
+
+
+@pytest.mark.slow
+def test_scripts_run_starts_a_working_service(broker: MosquittoBroker, tmp_path: Path) -> None:
+    port = free_port()
+    env = os.environ | {
+        "SENSORTASKS_MQTT_PORT": str(broker.port),
+        "SENSORTASKS_HTTP_PORT": str(port),
+        "SENSORTASKS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/run.db",
+        "SENSORTASKS_INSTANCE": "scripts-run",
+    }
+    env.pop("SENSORTASKS_MQTT_URL", None)
+    with (tmp_path / "run.log").open("wb") as log:
+        process = subprocess.Popen([str(ROOT / "scripts" / "run")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert health is not None, (tmp_path / "run.log").read_text()
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "database": "up", "broker": "up"}
+        # Authentication is on by default: no key, no tasks.
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/tasks", timeout=5).status_code == 401
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
