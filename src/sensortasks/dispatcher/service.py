@@ -211,7 +211,7 @@ class Dispatcher:
                 self.topics.tasks(d.sensor_serial),
                 TaskMessage(
                     task_id=d.task_id,
-                    type=d.type,  # type: ignore[arg-type]
+                    type=d.type,
                     file_id=d.file_id,
                     attempt=d.attempt,
                     timeout_s=d.timeout_s,
