@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from sensortasks.testing import MosquittoBroker
 
@@ -25,14 +28,38 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/sensortasks.db"
 
 
-@pytest.fixture
-def postgres_url() -> str:
-    """The local PostgreSQL; skips with a reason if unreachable (fails when it is required)."""
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards.
+
+    Skips with a visible reason when PostgreSQL is unreachable, and fails instead when
+    ``SENSORTASKS_REQUIRE_POSTGRES=1`` (CI), so it cannot skip silently there.
+    """
+    admin = make_url(POSTGRES_URL)
     try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-    except OSError as exc:
-        reason = f"PostgreSQL not reachable at 127.0.0.1:5432 ({exc})"
+        conn = await asyncpg.connect(
+            host=admin.host,
+            port=admin.port,
+            user=admin.username,
+            password=admin.password,
+            database=admin.database,
+            timeout=3,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        reason = f"PostgreSQL not reachable at {admin.host}:{admin.port} ({exc})"
         if os.environ.get("SENSORTASKS_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason + " and SENSORTASKS_REQUIRE_POSTGRES=1")
         pytest.skip(reason)
-    return POSTGRES_URL
+    name = f"sensortasks_test_{uuid.uuid4().hex[:12]}"
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with postgres_database() as url:
+        yield url

@@ -71,7 +71,7 @@ class Job:
 
     async def progress(self, pct: int) -> None:
         """Report progress (0-100) as status "ongoing"; waits until the broker has it."""
-        if not 0 <= pct <= 100:
+        if not 0 <= pct <= 100:  # noqa: PLR2004
             msg = f"progress must be within 0..100, got {pct}"
             raise ValueError(msg)
         if self.cancelled.is_set():

@@ -1,0 +1,93 @@
+"""TaskStore on a real SQLite file and a real PostgreSQL: guarded updates, batches, races."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sensortasks.domain import RetryPolicy, TaskStatus
+from sensortasks.errors import Conflict, NotFound
+from sensortasks.store import IncomingReport, NewTask, TaskStore, open_database, upgrade, utcnow
+from tests.conftest import postgres_database
+
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, sqlite_url: str) -> AsyncIterator[TaskStore]:
+    async with contextlib.AsyncExitStack() as stack:
+        url = sqlite_url if request.param == "sqlite" else await stack.enter_async_context(postgres_database())
+        await upgrade(url)
+        db = open_database(url)
+        stack.push_async_callback(db.dispose)
+        yield TaskStore(db, RetryPolicy(0, 0))
+
+
+def new(serial: int, n: int = 1) -> list[NewTask]:
+    return [NewTask(serial, "update_firmware", FILE_ID, 3, 3600) for _ in range(n)]
+
+
+async def test_a_sensor_gets_one_task_at_a_time_oldest_first(store: TaskStore) -> None:
+    first, second = await store.create(new(1, 2), customer_id=None, now=utcnow())
+    claimed = await store.claim_next([1], now=utcnow())
+    assert [(d.task_id, d.attempt) for d in claimed] == [(first.id, 1)]
+    assert await store.claim_next(None, now=utcnow()) == []  # the head is in flight
+    done = await store.apply_reports([IncomingReport(1, first.id or 0, 1, "completed")], now=utcnow())
+    assert [t.target for t in done.transitions] == [TaskStatus.ONGOING, TaskStatus.COMPLETED]
+    assert [d.task_id for d in await store.claim_next([1], now=utcnow())] == [second.id]
+
+
+async def test_concurrent_claims_never_send_an_attempt_twice(store: TaskStore) -> None:
+    await store.create([t for s in range(1, 51) for t in new(s, 2)], customer_id=None, now=utcnow())
+    results = await asyncio.gather(*(store.claim_next(None, now=utcnow()) for _ in range(4)))
+    claimed = [(d.task_id, d.attempt) for batch in results for d in batch]
+    assert len(claimed) == len(set(claimed)) == 50
+    assert len({d.sensor_serial for batch in results for d in batch}) == 50
+
+
+async def test_a_burst_of_reports_is_applied_in_order_in_one_batch(store: TaskStore) -> None:
+    tasks = await store.create([t for s in range(1, 201) for t in new(s)], customer_id=None, now=utcnow())
+    await store.claim_next(None, now=utcnow())
+    reports = [IncomingReport(t.sensor_serial, t.id or 0, 1, "ongoing", progress=10) for t in tasks]
+    reports += [IncomingReport(t.sensor_serial, t.id or 0, 1, "completed") for t in tasks]
+    reports += [IncomingReport(t.sensor_serial, t.id or 0, 1, "completed") for t in tasks[:5]]  # duplicates
+    reports += [IncomingReport(999, tasks[0].id or 0, 1, "completed"), IncomingReport(1, 10**9, 1, "ongoing")]
+    result = await store.apply_reports(reports, now=utcnow())
+    assert len(result.transitions) == 400
+    assert result.ignored == 5
+    assert sorted(r.reason.split(" ")[0] for r in result.refused) == ["task", "unknown"]
+    counts = await store.counts()
+    assert counts[TaskStatus.COMPLETED] == 200
+
+
+async def test_cancel_rules_and_tenancy(store: TaskStore) -> None:
+    (mine,) = await store.create(new(7), customer_id=1, now=utcnow())
+    assert mine.id is not None
+    with pytest.raises(NotFound):
+        await store.get(mine.id, customer_id=2)
+    with pytest.raises(NotFound):
+        await store.cancel(mine.id, customer_id=2, now=utcnow())
+    cancelled = await store.cancel(mine.id, customer_id=1, now=utcnow())
+    assert cancelled.status_id == TaskStatus.CANCELLED
+    assert (await store.cancel(mine.id, customer_id=1, now=utcnow())).status_id == TaskStatus.CANCELLED
+    (done,) = await store.create(new(8), customer_id=1, now=utcnow())
+    await store.claim_next([8], now=utcnow())
+    await store.apply_reports([IncomingReport(8, done.id or 0, 1, "completed")], now=utcnow())
+    with pytest.raises(Conflict):
+        await store.cancel(done.id or 0, customer_id=1, now=utcnow())
+
+
+async def test_timeouts_skip_offline_sensors(store: TaskStore) -> None:
+    tasks = await store.create(new(1) + new(2), customer_id=None, now=utcnow())
+    await store.claim_next(None, now=utcnow())
+    await store.record_presence([(2, False)], now=utcnow())
+    expiry = await store.expire(now=utcnow(), ack_timeout_s=0)
+    assert [(d.task_id, d.attempt) for d in expiry.dispatches] == [(tasks[0].id, 2)]
+
+
+async def test_upgrade_is_idempotent(store: TaskStore) -> None:
+    await upgrade(store.db.url)
+    assert await store.counts() == dict.fromkeys(TaskStatus, 0)

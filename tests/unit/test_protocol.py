@@ -1,0 +1,71 @@
+"""Topics and messages of protocol v1."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from sensortasks.protocol import StatusReport, Topics, parse_sensor_command
+from sensortasks.protocol.messages import CancelMessage, TaskMessage
+
+TOPICS = Topics()
+
+
+@given(serial=st.integers(min_value=1, max_value=10**18 - 1), channel=st.sampled_from(["tasks", "status", "presence"]))
+def test_sensor_topics_round_trip(serial: int, channel: str) -> None:
+    topic = getattr(TOPICS, channel)(serial)
+    parsed = TOPICS.parse_sensor(topic)
+    assert parsed is not None
+    assert (parsed.serial, parsed.channel) == (serial, channel)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["sensors/0/status", "sensors/012/status", "sensors/abc/status", "sensors/1/status/x", "sensors/1/other",
+     "sensors//status", "other/1/status", "sensors/-1/status", "sensors/１/status"],
+)  # fmt: skip
+def test_bad_sensor_topics_are_refused(topic: str) -> None:
+    assert TOPICS.parse_sensor(topic) is None
+
+
+def test_prefixes_are_configurable() -> None:
+    topics = Topics(sensors="fleet/a", ops="mon")
+    assert topics.status(5) == "fleet/a/5/status"
+    assert topics.parse_sensor("fleet/a/5/status") is not None
+    assert topics.ops_event(5, 9) == "mon/events/5/9"
+
+
+def test_status_report_accepts_the_spec_examples_and_ignores_extra_fields() -> None:
+    report = StatusReport.model_validate_json(
+        '{"v": 1, "task_id": 16624171, "attempt": 1, "status": "error", "error": "checksum mismatch",'
+        ' "retryable": false, "firmware": "x"}'
+    )
+    assert (report.status, report.retryable, report.error) == ("error", False, "checksum mismatch")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"v": 2, "task_id": 1, "attempt": 1, "status": "ongoing"}',
+        '{"task_id": 1, "attempt": 1, "status": "ongoing", "v": "1"}',
+        '{"v": 1, "task_id": 1, "attempt": 0, "status": "ongoing"}',
+        '{"v": 1, "task_id": true, "attempt": 1, "status": "ongoing"}',
+        '{"v": 1, "task_id": 1, "attempt": 1, "status": "done"}',
+        '{"v": 1, "task_id": 1, "attempt": 1, "status": "ongoing", "progress": 101}',
+        '{"v": 1, "task_id": 1, "attempt": 1.5, "status": "ongoing"}',
+        "[]",
+    ],
+)
+def test_invalid_status_reports_are_refused(payload: str) -> None:
+    with pytest.raises(ValidationError):
+        StatusReport.model_validate_json(payload)
+
+
+def test_sensor_commands_parse_by_kind() -> None:
+    task = TaskMessage(task_id=1, type="update_firmware", file_id="f", attempt=2, timeout_s=60)
+    assert parse_sensor_command(task.to_json()) == task
+    assert parse_sensor_command(CancelMessage(task_id=1).to_json()) == CancelMessage(task_id=1)
+    with pytest.raises(ValidationError):
+        parse_sensor_command(b'{"v": 1, "kind": "reboot", "task_id": 1}')
