@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -18,4 +19,5 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade_to_head(url: str) -> None:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     command.upgrade(alembic_config(url), "head")
