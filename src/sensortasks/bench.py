@@ -225,7 +225,10 @@ def run_product(host: str, port: int, sensors: int, tasks: int, workdir: Path) -
     )
     try:
         url = f"http://127.0.0.1:{http_port}"
-        asyncio.run(_wait_healthy(url))
+        try:
+            asyncio.run(_wait_healthy(url))
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{(workdir / 'serve.log').read_text()[-3000:]}") from None
         time.sleep(1.0 + sensors / 500)  # let the fleet connect (it does so in batches)
         return asyncio.run(_drive(url, host, port, sensors, tasks))
     finally:

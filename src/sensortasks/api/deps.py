@@ -9,10 +9,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sensortasks.api.errors import ApiError
+from sensortasks.api.service import TaskService
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
+from sensortasks.metrics import Metrics
 from sensortasks.store import TaskStore
-from sensortasks.store.keys import KeyStore, Principal
+from sensortasks.store.keys import Principal
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `sensortasks keys create CUSTOMER`.")
 
@@ -20,10 +22,16 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `sensortasks
 @dataclass
 class AppState:
     settings: Settings
-    store: TaskStore
-    keys: KeyStore
-    #: The in-process dispatcher, if this process runs one (to wake it up at once).
-    dispatcher: Dispatcher | None
+    service: TaskService
+    metrics: Metrics
+
+    @property
+    def store(self) -> TaskStore:
+        return self.service.store
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        return self.service.dispatcher
 
 
 def _state(request: Request) -> AppState:
@@ -43,7 +51,7 @@ async def _principal(
         return None
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'")
-    principal = await state.keys.authenticate(credentials.credentials)
+    principal = await state.service.keys.authenticate(credentials.credentials)
     if principal is None:
         raise ApiError(401, "invalid API key")
     return principal

@@ -117,6 +117,35 @@ class TasksPublic(BaseModel):
     next_cursor: str | None
 
 
+#: Columns of ``/v1/tasks/export.csv``, in the seed's order.
+CSV_COLUMNS = (
+    "id", "sensor_serial", "type", "status_id", "status_name", "attempt_count", "created_at", "updated_at",
+    "file_id", "max_attempts", "timeout_s", "progress", "started_at", "completed_at", "error",
+)  # fmt: skip
+
+
+class ResultPublic(BaseModel):
+    task_id: int
+    status_id: int
+    status_name: str
+    completed_at: str | None
+    #: What the sensor reported with "completed" (any JSON object), or null.
+    result: dict[str, Any] | None
+    error: str | None
+
+    @classmethod
+    def of(cls, task: Task) -> ResultPublic:
+        assert task.id is not None  # noqa: S101
+        return cls(
+            task_id=task.id,
+            status_id=task.status_id,
+            status_name=TaskStatus(task.status_id).label,
+            completed_at=format_time(task.completed_at),
+            result=task.result,
+            error=task.error,
+        )
+
+
 class EventPublic(BaseModel):
     at: str
     kind: str

@@ -28,6 +28,7 @@ from sensortasks.config import Settings
 from sensortasks.dispatcher.link import Incoming, MqttLink
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import Unavailable
+from sensortasks.metrics import Metrics
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
     CancelMessage,
@@ -92,8 +93,10 @@ class Dispatcher:
         store: TaskStore,
         *,
         clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.store = store
         self.topics = settings.topics
         self.clock = clock
@@ -340,6 +343,9 @@ class Dispatcher:
             while True:
                 claimed = await self._retrying("claim", self.store.claim_next, serials, now=now)
                 self.counters.dispatched += len(claimed)
+                for dispatch in claimed:
+                    if dispatch.attempt == 1:
+                        self.metrics.dispatch_latency.observe((now - dispatch.created_at).total_seconds())
                 await self._send(claimed)
                 if serials is not None or len(claimed) < CLAIM_BATCH:
                     break

@@ -30,6 +30,29 @@ class NewTask:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """The list filters of ``GET /v1/tasks`` (all optional, combined with AND)."""
+
+    customer_id: int | None = None
+    sensor_serial: int | None = None
+    statuses: tuple[TaskStatus, ...] = ()
+    type: str | None = None
+    created_since: datetime | None = None
+    created_until: datetime | None = None
+    updated_since: datetime | None = None
+    updated_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """A stored answer to an idempotent request."""
+
+    request_hash: str
+    status_code: int
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     """One task message to publish: a new attempt, or a re-delivery of the current one."""
 
@@ -39,6 +62,7 @@ class Dispatch:
     file_id: str
     attempt: int
     timeout_s: int
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

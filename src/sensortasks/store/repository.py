@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import RetryPolicy, TaskState, TaskStatus
@@ -32,17 +32,20 @@ from sensortasks.store.records import (
     IncomingReport,
     NewTask,
     Refusal,
+    Remembered,
     ReportBatchResult,
     SensorInfo,
+    TaskFilter,
     Transition,
 )
-from sensortasks.store.tables import Sensor, Task, TaskEvent
+from sensortasks.store.tables import IdempotencyKey, Sensor, Task, TaskEvent
 
 log = logging.getLogger(__name__)
 
 T = Task.__table__  # type: ignore[attr-defined]
 E = TaskEvent.__table__  # type: ignore[attr-defined]
 S = Sensor.__table__  # type: ignore[attr-defined]
+I = IdempotencyKey.__table__  # type: ignore[attr-defined]  # noqa: E741
 
 ACTIVE = (TaskStatus.PENDING, TaskStatus.ONGOING)
 #: Columns a state change may write; the guarded UPDATE sets all of them.
@@ -114,7 +117,9 @@ class _Work:
 
     def dispatch(self) -> Dispatch:
         r = self.row
-        return Dispatch(r["id"], r["sensor_serial"], r["type"], r["file_id"], r["attempt_count"], r["timeout_s"])
+        return Dispatch(
+            r["id"], r["sensor_serial"], r["type"], r["file_id"], r["attempt_count"], r["timeout_s"], r["created_at"]
+        )
 
 
 @dataclass
@@ -287,27 +292,75 @@ class TaskStore:
             raise NotFound(f"task {task_id} not found")
         return Task.model_validate(dict(row._mapping))
 
+    def _filtered(self, where: TaskFilter) -> Select[Any]:
+        query = self._owned(select(T), where.customer_id)
+        for column, value in (
+            (T.c.sensor_serial, where.sensor_serial),
+            (T.c.type, where.type),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if where.statuses:
+            query = query.where(T.c.status_id.in_([int(s) for s in where.statuses]))
+        for column, since, until in (
+            (T.c.created_at, where.created_since, where.created_until),
+            (T.c.updated_at, where.updated_since, where.updated_until),
+        ):
+            if since is not None:
+                query = query.where(column >= since)
+            if until is not None:
+                query = query.where(column < until)
+        return query
+
     async def list_tasks(
-        self,
-        *,
-        customer_id: int | None = None,
-        sensor_serial: int | None = None,
-        statuses: Collection[TaskStatus] = (),
-        before_id: int | None = None,
-        limit: int = 100,
+        self, where: TaskFilter, *, before_id: int | None = None, limit: int = 100
     ) -> tuple[list[Task], bool]:
         """Newest first; `before_id` is the keyset cursor. Returns the page and whether more follow."""
-        query = self._owned(select(T), customer_id)
-        if sensor_serial is not None:
-            query = query.where(T.c.sensor_serial == sensor_serial)
-        if statuses:
-            query = query.where(T.c.status_id.in_([int(s) for s in statuses]))
+        query = self._filtered(where)
         if before_id is not None:
             query = query.where(T.c.id < before_id)
         query = query.order_by(T.c.id.desc()).limit(limit + 1)
         async with self._read() as conn:
             rows = [Task.model_validate(dict(r._mapping)) for r in await conn.execute(query)]
         return rows[:limit], len(rows) > limit
+
+    async def iter_tasks(self, where: TaskFilter, *, page: int = 1000) -> AsyncIterator[list[Task]]:
+        """Every matching task, newest first, a page at a time (constant memory for exports)."""
+        before: int | None = None
+        while True:
+            rows, more = await self.list_tasks(where, before_id=before, limit=page)
+            if rows:
+                yield rows
+            if not more:
+                return
+            before = rows[-1].id
+
+    # -- idempotency ---------------------------------------------------------
+    async def remembered(self, customer_id: int, key: str) -> Remembered | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(I).where(I.c.customer_id == customer_id, I.c.key == key))).first()
+        return None if row is None else Remembered(row.request_hash, row.status_code, row.response)
+
+    async def remember(
+        self, customer_id: int, key: str, answer: Remembered, *, now: datetime, keep: timedelta
+    ) -> Remembered:
+        """Store an answer; if another request stored one first, return that one instead."""
+        async with self._write() as conn:
+            existing = (await conn.execute(select(I).where(I.c.customer_id == customer_id, I.c.key == key))).first()
+            if existing is not None:
+                return Remembered(existing.request_hash, existing.status_code, existing.response)
+            await conn.execute(delete(I).where(I.c.created_at < now - keep))
+            await conn.execute(
+                insert(I).values(
+                    customer_id=customer_id,
+                    key=key,
+                    request_hash=answer.request_hash,
+                    status_code=answer.status_code,
+                    response=answer.response,
+                    created_at=now,
+                )
+            )
+        return answer
 
     async def events(self, task_id: int, *, customer_id: int | None = None) -> list[TaskEvent]:
         await self.get(task_id, customer_id=customer_id)

@@ -119,3 +119,18 @@ class ApiKey(SQLModel, table=True):
     #: The first characters of the key, to recognise it in listings without storing it.
     prefix: str = Field(max_length=16)
     created_at: datetime
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create request remembered by its ``Idempotency-Key``: a replay gets the same answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_created", "created_at"),)
+
+    #: 0 when authentication is disabled (single tenant).
+    customer_id: int = Field(primary_key=True)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response: str
+    created_at: datetime

@@ -1,9 +1,10 @@
-"""``/healthz``: 200 when the database and the broker connection are up."""
+"""Operations: ``/healthz`` and ``/metrics``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.api.deps import State
@@ -11,7 +12,7 @@ from sensortasks.api.deps import State
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness of the database and the broker connection")
+@router.get("/healthz", summary="200 when the database and the broker connection are up, else 503")
 async def healthz(state: State) -> JSONResponse:
     try:
         await state.store.ping()
@@ -23,3 +24,20 @@ async def healthz(state: State) -> JSONResponse:
     healthy = database == "up" and broker != "down"
     body = {"status": "ok" if healthy else "unavailable", "database": database, "broker": broker}
     return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+async def metrics(state: State) -> Response:
+    counts = await state.store.counts()
+    dispatcher = state.dispatcher
+    body = state.metrics.render(
+        tasks={status.label: n for status, n in counts.items()},
+        counters=dispatcher.counters if dispatcher else None,
+        connected=dispatcher.connected if dispatcher else None,
+    )
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,31 +1,41 @@
-"""``/v1/tasks``: create, list, get, cancel, history."""
+"""``/v1/tasks``: create (one or in bulk), list, export, get, cancel, history, result."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import io
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import StreamingResponse
 
-from sensortasks.api.deps import AppState, CustomerId, State
+from sensortasks.api.deps import CustomerId, State
 from sensortasks.api.models import (
+    CSV_COLUMNS,
     ErrorResponse,
     EventPublic,
     EventsPublic,
+    ResultPublic,
     TaskCreate,
     TaskPublic,
     TasksBulkCreate,
     TasksBulkCreated,
     TasksPublic,
 )
-from sensortasks.domain import TaskStatus
+from sensortasks.api.params import FORMATS_HELP, parse_time
+from sensortasks.api.service import MAX_ID, checked_id
+from sensortasks.domain import TaskStatus, TaskType
 from sensortasks.errors import InvalidInput, NotFound
-from sensortasks.store import NewTask, Task, utcnow
+from sensortasks.store import TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (401, 404, 409, 422)}
-MAX_ID = 2**63 - 1
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in (401, 422, *codes)}
 
 
 def encode_cursor(task_id: int) -> str:
@@ -36,97 +46,156 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, value = text.partition(":")
-        if version != "v1" or not value.isdigit():
+        if version != "v1" or not value.isdigit() or not 0 < int(value) <= MAX_ID:
             raise ValueError(text)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("cursor: not a cursor returned by this API", details={"field": "cursor"}) from None
 
 
-def parse_statuses(text: str | None) -> list[TaskStatus]:
+def parse_statuses(text: str | None) -> tuple[TaskStatus, ...]:
     if not text:
-        return []
+        return ()
     try:
-        return [TaskStatus.parse(part) for part in text.split(",") if part.strip()]
+        return tuple(TaskStatus.parse(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
-        raise InvalidInput(
-            f"status: {exc}; use names or ids: " + ", ".join(f"{s.label} ({s.value})" for s in TaskStatus),
-            details={"field": "status"},
-        ) from None
+        names = ", ".join(f"{s.label} ({s.value})" for s in TaskStatus)
+        raise InvalidInput(f"status: {exc}; use names or ids: {names}", details={"field": "status"}) from None
 
 
-def _new(body: TaskCreate, state: AppState) -> NewTask:
-    return NewTask(
-        sensor_serial=body.sensor_serial,
-        type=body.type.value,
-        file_id=str(body.file_id),
-        max_attempts=body.max_attempts or state.settings.max_attempts,
-        timeout_s=body.timeout_s or state.settings.default_timeout_s,
-    )
+TimeQuery = Annotated[str | None, Query(max_length=40, description=FORMATS_HELP)]
 
 
-async def _create(bodies: list[TaskCreate], state: AppState, customer_id: int | None) -> list[Task]:
-    tasks = await state.store.create([_new(b, state) for b in bodies], customer_id=customer_id, now=utcnow())
-    if state.dispatcher is not None:
-        state.dispatcher.kick({t.sensor_serial for t in tasks})
-        state.dispatcher.notify_outbox()
-    return tasks
-
-
-@router.post("", status_code=201, summary="Create a task", responses=ERRORS)
-async def create_task(body: TaskCreate, state: State, customer_id: CustomerId) -> TaskPublic:
-    (task,) = await _create([body], state, customer_id)
-    return TaskPublic.of(task)
-
-
-@router.post("/bulk", status_code=201, summary="Create up to 10,000 tasks in one transaction", responses=ERRORS)
-async def create_tasks(body: TasksBulkCreate, state: State, customer_id: CustomerId) -> TasksBulkCreated:
-    """All or nothing: one invalid item refuses the whole request (its index is in the error)."""
-    return TasksBulkCreated(ids=[t.id for t in await _create(body.tasks, state, customer_id) if t.id is not None])
-
-
-@router.get("", summary="List tasks, newest first", responses=ERRORS)
-async def list_tasks(
-    state: State,
+def task_filter(
     customer_id: CustomerId,
     sensor_serial: Annotated[int | None, Query(gt=0, le=MAX_ID)] = None,
-    status: Annotated[str | None, Query(max_length=200, description="Names or ids, comma-separated")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> TasksPublic:
-    rows, has_more = await state.store.list_tasks(
+    status: Annotated[
+        str | None, Query(max_length=200, description="Names or ids, comma-separated: `Pending,4`")
+    ] = None,
+    type: Annotated[TaskType | None, Query()] = None,
+    created_since: TimeQuery = None,
+    created_until: TimeQuery = None,
+    updated_since: TimeQuery = None,
+    updated_until: TimeQuery = None,
+) -> TaskFilter:
+    return TaskFilter(
         customer_id=customer_id,
         sensor_serial=sensor_serial,
         statuses=parse_statuses(status),
-        before_id=decode_cursor(cursor) if cursor else None,
-        limit=limit,
+        type=type.value if type else None,
+        created_since=parse_time("created_since", created_since, until=False),
+        created_until=parse_time("created_until", created_until, until=True),
+        updated_since=parse_time("updated_since", updated_since, until=False),
+        updated_until=parse_time("updated_until", updated_until, until=True),
+    )
+
+
+Filter = Annotated[TaskFilter, Depends(task_filter)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, description="Retrying with the same key returns the same result"),
+]
+
+
+@router.post("", status_code=201, summary="Create a task", responses=_errors(409))
+async def create_task(
+    body: TaskCreate, state: State, customer_id: CustomerId, idempotency_key: IdempotencyKey = None
+) -> TaskPublic:
+    async def create() -> tuple[int, str]:
+        (task,) = await state.service.create([body], customer_id)
+        return 201, TaskPublic.of(task).model_dump_json()
+
+    request = {"path": "/v1/tasks", "body": body.model_dump(mode="json")}
+    status, payload = await state.service.create_once(idempotency_key, customer_id, request, create)
+    return Response(payload, status_code=status, media_type="application/json")  # type: ignore[return-value]
+
+
+@router.post(
+    "/bulk", status_code=201, summary="Create up to 10,000 tasks in one transaction", responses=_errors(409, 413)
+)
+async def create_tasks(
+    body: TasksBulkCreate, state: State, customer_id: CustomerId, idempotency_key: IdempotencyKey = None
+) -> TasksBulkCreated:
+    """All or nothing: one invalid item refuses the whole request, and the error names its index
+    (`tasks.<index>.<field>`)."""
+
+    async def create() -> tuple[int, str]:
+        tasks = await state.service.create(body.tasks, customer_id)
+        return 201, TasksBulkCreated(ids=[t.id for t in tasks if t.id is not None]).model_dump_json()
+
+    request = {"path": "/v1/tasks/bulk", "body": body.model_dump(mode="json")}
+    status, payload = await state.service.create_once(idempotency_key, customer_id, request, create)
+    return Response(payload, status_code=status, media_type="application/json")  # type: ignore[return-value]
+
+
+@router.get("", summary="List tasks, newest first", responses=_errors())
+async def list_tasks(
+    state: State,
+    where: Filter,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
+) -> TasksPublic:
+    rows, has_more = await state.store.list_tasks(
+        where, before_id=decode_cursor(cursor) if cursor else None, limit=limit
     )
     next_cursor = encode_cursor(rows[-1].id) if has_more and rows and rows[-1].id is not None else None
     return TasksPublic(data=[TaskPublic.of(t) for t in rows], has_more=has_more, next_cursor=next_cursor)
 
 
-@router.get("/{task_id}", summary="Get a task", responses=ERRORS)
+@router.get(
+    "/export.csv",
+    summary="Export tasks as CSV (the list's filters)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}, **_errors()},
+)
+async def export_tasks(state: State, where: Filter) -> StreamingResponse:
+    """Streamed a page at a time: memory stays constant however many tasks match."""
+
+    async def rows() -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        async for page in state.store.iter_tasks(where):
+            for task in page:
+                data = TaskPublic.of(task).model_dump(mode="json")
+                writer.writerow(["" if data[c] is None else data[c] for c in CSV_COLUMNS])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        if buffer.tell():
+            yield buffer.getvalue()
+
+    # The header row goes out even when nothing matches.
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="tasks.csv"'},
+    )
+
+
+@router.get("/{task_id}", summary="Get a task", responses=_errors(404))
 async def get_task(task_id: int, state: State, customer_id: CustomerId) -> TaskPublic:
-    return TaskPublic.of(await state.store.get(checked_id(task_id), customer_id=customer_id))
+    return TaskPublic.of(await state.service.get(task_id, customer_id))
 
 
-@router.delete("/{task_id}", summary="Cancel a task", responses=ERRORS)
+@router.delete("/{task_id}", summary="Cancel a task", responses=_errors(404, 409))
 async def cancel_task(task_id: int, state: State, customer_id: CustomerId) -> TaskPublic:
     """Cancelled at once; the sensor gets a cancel message if the task had been sent.
     Cancelling a Cancelled task again returns it unchanged; a Completed or Error one is a 409."""
-    task = await state.store.cancel(checked_id(task_id), customer_id=customer_id, now=utcnow())
-    if state.dispatcher is not None:
-        state.dispatcher.notify_outbox()
-    return TaskPublic.of(task)
+    return TaskPublic.of(await state.service.cancel(task_id, customer_id))
 
 
-@router.get("/{task_id}/events", summary="A task's history of transitions and attempts", responses=ERRORS)
+@router.get("/{task_id}/events", summary="A task's history of transitions and attempts", responses=_errors(404))
 async def task_events(task_id: int, state: State, customer_id: CustomerId) -> EventsPublic:
     events = await state.store.events(checked_id(task_id), customer_id=customer_id)
     return EventsPublic(task_id=task_id, data=[EventPublic.of(e) for e in events])
 
 
-def checked_id(task_id: int) -> int:
-    if not 0 < task_id <= MAX_ID:
-        raise NotFound(f"task {task_id} not found")
-    return task_id
+@router.get("/{task_id}/result", summary="What the sensor reported with its final status", responses=_errors(404))
+async def task_result(task_id: int, state: State, customer_id: CustomerId) -> ResultPublic:
+    """404 until the task is Completed or has ended in Error."""
+    task = await state.service.get(task_id, customer_id)
+    status = TaskStatus(task.status_id)
+    if status not in (TaskStatus.COMPLETED, TaskStatus.ERROR):
+        raise NotFound(f"task {task_id} has no result: it is {status.label}", details={"status_name": status.label})
+    return ResultPublic.of(task)

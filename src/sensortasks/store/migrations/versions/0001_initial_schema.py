@@ -38,18 +38,14 @@ def upgrade() -> None:
     )
     op.create_table(
         "task_events",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("task_id", sa.BigInteger(), nullable=False),
         sa.Column("at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("from_status", sa.Integer(), nullable=True),
         sa.Column("to_status", sa.Integer(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
-        sa.Column(
-            "reason", sqlmodel.sql.sqltypes.AutoString(length=1100), nullable=True
-        ),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=1100), nullable=True),
         sa.Column("published", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -65,9 +61,7 @@ def upgrade() -> None:
 
     op.create_table(
         "tasks",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=True),
         sa.Column("sensor_serial", sa.BigInteger(), nullable=False),
         sa.Column("type", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
@@ -75,13 +69,9 @@ def upgrade() -> None:
         sa.Column("attempt_count", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("timeout_s", sa.Integer(), nullable=False),
-        sa.Column(
-            "file_id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False
-        ),
+        sa.Column("file_id", sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
         sa.Column("progress", sa.Integer(), nullable=True),
-        sa.Column(
-            "error", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True
-        ),
+        sa.Column("error", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -101,12 +91,8 @@ def upgrade() -> None:
             postgresql_where=sa.text("status_id IN (1, 4)"),
         )
         batch_op.create_index("ix_tasks_created", ["created_at"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_tasks_customer_id"), ["customer_id"], unique=False
-        )
-        batch_op.create_index(
-            "ix_tasks_sensor_id", ["sensor_serial", "id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_tasks_customer_id"), ["customer_id"], unique=False)
+        batch_op.create_index("ix_tasks_sensor_id", ["sensor_serial", "id"], unique=False)
         batch_op.create_index("ix_tasks_status_id", ["status_id", "id"], unique=False)
         batch_op.create_index("ix_tasks_updated", ["updated_at"], unique=False)
 
@@ -114,12 +100,8 @@ def upgrade() -> None:
         "api_keys",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
-        sa.Column(
-            "key_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False
-        ),
-        sa.Column(
-            "prefix", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False
-        ),
+        sa.Column("key_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("prefix", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -129,10 +111,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("key_hash"),
     )
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_api_keys_customer_id"), ["customer_id"], unique=False
-        )
-
+        batch_op.create_index(batch_op.f("ix_api_keys_customer_id"), ["customer_id"], unique=False)
 
 
 def downgrade() -> None:

@@ -1,0 +1,30 @@
+"""Query parameters: time filters in the seed's format, ISO 8601 or a plain date (UTC)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from sensortasks.errors import InvalidInput
+
+SEED_FORMAT = "%Y-%m-%d %H:%M:%S"
+FORMATS_HELP = "use YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' or ISO 8601 (UTC unless an offset is given)"
+
+
+def parse_time(field: str, text: str | None, *, until: bool) -> datetime | None:
+    """Parse a filter bound. `until` bounds are inclusive: a date covers its whole day,
+    a time to the second covers that second."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        if len(text) == 10:  # noqa: PLR2004
+            day = date.fromisoformat(text)
+            start = datetime.combine(day, time(), tzinfo=UTC)
+            return start + timedelta(days=1) if until else start
+        value = datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text else text)
+    except ValueError:
+        raise InvalidInput(f"{field}: {text!r} is not a time; {FORMATS_HELP}", details={"field": field}) from None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if until:
+        value += timedelta(seconds=1) if value.microsecond == 0 else timedelta(microseconds=1)
+    return value

@@ -1,0 +1,96 @@
+"""Customer operations, shared by the REST routes and the MQTT command topics,
+so validation and rules exist once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sensortasks.api.models import TaskCreate, TaskPublic
+from sensortasks.config import Settings
+from sensortasks.dispatcher import Dispatcher
+from sensortasks.errors import Conflict, NotFound
+from sensortasks.store import NewTask, Remembered, Task, TaskStore, utcnow
+from sensortasks.store.keys import KeyStore
+
+MAX_ID = 2**63 - 1
+#: How long an Idempotency-Key is remembered (at least the 24 hours promised).
+IDEMPOTENCY_KEEP = timedelta(hours=48)
+
+
+def checked_id(task_id: int, what: str = "task") -> int:
+    """Ids outside the column's range cannot exist: a 404, not a database error."""
+    if not 0 < task_id <= MAX_ID:
+        raise NotFound(f"{what} {task_id} not found")
+    return task_id
+
+
+class TaskService:
+    def __init__(self, settings: Settings, store: TaskStore, dispatcher: Dispatcher | None) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = KeyStore(store.db)
+        #: The in-process dispatcher, if this process runs one (to wake it up at once).
+        self.dispatcher = dispatcher
+
+    def _new(self, body: TaskCreate) -> NewTask:
+        return NewTask(
+            sensor_serial=body.sensor_serial,
+            type=body.type.value,
+            file_id=str(body.file_id),
+            max_attempts=body.max_attempts or self.settings.max_attempts,
+            timeout_s=body.timeout_s or self.settings.default_timeout_s,
+        )
+
+    async def create(self, bodies: Sequence[TaskCreate], customer_id: int | None) -> list[Task]:
+        """Create tasks in one transaction, all or nothing."""
+        tasks = await self.store.create([self._new(b) for b in bodies], customer_id=customer_id, now=utcnow())
+        if self.dispatcher is not None:
+            self.dispatcher.kick({t.sensor_serial for t in tasks})
+            self.dispatcher.notify_outbox()
+        return tasks
+
+    async def get(self, task_id: int, customer_id: int | None) -> Task:
+        return await self.store.get(checked_id(task_id), customer_id=customer_id)
+
+    async def cancel(self, task_id: int, customer_id: int | None) -> Task:
+        task = await self.store.cancel(checked_id(task_id), customer_id=customer_id, now=utcnow())
+        if self.dispatcher is not None:
+            self.dispatcher.notify_outbox()
+        return task
+
+    async def create_once(
+        self,
+        key: str | None,
+        customer_id: int | None,
+        request: dict[str, Any],
+        create: Callable[[], Awaitable[tuple[int, str]]],
+    ) -> tuple[int, str]:
+        """Run `create()` -> (status, JSON) at most once per Idempotency-Key.
+
+        The same key with the same request returns the first answer again; with a different
+        request it is a Conflict. Keys are per customer and remembered for 48 hours.
+        """
+        if key is None:
+            return await create()
+        tenant = customer_id or 0
+        digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+        known = await self.store.remembered(tenant, key)
+        if known is None:
+            status, body = await create()
+            known = await self.store.remember(
+                tenant, key, Remembered(digest, status, body), now=utcnow(), keep=IDEMPOTENCY_KEEP
+            )
+        if known.request_hash != digest:
+            raise Conflict(
+                "Idempotency-Key was already used with a different request",
+                details={"header": "Idempotency-Key"},
+            )
+        return known.status_code, known.response
+
+
+def public(task: Task) -> dict[str, Any]:
+    return TaskPublic.of(task).model_dump(mode="json")
