@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from sensortasks.api import create_app
+from sensortasks.api.commands import install_commands
+from sensortasks.api.service import TaskService
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.domain import RetryPolicy
@@ -47,6 +49,8 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
     store = build_store(settings)
     service = Dispatcher(settings, store) if dispatcher else None
     server = None
+    if service is not None and not api:
+        install_commands(service, TaskService(settings, store, service))
     if api:
         app = create_app(settings, store, dispatcher=service)
         config = uvicorn.Config(

@@ -150,7 +150,12 @@ async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator
             with contextlib.suppress(Exception):
                 await sensor.stop()
         service.dispatcher.stop()
-        await asyncio.wait_for(runner, 15)
+        try:
+            await asyncio.wait_for(asyncio.shield(runner), 15)
+        except TimeoutError:
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=6)
+            raise
         await service.api.aclose()
         await service.store.db.dispose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from sensortasks.api import errors
+from sensortasks.api.commands import install_commands
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
 from sensortasks.api.routes import health, sensors, tasks
@@ -24,7 +25,10 @@ Every error is `{"error": {"code", "message", "details"}}`."""
 def create_app(settings: Settings, store: TaskStore, *, dispatcher: Dispatcher | None = None) -> FastAPI:
     app = FastAPI(title="sensortasks", version="1", description=DESCRIPTION)
     metrics = dispatcher.metrics if dispatcher else Metrics()
-    app.state.sensortasks = AppState(settings, TaskService(settings, store, dispatcher), metrics)
+    service = TaskService(settings, store, dispatcher)
+    app.state.sensortasks = AppState(settings, service, metrics)
+    if dispatcher is not None:
+        install_commands(dispatcher, service)
     errors.install(app)
     app.add_middleware(BodyLimit)
     for router in (tasks.router, sensors.router, health.router):

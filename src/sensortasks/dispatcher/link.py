@@ -43,6 +43,32 @@ class Incoming:
     mid: int
     qos: int
     generation: int
+    #: MQTT 5 request/response: where to reply, and what to echo.
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+
+    def user_property(self, name: str) -> str | None:
+        return next((v for k, v in self.user_properties if k.lower() == name), None)
+
+
+def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
+    payload = message.payload if isinstance(message.payload, bytes) else b""
+    props = message.properties
+    response_topic = getattr(props, "ResponseTopic", None) if props else None
+    correlation = getattr(props, "CorrelationData", None) if props else None
+    user = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()) or ()) if props else ()
+    return Incoming(
+        str(message.topic),
+        payload,
+        message.retain,
+        message.mid,
+        message.qos,
+        generation,
+        response_topic,
+        correlation,
+        user,
+    )
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -112,10 +138,7 @@ class MqttLink:
                     if self.on_connect is not None:
                         await self.on_connect()
                     async for message in client.messages:
-                        payload = message.payload if isinstance(message.payload, bytes) else b""
-                        await self.messages.put(
-                            Incoming(str(message.topic), payload, message.retain, message.mid, message.qos, generation)
-                        )
+                        await self.messages.put(_incoming(message, generation))
             except aiomqtt.MqttError as exc:
                 log.warning("mqtt connection lost (%s); reconnecting in %.1f s", exc, backoff)
             finally:
@@ -133,13 +156,21 @@ class MqttLink:
             if message.qos > 0 and message.generation == self._generation:
                 client._client.ack(message.mid, message.qos)
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, correlation_data: bytes | None = None
+    ) -> None:
         """Publish and wait for the broker's acknowledgement; `Unavailable` when disconnected."""
         client = self._client
         if client is None:
             raise Unavailable("MQTT broker not connected")
+        properties = None
+        if correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation_data
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S)
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties, timeout=PUBLISH_TIMEOUT_S
+            )
         except aiomqtt.MqttError as exc:
             raise Unavailable(f"publish to {topic} failed: {exc}") from exc
 

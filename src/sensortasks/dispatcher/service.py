@@ -12,7 +12,6 @@ everything else (tasks created by another process, back offs that ran out).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -106,7 +105,11 @@ class Dispatcher:
         self.link = MqttLink(
             settings.mqtt,
             identifier=f"sensortasks-{settings.instance}",
-            subscriptions=[share + self.topics.all_status, share + self.topics.all_presence],
+            subscriptions=[
+                share + self.topics.all_status,
+                share + self.topics.all_presence,
+                share + self.topics.all_commands,
+            ],
             will=aiomqtt.Will(
                 self.topics.ops_dispatcher(self.instance), self._presence_payload(online=False), qos=1, retain=True
             ),
@@ -121,6 +124,8 @@ class Dispatcher:
         self._outbox_wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Serves ``tasks/commands/*`` (installed by the API layer, which owns the rules).
+        self.on_command: Callable[[Incoming], Awaitable[None]] | None = None
 
     # -- public --------------------------------------------------------------
     @property
@@ -226,7 +231,8 @@ class Dispatcher:
             await self.link.publish_many(messages)
             log.debug("sent %d task message(s)", len(messages))
 
-    async def _reject(self, rejections: Sequence[tuple[str, bytes, str]]) -> None:
+    async def reject(self, rejections: Sequence[tuple[str, bytes, str]]) -> None:
+        """Count, log and publish refused messages on ``ops/rejected`` with a truncated copy."""
         self.counters.rejected += len(rejections)
         at = format_time(self.clock()) or ""
         messages = []
@@ -253,10 +259,13 @@ class Dispatcher:
         origin: dict[int, Incoming] = {}  # id(report) -> its message, to quote refusals
         presence: list[tuple[int, bool]] = []
         back_online: list[int] = []
+        commands: list[Incoming] = []
         rejections: list[tuple[str, bytes, str]] = []
         for message in batch:
             topic = self.topics.parse_sensor(message.topic)
-            if len(message.payload) > MAX_PAYLOAD_BYTES:
+            if self.topics.parse_command(message.topic) is not None and self.on_command is not None:
+                commands.append(message)
+            elif len(message.payload) > MAX_PAYLOAD_BYTES:
                 size = len(message.payload)
                 rejections.append(
                     (message.topic, message.payload, f"payload too large ({size} > {MAX_PAYLOAD_BYTES} bytes)")
@@ -311,14 +320,14 @@ class Dispatcher:
             await self._send(redelivered)
             self.kick(serials)
         if rejections:
-            await self._reject(rejections)
+            await self.reject(rejections)
+        for command in commands:
+            await self.on_command(command)  # type: ignore[misc]
 
     # -- dispatch ------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL_S)
-            except TimeoutError:
+            if not await _wait(self._wake, SWEEP_INTERVAL_S):
                 self._sweep = True
             self._wake.clear()
             await self.link.connected.wait()
@@ -367,8 +376,7 @@ class Dispatcher:
     # -- outbox --------------------------------------------------------------
     async def _outbox(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox_wake.wait(), OUTBOX_POLL_S)
+            await _wait(self._outbox_wake, OUTBOX_POLL_S)
             self._outbox_wake.clear()
             await self.link.connected.wait()
             pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
@@ -429,6 +437,17 @@ class Dispatcher:
             if active == 0 and not await self.store.unpublished(limit=1):
                 self.stop()
                 return
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for `event` at most `timeout` seconds. (Not `asyncio.wait_for`: on Python 3.11 it
+    can swallow a cancellation that races with the event, and the worker never stops.)"""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _dumps(payload: object) -> bytes:
