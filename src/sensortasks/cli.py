@@ -6,15 +6,19 @@ import asyncio
 import json
 import logging
 import os
-from typing import Annotated, Any
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sensortasks.config import Settings, get_settings
+import contextlib
 
 app = typer.Typer(help="MQTT task dispatcher for sensor fleets.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -24,7 +28,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tasks_app, name="tasks")
 
-console = Console()
+#: Piped output is not cut to 80 columns (scripts should still prefer --json).
+console = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")]
@@ -121,6 +126,13 @@ def _client(url: str | None, api_key: str | None) -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=30.0)
 
 
+def _fail(response: httpx.Response) -> NoReturn:
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    err.print(f"[red]{response.status_code} {error.get('code', '')}:[/red] {error.get('message', response.text)}")
+    raise typer.Exit(1)
+
+
 def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs: Any) -> Any:  # noqa: ANN401
     with _client(url, api_key) as client:
         try:
@@ -128,12 +140,9 @@ def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs
         except httpx.HTTPError as exc:
             err.print(f"[red]cannot reach the server:[/red] {exc}")
             raise typer.Exit(1) from None
-    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
     if response.is_error:
-        error = body.get("error", {}) if isinstance(body, dict) else {}
-        err.print(f"[red]{response.status_code} {error.get('code', '')}:[/red] {error.get('message', response.text)}")
-        raise typer.Exit(1)
-    return body
+        _fail(response)
+    return response.json()
 
 
 def _show(tasks: list[dict[str, Any]], *, as_json: bool) -> None:
@@ -169,23 +178,83 @@ def tasks_get(task_id: int, url: ApiUrl = None, api_key: ApiKey = None, as_json:
     _show([_call(url, api_key, "GET", f"/v1/tasks/{task_id}")], as_json=as_json)
 
 
+SensorOpt = Annotated[int | None, typer.Option("--sensor", help="Sensor serial.")]
+StatusOpt = Annotated[str | None, typer.Option(help="Names or ids, comma-separated.")]
+TypeOpt = Annotated[str | None, typer.Option("--type", help="update_firmware or update_configuration.")]
+TimeOpt = Annotated[str | None, typer.Option(help="YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' or ISO 8601 (UTC).")]
+
+
+def _filters(**given: Any) -> dict[str, Any]:  # noqa: ANN401
+    return {"sensor_serial" if k == "sensor" else k: v for k, v in given.items() if v is not None}
+
+
 @tasks_app.command("list")
 def tasks_list(
-    sensor_serial: Annotated[int | None, typer.Option("--sensor")] = None,
-    status: Annotated[str | None, typer.Option(help="Names or ids, comma-separated.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    sensor: SensorOpt = None,
+    status: StatusOpt = None,
+    task_type: TypeOpt = None,
+    created_since: TimeOpt = None,
+    created_until: TimeOpt = None,
+    updated_since: TimeOpt = None,
+    updated_until: TimeOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Page size.")] = 100,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page.")] = None,
     url: ApiUrl = None,
     api_key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
-    """List tasks, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    params |= {k: v for k, v in (("sensor_serial", sensor_serial), ("status", status)) if v is not None}
+    """List tasks, newest first (one page; the next page's cursor is printed)."""
+    params = _filters(
+        sensor=sensor, status=status, type=task_type, created_since=created_since, created_until=created_until,
+        updated_since=updated_since, updated_until=updated_until, limit=limit, cursor=cursor,
+    )  # fmt: skip
     page = _call(url, api_key, "GET", "/v1/tasks", params=params)
     if as_json:
         print(json.dumps(page, indent=2))  # noqa: T201
-    else:
-        _show(page["data"], as_json=False)
+        return
+    _show(page["data"], as_json=False)
+    if page["has_more"]:
+        err.print(f"more: --cursor {page['next_cursor']}")
+
+
+@tasks_app.command("export")
+def tasks_export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
+    sensor: SensorOpt = None,
+    status: StatusOpt = None,
+    task_type: TypeOpt = None,
+    created_since: TimeOpt = None,
+    created_until: TimeOpt = None,
+    updated_since: TimeOpt = None,
+    updated_until: TimeOpt = None,
+    url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Export tasks as CSV (the list's filters), streamed to a file with a progress bar."""
+    params = _filters(
+        sensor=sensor, status=status, type=task_type, created_since=created_since, created_until=created_until,
+        updated_since=updated_since, updated_until=updated_until,
+    )  # fmt: skip
+    rows = 0
+    with (
+        _client(url, api_key) as client,
+        client.stream("GET", "/v1/tasks/export.csv", params=params) as response,
+    ):
+        if response.is_error:
+            response.read()
+            _fail(response)
+        with (
+            output.open("wb") as out,
+            Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} rows"), console=err
+            ) as progress,
+        ):
+            bar = progress.add_task(f"exporting to {output}", total=None)
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                rows += chunk.count(b"\n")
+                progress.update(bar, completed=max(rows - 1, 0))
+    err.print(f"{max(rows - 1, 0)} task(s) written to {output}")
 
 
 @tasks_app.command("cancel")
@@ -241,6 +310,32 @@ def simulate(
 
     stats = asyncio.run(run())
     console.print(stats)
+
+
+@app.command()
+def watch(
+    seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+    mqtt_url: MqttUrl = None,
+) -> None:
+    """Live view of ops/#: tasks by status, recent transitions, rejections, dispatchers online."""
+    from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
+    from sensortasks.watch import watch as run_watch  # noqa: PLC0415
+
+    settings = _settings(mqtt_url=mqtt_url)
+    target = settings.mqtt
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            run_watch(
+                host=target.host,
+                port=target.port,
+                username=target.username,
+                password=target.password,
+                tls_context=tls_context(settings.mqtt_ca_file) if target.tls else None,
+                topics=settings.topics,
+                seconds=seconds,
+                console=console,
+            )
+        )
 
 
 @app.command("bench")
