@@ -154,14 +154,14 @@ def run_baseline(host: str, port: int, sensors: int, tasks: int) -> RunResult:
 
 
 # -- product -------------------------------------------------------------------
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "sensortasks", *args], env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
 
-async def _wait_healthy(url: str) -> None:
+async def wait_healthy(url: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     async with httpx.AsyncClient() as http:
         while time.monotonic() < deadline:
@@ -217,8 +217,8 @@ def run_product(host: str, port: int, sensors: int, tasks: int, workdir: Path) -
         "SENSORTASKS_INSTANCE": f"bench-{uuid.uuid4().hex[:6]}",
         "SENSORTASKS_ACK_TIMEOUT_S": "600",
     }
-    serve = _spawn(["serve", "--log-level", "warning"], env, workdir / "serve.log")
-    fleet = _spawn(
+    serve = spawn_cli(["serve", "--log-level", "warning"], env, workdir / "serve.log")
+    fleet = spawn_cli(
         ["simulate", "--sensors", str(sensors), "--first-serial", str(FIRST_SERIAL), "--work-s", "0"],
         env,
         workdir / "simulate.log",
@@ -226,7 +226,7 @@ def run_product(host: str, port: int, sensors: int, tasks: int, workdir: Path) -
     try:
         url = f"http://127.0.0.1:{http_port}"
         try:
-            asyncio.run(_wait_healthy(url))
+            asyncio.run(wait_healthy(url))
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{(workdir / 'serve.log').read_text()[-3000:]}") from None
         time.sleep(1.0 + sensors / 500)  # let the fleet connect (it does so in batches)

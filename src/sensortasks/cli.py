@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,6 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sensortasks.config import Settings, get_settings
-import contextlib
 
 app = typer.Typer(help="MQTT task dispatcher for sensor fleets.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -336,6 +336,23 @@ def watch(
                 console=console,
             )
         )
+
+
+@app.command()
+def soak(
+    minutes: Annotated[float, typer.Option(min=0.1, help="How long to inject faults.")] = 10.0,
+    sensors: Annotated[int, typer.Option(min=1, max=5000)] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the fault schedule.")] = 1,
+    workdir: Annotated[Path | None, typer.Option(help="Keep logs and the database here.")] = None,
+) -> None:
+    """Mixed faults (SIGKILLed dispatcher and broker, sensor reboots and outages) then an audit table."""
+    from sensortasks.soak import soak as run_soak  # noqa: PLC0415
+
+    report = run_soak(minutes=minutes, sensors=sensors, seed=seed, workdir=workdir, say=err.print)
+    for line in report.lines():
+        print(line)  # noqa: T201
+    if report.lost or report.completed_twice:
+        raise typer.Exit(1)
 
 
 @app.command("bench")
