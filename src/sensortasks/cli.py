@@ -19,6 +19,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from sensortasks.config import Settings, get_settings
+from sensortasks.errors import SensortasksError
 
 app = typer.Typer(help="MQTT task dispatcher for sensor fleets.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -108,6 +109,48 @@ def keys_create(customer: str, database_url: DatabaseUrl = None) -> None:
     key = asyncio.run(create())
     err.print(f"API key for customer {customer!r} (shown once; stored hashed):")
     print(key)  # noqa: T201  (plain, so scripts can take the last line)
+
+
+sensors_app = typer.Typer(help="Sensors and their broker credentials.", no_args_is_help=True)
+app.add_typer(sensors_app, name="sensors")
+
+
+@sensors_app.command("add")
+def sensors_add(
+    serial: Annotated[int, typer.Argument(min=1, max=2**63 - 1)],
+    customer: Annotated[str, typer.Option(help="The customer the sensor belongs to (created if new).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Register SERIAL for CUSTOMER and issue its broker credentials (printed once)."""
+    from sensortasks.api.service import TaskService  # noqa: PLC0415
+    from sensortasks.server import build_accounts, build_store  # noqa: PLC0415
+    from sensortasks.store import upgrade  # noqa: PLC0415
+    from sensortasks.store.keys import KeyStore  # noqa: PLC0415
+
+    settings = _settings(database_url=database_url)
+
+    async def add() -> tuple[bool, Any]:
+        await upgrade(settings.database_url)
+        store = build_store(settings)
+        try:
+            customer_id = await KeyStore(store.db).customer_id(customer)
+            service = TaskService(settings, store, None, build_accounts(settings))
+            return await service.register_sensor(serial, customer_id)
+        finally:
+            await store.db.dispose()
+
+    try:
+        created, credentials = asyncio.run(add())
+    except SensortasksError as exc:
+        err.print(f"[red]{exc.code}:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    err.print(f"sensor {serial} {'registered' if created else 'already registered'} for {customer!r}")
+    if credentials is None:
+        err.print("no broker admin configured (SENSORTASKS_BROKER_ADMIN_URL): no MQTT credentials issued")
+        print(json.dumps({"serial": serial, "mqtt": None}))  # noqa: T201
+    else:
+        mqtt = {"username": credentials.username, "password": credentials.password}
+        print(json.dumps({"serial": serial, "mqtt": mqtt}))  # noqa: T201
 
 
 # -- REST client -----------------------------------------------------------------

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SENSORTASKS_", env_file=".env", extra="ignore", frozen=True)
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    #: Mosquitto dynamic-security admin account (``mqtt://admin:pass@host:port``): when set,
+    #: registering a sensor issues its broker credentials. Unset: sensors get none.
+    broker_admin_url: str | None = None
     #: CA bundle for ``mqtts://`` (default: the system's trust store).
     mqtt_ca_file: str | None = None
     database_url: str = "sqlite+aiosqlite:///./sensortasks.db"
@@ -69,10 +72,11 @@ class Settings(BaseSettings):
     topic_ops: str = "ops"
     topic_commands: str = "tasks/commands"
 
-    @field_validator("mqtt_url")
+    @field_validator("mqtt_url", "broker_admin_url")
     @classmethod
-    def _check_mqtt_url(cls, value: str) -> str:
-        parse_mqtt_url(value)
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_mqtt_url(value)
         return value
 
     @field_validator("database_url")

@@ -17,8 +17,8 @@ import uvicorn
 
 from sensortasks.api import create_app
 from sensortasks.api.commands import install_commands
-from sensortasks.api.service import TaskService
-from sensortasks.config import Settings
+from sensortasks.api.service import SensorAccounts, TaskService
+from sensortasks.config import Settings, parse_mqtt_url
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.domain import RetryPolicy
 from sensortasks.store import TaskStore, open_database, upgrade
@@ -30,6 +30,24 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # signals are handled by `serve`
         yield
+
+
+def build_accounts(settings: Settings) -> SensorAccounts | None:
+    """Per-sensor broker accounts through Mosquitto's dynamic security, when an admin is configured."""
+    if settings.broker_admin_url is None:
+        return None
+    from sensortasks.broker_admin import DynsecAdmin  # noqa: PLC0415
+    from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
+
+    admin = parse_mqtt_url(settings.broker_admin_url)
+    return DynsecAdmin(
+        admin.host,
+        admin.port,
+        admin.username or "",
+        admin.password or "",
+        tls_context=tls_context(settings.mqtt_ca_file) if admin.tls else None,
+        sensors_prefix=settings.topic_sensors,
+    )
 
 
 def build_store(settings: Settings) -> TaskStore:
@@ -49,10 +67,11 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
     store = build_store(settings)
     service = Dispatcher(settings, store) if dispatcher else None
     server = None
+    accounts = build_accounts(settings)
     if service is not None and not api:
-        install_commands(service, TaskService(settings, store, service))
+        install_commands(service, TaskService(settings, store, service, accounts))
     if api:
-        app = create_app(settings, store, dispatcher=service)
+        app = create_app(settings, store, dispatcher=service, accounts=accounts)
         config = uvicorn.Config(
             app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
         )

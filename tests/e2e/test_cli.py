@@ -34,6 +34,8 @@ def test_keys_tasks_and_export_against_a_live_server(serve: ServeProcess, tmp_pa
     key = cli(serve, "keys", "create", "acme").stdout.strip().splitlines()[-1]
     assert key.startswith("stk_")
 
+    added = cli(serve, "sensors", "add", SERIAL, "--customer", "acme")
+    assert SERIAL in added.stdout
     refused = cli(serve, "tasks", "list", *url, check=False)
     assert refused.returncode == 1
     assert "401 unauthorized" in refused.stderr

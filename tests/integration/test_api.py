@@ -233,6 +233,7 @@ async def test_api_keys_and_tenant_isolation(make_service: ServiceFactory) -> No
     error(await service.api.get("/v1/tasks", headers={"Authorization": "Bearer nope"}), 401, "unauthorized")
     as_alice = {"Authorization": f"Bearer {alice}"}
     as_bob = {"Authorization": f"Bearer {bob}"}
+    assert (await service.api.post("/v1/sensors", json={"serial": SERIAL}, headers=as_alice)).status_code == 201
     task = (await service.api.post("/v1/tasks", json=BODY, headers=as_alice)).json()
     assert (await service.api.get(f"/v1/tasks/{task['id']}", headers=as_alice)).status_code == 200
     for method, path in [
@@ -240,6 +241,8 @@ async def test_api_keys_and_tenant_isolation(make_service: ServiceFactory) -> No
         ("DELETE", f"/v1/tasks/{task['id']}"),
         ("GET", f"/v1/tasks/{task['id']}/events"),
         ("GET", f"/v1/tasks/{task['id']}/result"),
+        ("GET", f"/v1/sensors/{SERIAL}"),
+        ("DELETE", f"/v1/sensors/{SERIAL}"),
     ]:
         error(await service.api.request(method, path, headers=as_bob), 404, "not_found")
     assert (await service.api.get("/v1/tasks", headers=as_bob)).json()["data"] == []
@@ -257,3 +260,35 @@ async def test_openapi_documents_every_route(make_service: ServiceFactory) -> No
             assert operation.get("summary"), (path, operation)
     assert spec["paths"]["/v1/tasks"]["post"]["responses"]["422"]
     assert (await service.api.get("/docs")).status_code == 200
+
+
+async def test_sensor_registration_and_ownership(make_service: ServiceFactory) -> None:
+    service = await make_service(auth="required")
+    keys = KeyStore(service.store.db)
+    as_alice = {"Authorization": f"Bearer {await keys.create_key('alice')}"}
+    as_bob = {"Authorization": f"Bearer {await keys.create_key('bob')}"}
+
+    unregistered = await service.api.post("/v1/tasks", json=BODY, headers=as_alice)
+    assert "not registered" in error(unregistered, 422, "invalid_input")["message"]
+    first = await service.api.post("/v1/sensors", json={"serial": SERIAL}, headers=as_alice)
+    assert first.status_code == 201
+    assert first.json() == {"serial": SERIAL, "mqtt": None}  # no broker admin configured in this test
+    assert (await service.api.post("/v1/sensors", json={"serial": SERIAL}, headers=as_alice)).status_code == 200
+    error(await service.api.post("/v1/sensors", json={"serial": SERIAL}, headers=as_bob), 409, "conflict")
+    error(await service.api.post("/v1/sensors", json={"serial": 0}, headers=as_bob), 422, "invalid_input")
+
+    foreign = await service.api.post("/v1/tasks", json=BODY, headers=as_bob)
+    assert "not registered" in error(foreign, 422, "invalid_input")["message"]
+    bulk = {"tasks": [{**BODY, "sensor_serial": SERIAL + 1}, BODY]}
+    refused = error(await service.api.post("/v1/tasks/bulk", json=bulk, headers=as_bob), 422, "invalid_input")
+    assert refused["message"].startswith("tasks.0.sensor_serial")
+    assert refused["details"]["fields"] == ["tasks.0.sensor_serial", "tasks.1.sensor_serial"]
+
+    task = (await service.api.post("/v1/tasks", json=BODY, headers=as_alice)).json()
+    sensor = (await service.api.get(f"/v1/sensors/{SERIAL}", headers=as_alice)).json()
+    assert (sensor["task_in_flight"], sensor["queued"]) in ((task["id"], 0), (None, 1))
+    assert (await service.api.delete(f"/v1/sensors/{SERIAL}", headers=as_alice)).status_code == 204
+    assert (await service.api.get(f"/v1/tasks/{task['id']}", headers=as_alice)).json()["status_name"] == "Cancelled"
+    error(await service.api.delete(f"/v1/sensors/{SERIAL}", headers=as_alice), 404, "not_found")
+    # Released, it can be registered by someone else.
+    assert (await service.api.post("/v1/sensors", json={"serial": SERIAL}, headers=as_bob)).status_code == 201

@@ -79,6 +79,10 @@ async def test_commands_authenticate_and_isolate_tenants(make_service: ServiceFa
     keys = KeyStore(service.store.db)
     alice, bob = await keys.create_key("alice"), await keys.create_key("bob")
     body = {"sensor_serial": SERIAL, "file_id": FILE_ID, "type": "update_firmware"}
+    registered = await service.api.post(
+        "/v1/sensors", json={"serial": SERIAL}, headers={"Authorization": f"Bearer {alice}"}
+    )
+    assert registered.status_code == 201
     anonymous = await request(service, "create", body)
     assert anonymous["error"]["code"] == "unauthorized"
     created = await request(service, "create", body, authorization=f"Bearer {alice}")

@@ -9,7 +9,7 @@ from sensortasks.api.commands import install_commands
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
 from sensortasks.api.routes import health, sensors, tasks
-from sensortasks.api.service import TaskService
+from sensortasks.api.service import SensorAccounts, TaskService
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.metrics import Metrics
@@ -22,10 +22,16 @@ Timestamps are UTC in the seed's format `YYYY-MM-DD HH:MM:SS`.
 Every error is `{"error": {"code", "message", "details"}}`."""
 
 
-def create_app(settings: Settings, store: TaskStore, *, dispatcher: Dispatcher | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    store: TaskStore,
+    *,
+    dispatcher: Dispatcher | None = None,
+    accounts: SensorAccounts | None = None,
+) -> FastAPI:
     app = FastAPI(title="sensortasks", version="1", description=DESCRIPTION)
     metrics = dispatcher.metrics if dispatcher else Metrics()
-    service = TaskService(settings, store, dispatcher)
+    service = TaskService(settings, store, dispatcher, accounts)
     app.state.sensortasks = AppState(settings, service, metrics)
     if dispatcher is not None:
         install_commands(dispatcher, service)

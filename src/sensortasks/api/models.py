@@ -178,6 +178,23 @@ class EventsPublic(BaseModel):
     data: list[EventPublic]
 
 
+class SensorCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"serial": 12345678909789}]})
+
+    serial: Serial
+
+
+class MqttAccount(BaseModel):
+    username: str
+    password: str
+
+
+class SensorRegistered(BaseModel):
+    serial: int
+    #: The sensor's broker credentials, shown once (null when no broker admin is configured).
+    mqtt: MqttAccount | None
+
+
 class SensorPublic(BaseModel):
     serial: int
     online: bool | None

@@ -7,12 +7,12 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sensortasks.api.models import TaskCreate, TaskPublic
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
-from sensortasks.errors import Conflict, NotFound
+from sensortasks.errors import Conflict, InvalidInput, NotFound
 from sensortasks.store import NewTask, Remembered, Task, TaskStore, utcnow
 from sensortasks.store.keys import KeyStore
 
@@ -28,9 +28,29 @@ def checked_id(task_id: int, what: str = "task") -> int:
     return task_id
 
 
+class Credentials(Protocol):
+    username: str
+    password: str
+
+
+class SensorAccounts(Protocol):
+    """Provisions per-sensor broker credentials (Mosquitto dynamic security)."""
+
+    async def add_sensor(self, serial: int) -> Credentials: ...
+    async def remove_sensor(self, serial: int) -> None: ...
+
+
 class TaskService:
-    def __init__(self, settings: Settings, store: TaskStore, dispatcher: Dispatcher | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        dispatcher: Dispatcher | None,
+        accounts: SensorAccounts | None = None,
+    ) -> None:
         self.settings = settings
+        #: None when no broker admin is configured: sensors are registered without credentials.
+        self.accounts = accounts
         self.store = store
         self.keys = KeyStore(store.db)
         #: The in-process dispatcher, if this process runs one (to wake it up at once).
@@ -46,8 +66,16 @@ class TaskService:
         )
 
     async def create(self, bodies: Sequence[TaskCreate], customer_id: int | None) -> list[Task]:
-        """Create tasks in one transaction, all or nothing."""
-        tasks = await self.store.create([self._new(b) for b in bodies], customer_id=customer_id, now=utcnow())
+        """Create tasks in one transaction, all or nothing. With customers, only for their own sensors."""
+        try:
+            tasks = await self.store.create([self._new(b) for b in bodies], customer_id=customer_id, now=utcnow())
+        except InvalidInput as exc:
+            missing = set((exc.details or {}).get("unregistered_serials", ()))
+            if len(bodies) > 1 and missing:
+                fields = [f"tasks.{i}.sensor_serial" for i, b in enumerate(bodies) if b.sensor_serial in missing]
+                exc.message = f"{fields[0]}: {exc.message.partition(': ')[2]}"
+                exc.details = {"fields": fields[:100], "unregistered_serials": sorted(missing)[:100]}
+            raise
         if self.dispatcher is not None:
             self.dispatcher.kick({t.sensor_serial for t in tasks})
             self.dispatcher.notify_outbox()
@@ -61,6 +89,20 @@ class TaskService:
         if self.dispatcher is not None:
             self.dispatcher.notify_outbox()
         return task
+
+    async def register_sensor(self, serial: int, customer_id: int | None) -> tuple[bool, Credentials | None]:
+        """Register a sensor and issue (or rotate) its broker credentials."""
+        created = await self.store.register_sensor(checked_id(serial, "sensor"), customer_id=customer_id, now=utcnow())
+        credentials = await self.accounts.add_sensor(serial) if self.accounts else None
+        return created, credentials
+
+    async def remove_sensor(self, serial: int, customer_id: int | None) -> None:
+        """Release a sensor: its Pending and Ongoing tasks are cancelled, its broker account deleted."""
+        await self.store.unregister_sensor(checked_id(serial, "sensor"), customer_id=customer_id, now=utcnow())
+        if self.accounts:
+            await self.accounts.remove_sensor(serial)
+        if self.dispatcher is not None:
+            self.dispatcher.notify_outbox()
 
     async def create_once(
         self,

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.store.engine import Database
 from sensortasks.store.records import utcnow
@@ -31,15 +32,25 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @staticmethod
+    async def _customer(conn: AsyncConnection, customer: str) -> int:
+        customer_id = (await conn.execute(select(C.c.id).where(C.c.name == customer))).scalar()
+        if customer_id is None:
+            result = await conn.execute(insert(C).values(name=customer, created_at=utcnow()).returning(C.c.id))
+            customer_id = result.scalar_one()
+        return int(customer_id)
+
+    async def customer_id(self, customer: str) -> int:
+        """The id of `customer`, created if new."""
+        async with self.db.writer.begin() as conn:
+            return await self._customer(conn, customer)
+
     async def create_key(self, customer: str) -> str:
         """Create `customer` if new and return a fresh key (shown once, stored hashed)."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         async with self.db.writer.begin() as conn:
-            customer_id = (await conn.execute(select(C.c.id).where(C.c.name == customer))).scalar()
-            if customer_id is None:
-                result = await conn.execute(insert(C).values(name=customer, created_at=now).returning(C.c.id))
-                customer_id = result.scalar_one()
+            customer_id = await self._customer(conn, customer)
             await conn.execute(
                 insert(K).values(customer_id=customer_id, key_hash=hash_key(key), prefix=key[:12], created_at=now)
             )

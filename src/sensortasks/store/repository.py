@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import RetryPolicy, TaskState, TaskStatus
 from sensortasks.domain import lifecycle as lc
-from sensortasks.errors import Conflict, NotFound, SensortasksError
+from sensortasks.errors import Conflict, InvalidInput, NotFound, SensortasksError
 from sensortasks.store.engine import Database
 from sensortasks.store.records import (
     Dispatch,
@@ -264,6 +264,8 @@ class TaskStore:
             for t in tasks
         ]
         async with self._write() as conn:
+            if customer_id is not None:
+                await self._check_owned(conn, {t.sensor_serial for t in tasks}, customer_id)
             result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
             created = [Task.model_validate(dict(r._mapping)) for r in result]
             events = [
@@ -281,6 +283,50 @@ class TaskStore:
             ]
             await conn.execute(insert(E), events)
         return created
+
+    async def _check_owned(self, conn: AsyncConnection, serials: set[int], customer_id: int) -> None:
+        owned: set[int] = set()
+        for group in _chunks(sorted(serials)):
+            query = select(S.c.serial).where(S.c.serial.in_(group), S.c.customer_id == customer_id)
+            owned |= set((await conn.execute(query)).scalars())
+        if missing := sorted(serials - owned):
+            raise InvalidInput(
+                f"sensor_serial: sensor {missing[0]} is not registered to you; register it with POST /v1/sensors",
+                details={"unregistered_serials": missing[:100]},
+            )
+
+    async def register_sensor(self, serial: int, *, customer_id: int | None, now: datetime) -> bool:
+        """Register `serial` (to the customer, when there are customers); True if it is new.
+        A sensor registered to another customer is a Conflict."""
+        async with self._write() as conn:
+            row = (await conn.execute(select(S).where(S.c.serial == serial))).first()
+            if row is None:
+                await conn.execute(insert(S).values(serial=serial, customer_id=customer_id, registered_at=now))
+                return True
+            if row.registered_at is not None and row.customer_id != customer_id:
+                raise Conflict(f"sensor {serial} is registered to another customer")
+            if row.registered_at is not None:
+                return False
+            await conn.execute(update(S).where(S.c.serial == serial).values(customer_id=customer_id, registered_at=now))
+            return True
+
+    async def unregister_sensor(self, serial: int, *, customer_id: int | None, now: datetime) -> int:
+        """Release a sensor and cancel its Pending and Ongoing tasks; returns how many were cancelled."""
+        changes = _Changes(now)
+        async with self._write() as conn:
+            owner = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
+            released = await conn.execute(
+                update(S)
+                .where(S.c.serial == serial, S.c.registered_at.is_not(None), owner)
+                .values(customer_id=None, registered_at=None)
+            )
+            if released.rowcount == 0:
+                raise NotFound(f"sensor {serial} not found")
+            active = self._locked(select(T).where(T.c.sensor_serial == serial, T.c.status_id.in_(ACTIVE)))
+            for work in await self._load(conn, active, changes):
+                changes.apply(work, lc.cancel(work.state))
+            await changes.write(conn)
+        return len(changes.transitions)
 
     def _owned(self, query: Select[Any], customer_id: int | None) -> Select[Any]:
         return query if customer_id is None else query.where(T.c.customer_id == customer_id)
@@ -397,7 +443,8 @@ class TaskStore:
                 customer_id,
             ).order_by(T.c.id)
             rows = (await conn.execute(active)).all()
-        if presence is None and not rows:
+        foreign = customer_id is not None and (presence is None or presence.customer_id != customer_id)
+        if foreign or (presence is None and not rows):
             raise NotFound(f"sensor {serial} not found")
         head = rows[0] if rows else None
         in_flight = head.id if head and (head.status_id == TaskStatus.ONGOING or head.sent_at) else None

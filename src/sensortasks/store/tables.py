@@ -91,13 +91,15 @@ class TaskEvent(SQLModel, table=True):
 
 
 class Sensor(SQLModel, table=True):
-    """What the dispatcher knows of a sensor: its last presence."""
+    """A sensor: its owner once registered, and its last presence once seen."""
 
     __tablename__ = "sensors"
 
     serial: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
-    online: bool
-    last_seen: datetime
+    online: bool | None = None
+    last_seen: datetime | None = None
+    customer_id: int | None = Field(default=None, index=True)
+    registered_at: datetime | None = None
 
 
 class Customer(SQLModel, table=True):

@@ -1,20 +1,41 @@
-"""``/v1/sensors``: what the dispatcher knows of a sensor."""
+"""``/v1/sensors``: register and remove sensors; what the dispatcher knows of one."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Response
 
 from sensortasks.api.deps import CustomerId, State
-from sensortasks.api.models import ErrorResponse, SensorPublic
+from sensortasks.api.models import ErrorResponse, MqttAccount, SensorCreate, SensorPublic, SensorRegistered
 from sensortasks.api.service import checked_id
 
 router = APIRouter(prefix="/v1/sensors", tags=["sensors"])
 
 
-@router.get(
-    "/{serial}",
-    summary="Presence, the task in flight and the queue of a sensor",
-    responses={code: {"model": ErrorResponse} for code in (401, 404, 422)},
-)
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in (401, 422, *codes)}
+
+
+@router.post("", status_code=201, summary="Register a sensor and issue its broker credentials", responses=_errors(409))
+async def register_sensor(
+    body: SensorCreate, state: State, customer_id: CustomerId, response: Response
+) -> SensorRegistered:
+    """201 for a new registration, 200 when the sensor was already yours (its password is rotated).
+    The password is shown only here. A sensor registered to another customer is a 409."""
+    created, credentials = await state.service.register_sensor(body.serial, customer_id)
+    response.status_code = 201 if created else 200
+    account = MqttAccount(username=credentials.username, password=credentials.password) if credentials else None
+    return SensorRegistered(serial=body.serial, mqtt=account)
+
+
+@router.delete("/{serial}", status_code=204, summary="Remove a sensor", responses=_errors(404))
+async def remove_sensor(serial: int, state: State, customer_id: CustomerId) -> Response:
+    """Its Pending and Ongoing tasks are cancelled and its broker account is deleted at once."""
+    await state.service.remove_sensor(serial, customer_id)
+    return Response(status_code=204)
+
+
+@router.get("/{serial}", summary="Presence, the task in flight and the queue of a sensor", responses=_errors(404))
 async def get_sensor(serial: int, state: State, customer_id: CustomerId) -> SensorPublic:
     return SensorPublic.of(await state.store.sensor(checked_id(serial, "sensor"), customer_id=customer_id))

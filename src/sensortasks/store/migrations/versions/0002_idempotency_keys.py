@@ -35,7 +35,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_idempotency_created", ["created_at"], unique=False)
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.drop_index("ix_idempotency_created")
