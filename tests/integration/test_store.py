@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sensortasks.domain import RetryPolicy, TaskStatus
-from sensortasks.errors import Conflict, NotFound
+from sensortasks.errors import Conflict, InvalidInput, NotFound
 from sensortasks.store import IncomingReport, NewTask, TaskStore, open_database, upgrade, utcnow
 from tests.conftest import postgres_database
 
@@ -64,6 +64,12 @@ async def test_a_burst_of_reports_is_applied_in_order_in_one_batch(store: TaskSt
 
 
 async def test_cancel_rules_and_tenancy(store: TaskStore) -> None:
+    with pytest.raises(InvalidInput):
+        await store.create(new(7), customer_id=1, now=utcnow())
+    for serial in (7, 8):
+        assert await store.register_sensor(serial, customer_id=1, now=utcnow())
+    with pytest.raises(Conflict):
+        await store.register_sensor(7, customer_id=2, now=utcnow())
     (mine,) = await store.create(new(7), customer_id=1, now=utcnow())
     assert mine.id is not None
     with pytest.raises(NotFound):
