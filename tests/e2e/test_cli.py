@@ -102,7 +102,8 @@ def test_keys_tasks_and_export_against_a_live_server(serve: ServeProcess, tmp_pa
     out = tmp_path / "tasks.csv"
     exported = cli(serve, "tasks", "export", "--output", str(out), "--status", "Pending", *url, key=key)
     assert "2 task(s) written" in exported.stderr
-    rows = list(csv.DictReader(out.open()))
+    with out.open() as exported_file:
+        rows = list(csv.DictReader(exported_file))
     assert [r["status_name"] for r in rows] == ["Pending", "Pending"]
 
 

@@ -81,6 +81,7 @@ async def test_sigkill_during_2000_tasks(broker: MosquittoBroker, tmp_path: Path
             assert lost_statuses == 0
     finally:
         await asyncio.gather(*(s.stop() for s in sensors), return_exceptions=True)
+        serve.stop()
 
 
 async def _all_tasks(api: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
