@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 2.0
 TIMER_TICK_S = 0.5
 OUTBOX_POLL_S = 1.0
+#: After a wake-up the outbox waits this long so that one transaction marks many events
+#: published (SQLite has one writer; many tiny transactions slow everyone down).
+OUTBOX_COALESCE_S = 0.05
 #: Incoming messages handled (and committed) together.
 MAX_BATCH = 1000
 #: Back off after a database failure, doubling up to the maximum.
@@ -376,7 +379,8 @@ class Dispatcher:
     # -- outbox --------------------------------------------------------------
     async def _outbox(self) -> None:
         while True:
-            await _wait(self._outbox_wake, OUTBOX_POLL_S)
+            if await _wait(self._outbox_wake, OUTBOX_POLL_S):
+                await asyncio.sleep(OUTBOX_COALESCE_S)
             self._outbox_wake.clear()
             await self.link.connected.wait()
             pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
