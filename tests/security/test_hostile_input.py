@@ -60,11 +60,8 @@ def must_refuse(topic: str, payload: bytes) -> bool:
     ``tasks/commands/+``; anything else never reaches it.
     """
     levels = topic.split("/")
-    subscribed = (
-        (len(levels) == 3 and levels[0] == "sensors" and levels[2] in ("status", "presence"))
-        or (
-            len(levels) == 3 and levels[:2] == ["tasks", "commands"]
-        )
+    subscribed = (len(levels) == 3 and levels[0] == "sensors" and levels[2] in ("status", "presence")) or (
+        len(levels) == 3 and levels[:2] == ["tasks", "commands"]
     )
     if not subscribed:
         return False
