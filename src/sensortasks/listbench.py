@@ -68,6 +68,10 @@ def _fill(path: Path, rows: int, now: datetime, rng: random.Random) -> None:
     conn.close()
 
 
+def _one_day(start: datetime) -> TaskFilter:
+    return TaskFilter(created_since=start, created_until=start + timedelta(days=1))
+
+
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
@@ -109,10 +113,7 @@ async def run(rows: int = 1_000_000, *, samples: int = 200, say: Callable[[str],
             "status=Error (rare)": lambda _r: (TaskFilter(statuses=(TaskStatus.ERROR,)), None),
             "status=Pending,Ongoing": lambda _r: (TaskFilter(statuses=(TaskStatus.PENDING, TaskStatus.ONGOING)), None),
             "type": lambda _r: (TaskFilter(type="update_configuration"), None),
-            "created in one day": lambda r: (
-                (d := day(r)) and TaskFilter(created_since=d, created_until=d + timedelta(days=1)),
-                None,
-            ),
+            "created in one day": lambda r: (_one_day(day(r)), None),
             "updated in the last hour": lambda _r: (TaskFilter(updated_since=now - timedelta(hours=1)), None),
             "sensor + status": lambda r: (TaskFilter(sensor_serial=serial(r), statuses=(TaskStatus.COMPLETED,)), None),
             "customer": lambda r: (TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1)), None),
