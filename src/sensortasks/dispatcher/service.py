@@ -12,7 +12,6 @@ everything else (tasks created by another process, back offs that ran out).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from sensortasks.protocol import (
     CancelMessage,
     DispatcherPresence,
     OpsEvent,
+    OpsStats,
     Presence,
     Rejection,
     StatusReport,
@@ -417,19 +417,18 @@ class Dispatcher:
                 log.warning("stats skipped: %s", exc)
                 continue
             now = (self.counters.dispatched, self.counters.completed)
-            payload = {
-                "v": 1,
-                "instance": self.instance,
-                "at": format_time(self.clock()),
-                "tasks": {status.label: n for status, n in counts.items()},
-                "dispatch_rate": round((now[0] - last[0]) / interval, 2),
-                "complete_rate": round((now[1] - last[1]) / interval, 2),
-                "sensors_online": online,
-                "rejected": self.counters.rejected,
-            }
+            stats = OpsStats(
+                instance=self.instance,
+                at=format_time(self.clock()) or "",
+                tasks={status.label: n for status, n in counts.items()},
+                dispatch_rate=round((now[0] - last[0]) / interval, 2),
+                complete_rate=round((now[1] - last[1]) / interval, 2),
+                sensors_online=online,
+                rejected=self.counters.rejected,
+            )
             last = now
             try:
-                await self.link.publish(self.topics.ops_stats, _dumps(payload), retain=True)
+                await self.link.publish(self.topics.ops_stats, stats.to_json(), retain=True)
             except Unavailable:
                 continue
 
@@ -452,10 +451,6 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def _dumps(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _event_json(t: Transition) -> bytes:

@@ -109,6 +109,19 @@ class OpsEvent(_Message):
         return self.model_dump_json(by_alias=True).encode()
 
 
+class OpsStats(_Message):
+    """Retained on `ops/stats` every few seconds by each dispatcher."""
+
+    instance: str
+    at: str
+    #: Tasks per status name (Pending, Completed, Error, Ongoing, Cancelled).
+    tasks: dict[str, int]
+    dispatch_rate: float
+    complete_rate: float
+    sensors_online: int
+    rejected: int
+
+
 class Rejection(_Message):
     """A refused message, published on `ops/rejected` with a truncated copy."""
 
