@@ -29,8 +29,10 @@ def checked_id(task_id: int, what: str = "task") -> int:
 
 
 class Credentials(Protocol):
-    username: str
-    password: str
+    @property
+    def username(self) -> str: ...
+    @property
+    def password(self) -> str: ...
 
 
 class SensorAccounts(Protocol):

@@ -1,0 +1,127 @@
+"""Per-sensor broker accounts through Mosquitto's dynamic-security plugin.
+
+Commands go to ``$CONTROL/dynamic-security/v1`` as ``{"commands": [...]}`` and the plugin
+answers on ``$CONTROL/dynamic-security/v1/response`` with one ``{"responses": [...]}`` per
+request, in order. Mosquitto 2.0's dynamic security has no ``%u``/``%c`` ACL patterns, so
+every sensor gets its own role naming its own topics. Changes apply at once: no restart,
+and a deleted client is disconnected by the broker.
+
+Each call opens its own short MQTT 5 connection as the admin: registration is rare, and
+a per-call connection needs no reconnect logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import ssl
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
+TIMEOUT_S = 10.0
+#: Not an error when (re-)creating what already exists.
+ALREADY_EXISTS = ("already exists",)
+
+
+class BrokerAdminError(Exception):
+    """The broker refused a dynamic-security command (or did not answer in time)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttCredentials:
+    username: str
+    password: str
+
+
+def sensor_username(serial: int) -> str:
+    return f"sensor-{serial}"
+
+
+class DynsecAdmin:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        sensors_prefix: str = "sensors",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+        self.tls_context = tls_context
+        self.sensors_prefix = sensors_prefix
+
+    async def execute(self, commands: list[dict[str, Any]], *, tolerate: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Send commands in one request; raise on any error whose text is not in `tolerate`."""
+        async with aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=f"sensortasks-admin-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=self.tls_context,
+        ) as client:
+            await client.subscribe(RESPONSE_TOPIC, qos=1)
+            await client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
+            try:
+                async with asyncio.timeout(TIMEOUT_S):
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b"{}"
+                        responses: list[dict[str, Any]] = json.loads(payload).get("responses", [])
+                        break
+            except TimeoutError:
+                raise BrokerAdminError(f"no answer from the dynamic-security plugin in {TIMEOUT_S} s") from None
+        for response in responses:
+            error = response.get("error")
+            if error and not any(t in error.lower() for t in tolerate):
+                raise BrokerAdminError(f"{response.get('command')}: {error}")
+        return responses
+
+    async def add_sensor(self, serial: int) -> MqttCredentials:
+        """Create (or re-key) the sensor's account and role; returns the new password."""
+        username = sensor_username(serial)
+        base = f"{self.sensors_prefix}/{serial}"
+        acls = [
+            ("subscribePattern", f"{base}/tasks"),
+            ("publishClientSend", f"{base}/status"),
+            ("publishClientSend", f"{base}/presence"),
+        ]
+        password = secrets.token_urlsafe(24)
+        await self.execute(
+            [
+                {"command": "createRole", "rolename": username},
+                *(
+                    {"command": "addRoleACL", "rolename": username, "acltype": kind, "topic": topic, "allow": True}
+                    for kind, topic in acls
+                ),
+                {
+                    "command": "createClient",
+                    "username": username,
+                    "password": password,
+                    "roles": [{"rolename": username}],
+                },
+            ],
+            tolerate=ALREADY_EXISTS,
+        )
+        # An existing client kept its old password above: set the new one (rotation).
+        await self.execute([{"command": "setClientPassword", "username": username, "password": password}])
+        return MqttCredentials(username, password)
+
+    async def remove_sensor(self, serial: int) -> None:
+        """Delete the account (the broker disconnects it at once) and its role."""
+        username = sensor_username(serial)
+        await self.execute(
+            [{"command": "deleteClient", "username": username}, {"command": "deleteRole", "rolename": username}],
+            tolerate=("not found",),
+        )
