@@ -1,0 +1,73 @@
+"""Mosquitto running the shipped `mosquitto/secure.conf` (ports and paths substituted)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sensortasks.broker_admin import DynsecAdmin
+from sensortasks.testing import MosquittoBroker, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN = ("admin", "admin-secret")
+DISPATCHER = ("sensortasks-dispatcher", "dispatcher-secret")
+
+
+class SecureBroker(MosquittoBroker):
+    """The shipped secure configuration, on free ports, with a fresh dynamic-security file."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir=workdir)
+        self.tls_port = free_port()
+        self.certs = workdir / "certs"
+
+    def _config(self) -> Path:
+        shipped = (ROOT / "mosquitto" / "secure.conf").read_text()
+        text = (
+            shipped.replace("/mosquitto/data/", f"{self.workdir}/")
+            .replace("/mosquitto/certs/", f"{self.certs}/")
+            .replace("listener 1883\n", f"listener {self.port} {self.host}\n")
+            .replace("listener 8883\n", f"listener {self.tls_port} {self.host}\n")
+        )
+        text += f"log_dest file {self.log_path}\n" + ("user root\n" if os.geteuid() == 0 else "")
+        dynsec = self.workdir / "dynamic-security.json"
+        if not dynsec.exists():
+            subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(dynsec), *ADMIN], check=True, capture_output=True)
+            subprocess.run([str(ROOT / "scripts" / "dev-certs"), str(self.certs)], check=True, capture_output=True)
+        path = self.workdir / "secure.conf"
+        path.write_text(text)
+        return path
+
+    def client_tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
+
+    def admin(self) -> DynsecAdmin:
+        return DynsecAdmin(self.host, self.port, *ADMIN)
+
+
+@pytest.fixture
+async def secure_broker(tmp_path: Path) -> AsyncIterator[SecureBroker]:
+    broker = SecureBroker(tmp_path / "secure-broker")
+    broker.start()
+    # The dispatcher's own account: read statuses, presence and commands; write tasks,
+    # replies (to any MQTT 5 response topic) and ops.
+    acls = [
+        ("subscribePattern", "sensors/+/status"),
+        ("subscribePattern", "sensors/+/presence"),
+        ("subscribePattern", "tasks/commands/+"),
+        ("publishClientSend", "#"),
+    ]
+    await broker.admin().execute(
+        [
+            {"command": "createRole", "rolename": "dispatcher"},
+            *({"command": "addRoleACL", "rolename": "dispatcher", "acltype": k, "topic": t, "allow": True} for k, t in acls),
+            {"command": "createClient", "username": DISPATCHER[0], "password": DISPATCHER[1], "roles": [{"rolename": "dispatcher"}]},
+        ]
+    )  # fmt: skip
+    yield broker
+    broker.close()
