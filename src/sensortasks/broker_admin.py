@@ -25,6 +25,7 @@ import aiomqtt
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 TIMEOUT_S = 10.0
+DISPATCHER_ROLE = "sensortasks-dispatcher"
 #: Not an error when (re-)creating what already exists.
 ALREADY_EXISTS = ("already exists",)
 
@@ -118,6 +119,41 @@ class DynsecAdmin:
         await self.execute([{"command": "setClientPassword", "username": username, "password": password}])
         return MqttCredentials(username, password)
 
+    async def add_dispatcher(self, username: str, password: str) -> None:
+        """Create the dispatcher's account (idempotent): it reads statuses, presence, commands and
+        ``ops/#``, and publishes anywhere, since MQTT 5 replies go to each requester's response topic."""
+        acls = [
+            ("subscribePattern", f"{self.sensors_prefix}/+/status"),
+            ("subscribePattern", f"{self.sensors_prefix}/+/presence"),
+            ("subscribePattern", "tasks/commands/+"),
+            ("subscribePattern", "$share/+/#"),
+            ("subscribePattern", "ops/#"),  # so operators can `sensortasks watch` with it
+            ("publishClientSend", "#"),
+        ]
+        await self.execute(
+            [
+                {"command": "createRole", "rolename": DISPATCHER_ROLE},
+                *(
+                    {
+                        "command": "addRoleACL",
+                        "rolename": DISPATCHER_ROLE,
+                        "acltype": kind,
+                        "topic": topic,
+                        "allow": True,
+                    }
+                    for kind, topic in acls
+                ),
+                {
+                    "command": "createClient",
+                    "username": username,
+                    "password": password,
+                    "roles": [{"rolename": DISPATCHER_ROLE}],
+                },
+            ],
+            tolerate=ALREADY_EXISTS,
+        )
+        await self.execute([{"command": "setClientPassword", "username": username, "password": password}])
+
     async def remove_sensor(self, serial: int) -> None:
         """Delete the account (the broker disconnects it at once) and its role."""
         username = sensor_username(serial)
@@ -125,3 +161,23 @@ class DynsecAdmin:
             [{"command": "deleteClient", "username": username}, {"command": "deleteRole", "rolename": username}],
             tolerate=("not found",),
         )
+
+
+def main() -> None:
+    """``python -m sensortasks.broker_admin URL USERNAME PASSWORD``: create the dispatcher's
+    account with the admin at URL (used by ./scripts/run)."""
+    import sys  # noqa: PLC0415
+
+    from sensortasks.config import parse_mqtt_url  # noqa: PLC0415
+
+    url, username, password = sys.argv[1:4]
+    admin = parse_mqtt_url(url)
+    asyncio.run(
+        DynsecAdmin(admin.host, admin.port, admin.username or "", admin.password or "").add_dispatcher(
+            username, password
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

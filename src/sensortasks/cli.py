@@ -323,8 +323,11 @@ def simulate(
     """Run a fleet of simulated sensors (the sensor SDK) against the broker."""
     from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
 
+    from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
+
     _logging(log_level)
-    target = _settings(mqtt_url=mqtt_url).mqtt
+    settings = _settings(mqtt_url=mqtt_url)
+    target = settings.mqtt
     config = SimulationConfig(
         sensors=sensors,
         first_serial=first_serial,
@@ -337,6 +340,7 @@ def simulate(
         port=target.port,
         username=target.username,
         password=target.password,
+        tls_context=tls_context(settings.mqtt_ca_file) if target.tls else None,
     )
 
     async def run() -> Any:  # noqa: ANN401

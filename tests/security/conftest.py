@@ -54,20 +54,6 @@ class SecureBroker(MosquittoBroker):
 async def secure_broker(tmp_path: Path) -> AsyncIterator[SecureBroker]:
     broker = SecureBroker(tmp_path / "secure-broker")
     broker.start()
-    # The dispatcher's own account: read statuses, presence and commands; write tasks,
-    # replies (to any MQTT 5 response topic) and ops.
-    acls = [
-        ("subscribePattern", "sensors/+/status"),
-        ("subscribePattern", "sensors/+/presence"),
-        ("subscribePattern", "tasks/commands/+"),
-        ("publishClientSend", "#"),
-    ]
-    await broker.admin().execute(
-        [
-            {"command": "createRole", "rolename": "dispatcher"},
-            *({"command": "addRoleACL", "rolename": "dispatcher", "acltype": k, "topic": t, "allow": True} for k, t in acls),
-            {"command": "createClient", "username": DISPATCHER[0], "password": DISPATCHER[1], "roles": [{"rolename": "dispatcher"}]},
-        ]
-    )  # fmt: skip
+    await broker.admin().add_dispatcher(*DISPATCHER)
     yield broker
     broker.close()
