@@ -321,9 +321,8 @@ def simulate(
     log_level: LogLevel = "warning",
 ) -> None:
     """Run a fleet of simulated sensors (the sensor SDK) against the broker."""
-    from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
-
     from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
+    from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
 
     _logging(log_level)
     settings = _settings(mqtt_url=mqtt_url)
