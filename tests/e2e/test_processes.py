@@ -77,6 +77,7 @@ async def test_kill_9_and_restart_loses_nothing(serve: ServeProcess, broker: Mos
 async def test_sigterm_and_sigint_shut_down_cleanly(serve: ServeProcess, broker: MosquittoBroker) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         serve.start()
+        assert "AUTHENTICATION IS DISABLED" in serve.log()  # said loudly at every start
         seen: list[bytes] = []
         async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as watcher:
             await watcher.subscribe("ops/dispatchers/e2e", qos=1)

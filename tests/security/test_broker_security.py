@@ -141,14 +141,17 @@ async def test_tls_end_to_end(secure_broker: SecureBroker) -> None:
         untrusted.wrap_socket(raw, server_hostname="localhost")
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["mqtt", "mqtts"])
 async def test_registration_through_the_api_issues_working_credentials(
-    secure_broker: SecureBroker, tmp_path: Path
+    secure_broker: SecureBroker, tmp_path: Path, tls: bool
 ) -> None:
-    """The whole product on the secure broker: the dispatcher's own account, a key, a sensor
-    registered through the API with the credentials it returns, a task completed, removal."""
+    """The whole product on the secure broker: the dispatcher's own account (over TLS too), a key,
+    a sensor registered through the API with the credentials it returns, a task completed, removal."""
     host, port = secure_broker.host, secure_broker.port
+    scheme, dispatcher_port = ("mqtts", secure_broker.tls_port) if tls else ("mqtt", port)
     settings = Settings(
-        mqtt_url=f"mqtt://{DISPATCHER[0]}:{DISPATCHER[1]}@{host}:{port}",
+        mqtt_url=f"{scheme}://{DISPATCHER[0]}:{DISPATCHER[1]}@{host}:{dispatcher_port}",
+        mqtt_ca_file=str(secure_broker.certs / "ca.crt"),
         broker_admin_url=f"mqtt://{ADMIN[0]}:{ADMIN[1]}@{host}:{port}",
         database_url=f"sqlite+aiosqlite:///{tmp_path}/secure.db",
         instance="secure-test",
@@ -171,7 +174,10 @@ async def test_registration_through_the_api_issues_working_credentials(
             async def work(job: Job) -> dict[str, str]:
                 return {"ok": "yes"}
 
-            sensor = SensorClient(A, work, host=host, port=port, **registered["mqtt"])
+            tls_context = secure_broker.client_tls() if tls else None
+            sensor = SensorClient(
+                A, work, host=host, port=dispatcher_port, tls_context=tls_context, **registered["mqtt"]
+            )
             await sensor.start(timeout=10)
             body = {"sensor_serial": A, "file_id": "a3e4aed2-b091-41a6-8265-2185040e2c32", "type": "update_firmware"}
             task = (await api.post("/v1/tasks", json=body)).json()
