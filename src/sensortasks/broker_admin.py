@@ -89,6 +89,27 @@ class DynsecAdmin:
                 raise BrokerAdminError(f"{response.get('command')}: {error}")
         return responses
 
+    async def _ensure_account(self, username: str, password: str, rolename: str, acls: list[tuple[str, str]]) -> None:
+        """Create the role (with its ACLs) and the client if missing, then set the password:
+        idempotent, and re-running it rotates the password."""
+        await self.execute(
+            [
+                {"command": "createRole", "rolename": rolename},
+                *(
+                    {"command": "addRoleACL", "rolename": rolename, "acltype": kind, "topic": topic, "allow": True}
+                    for kind, topic in acls
+                ),
+                {
+                    "command": "createClient",
+                    "username": username,
+                    "password": password,
+                    "roles": [{"rolename": rolename}],
+                },
+            ],
+            tolerate=ALREADY_EXISTS,
+        )
+        await self.execute([{"command": "setClientPassword", "username": username, "password": password}])
+
     async def add_sensor(self, serial: int) -> MqttCredentials:
         """Create (or re-key) the sensor's account and role; returns the new password."""
         username = sensor_username(serial)
@@ -99,24 +120,7 @@ class DynsecAdmin:
             ("publishClientSend", f"{base}/presence"),
         ]
         password = secrets.token_urlsafe(24)
-        await self.execute(
-            [
-                {"command": "createRole", "rolename": username},
-                *(
-                    {"command": "addRoleACL", "rolename": username, "acltype": kind, "topic": topic, "allow": True}
-                    for kind, topic in acls
-                ),
-                {
-                    "command": "createClient",
-                    "username": username,
-                    "password": password,
-                    "roles": [{"rolename": username}],
-                },
-            ],
-            tolerate=ALREADY_EXISTS,
-        )
-        # An existing client kept its old password above: set the new one (rotation).
-        await self.execute([{"command": "setClientPassword", "username": username, "password": password}])
+        await self._ensure_account(username, password, username, acls)
         return MqttCredentials(username, password)
 
     async def add_dispatcher(self, username: str, password: str) -> None:
@@ -130,29 +134,7 @@ class DynsecAdmin:
             ("subscribePattern", "ops/#"),  # so operators can `sensortasks watch` with it
             ("publishClientSend", "#"),
         ]
-        await self.execute(
-            [
-                {"command": "createRole", "rolename": DISPATCHER_ROLE},
-                *(
-                    {
-                        "command": "addRoleACL",
-                        "rolename": DISPATCHER_ROLE,
-                        "acltype": kind,
-                        "topic": topic,
-                        "allow": True,
-                    }
-                    for kind, topic in acls
-                ),
-                {
-                    "command": "createClient",
-                    "username": username,
-                    "password": password,
-                    "roles": [{"rolename": DISPATCHER_ROLE}],
-                },
-            ],
-            tolerate=ALREADY_EXISTS,
-        )
-        await self.execute([{"command": "setClientPassword", "username": username, "password": password}])
+        await self._ensure_account(username, password, DISPATCHER_ROLE, acls)
 
     async def remove_sensor(self, serial: int) -> None:
         """Delete the account (the broker disconnects it at once) and its role."""
