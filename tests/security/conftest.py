@@ -1,4 +1,4 @@
-"""Mosquitto running the shipped `mosquitto/secure.conf` (ports and paths substituted)."""
+"""Mosquitto running the shipped `mosquitto/mosquitto.conf` (ports and paths substituted)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class SecureBroker(MosquittoBroker):
         self.certs = workdir / "certs"
 
     def _config(self) -> Path:
-        shipped = (ROOT / "mosquitto" / "secure.conf").read_text()
+        shipped = (ROOT / "mosquitto" / "mosquitto.conf").read_text()
         text = (
             shipped.replace("/mosquitto/data/", f"{self.workdir}/")
             .replace("/mosquitto/certs/", f"{self.certs}/")
@@ -39,7 +39,7 @@ class SecureBroker(MosquittoBroker):
         if not dynsec.exists():
             subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(dynsec), *ADMIN], check=True, capture_output=True)
             subprocess.run([str(ROOT / "scripts" / "dev-certs"), str(self.certs)], check=True, capture_output=True)
-        path = self.workdir / "secure.conf"
+        path = self.workdir / "mosquitto.conf"
         path.write_text(text)
         return path
 

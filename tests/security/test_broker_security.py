@@ -1,4 +1,4 @@
-"""The shipped secure broker configuration: accounts, per-sensor ACLs, removal, TLS."""
+"""The shipped broker configuration (mosquitto/mosquitto.conf): accounts, per-sensor ACLs, removal, TLS."""
 
 from __future__ import annotations
 
