@@ -1,4 +1,4 @@
-"""Helpers for tests and users: a throwaway Mosquitto broker on a free port, open or as shipped."""
+"""Helpers for tests and users: a throwaway Mosquitto broker on a free port."""
 
 from __future__ import annotations
 
@@ -6,20 +6,14 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from sensortasks.broker_admin import DISPATCHER_USERNAME, DynsecAdmin, MqttCredentials
-
 START_TIMEOUT_S = 10.0
-#: The source checkout this module sits in (src layout): where mosquitto/ and scripts/ are.
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -142,86 +136,3 @@ class MosquittoBroker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-class SecureMosquittoBroker(MosquittoBroker):
-    """The shipped ``mosquitto/mosquitto.conf`` on free loopback ports: no anonymous access,
-    dynamic security, a TLS listener.
-
-    Set up the way an operator sets it up, with the repository's own scripts, so that tests
-    prove what ships: ``scripts/dev-certs`` (certificates, in ``certs``; share a directory
-    between brokers to make them once), ``scripts/broker-init config`` (the shipped file with
-    ports and paths substituted), ``init`` (``mosquitto_ctrl dynsec init`` and the passwords in
-    ``workdir/credentials.env``) and, once the broker runs, ``accounts`` (the dispatcher's
-    account). Needs a source checkout (``root``) and ``mosquitto_ctrl``.
-    """
-
-    def __init__(
-        self,
-        port: int | None = None,
-        *,
-        tls_port: int | None = None,
-        workdir: Path | None = None,
-        certs: Path | None = None,
-        root: Path = REPO_ROOT,
-    ) -> None:
-        super().__init__(port, workdir=workdir)
-        self.tls_port = tls_port or free_port()
-        self.certs = certs or self.workdir / "certs"
-        self.root = root
-
-    @property
-    def tls_url(self) -> str:
-        return f"mqtts://{self.host}:{self.tls_port}"
-
-    @property
-    def ca_file(self) -> Path:
-        """The development CA that signed the TLS listener's certificate."""
-        return self.certs / "ca.crt"
-
-    @property
-    def admin(self) -> MqttCredentials:
-        """The dynamic-security admin account."""
-        return MqttCredentials("admin", self._credentials()["BROKER_ADMIN_PASSWORD"])
-
-    @property
-    def dispatcher(self) -> MqttCredentials:
-        """The dispatcher's account (``sensortasks-dispatcher``)."""
-        return MqttCredentials(DISPATCHER_USERNAME, self._credentials()["BROKER_DISPATCHER_PASSWORD"])
-
-    def dynsec(self, *, timeout_s: float = 10.0) -> DynsecAdmin:
-        """An admin client for this broker (sensor accounts)."""
-        admin = self.admin
-        return DynsecAdmin(self.host, self.port, admin.username, admin.password, timeout_s=timeout_s)
-
-    def client_tls(self) -> ssl.SSLContext:
-        """A TLS context that trusts the development CA, for the TLS listener."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def _credentials(self) -> dict[str, str]:
-        lines = (self.workdir / "credentials.env").read_text().splitlines()
-        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
-
-    def _script(self, *args: str | Path | int) -> str:
-        command = [str(self.root / "scripts" / str(args[0])), *map(str, args[1:])]
-        env = os.environ | {"PYTHON": sys.executable}
-        try:
-            done = subprocess.run(command, check=True, capture_output=True, text=True, env=env, timeout=60)  # noqa: S603
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"{' '.join(command)} failed: {exc.stderr}") from exc
-        return done.stdout
-
-    def _config(self) -> Path:
-        self._script("dev-certs", self.certs)
-        path = self.workdir / "mosquitto.conf"
-        path.write_text(self._script("broker-init", "config", self.workdir, self.port, self.tls_port, self.certs))
-        self._script("broker-init", "init", self.workdir, self.host, self.port)
-        return path
-
-    def start(self) -> None:
-        super().start()
-        try:
-            self._script("broker-init", "accounts", self.workdir)
-        except RuntimeError:
-            self.stop()
-            raise
