@@ -35,7 +35,7 @@ def test_status_parse(text: str, status: TaskStatus) -> None:
     assert TaskStatus.parse(text) is status
 
 
-@pytest.mark.parametrize("text", ["6", "0", "done", "", "-1"])
+@pytest.mark.parametrize("text", ["6", "0", "done", "", "-1", "١", "３"])
 def test_status_parse_refuses_unknown(text: str) -> None:
     with pytest.raises(ValueError):
         TaskStatus.parse(text)
@@ -165,3 +165,23 @@ def test_backoff_is_monotone_and_capped(attempts: list[int]) -> None:
     delays = [POLICY.delay(a) for a in sorted(attempts)]
     assert delays == sorted(delays)
     assert all(0 < d <= POLICY.backoff_max_s for d in delays)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    max_attempts=st.integers(min_value=1, max_value=4),
+    history=st.lists(events, max_size=30),
+    report=reports,
+)
+def test_a_duplicate_report_is_a_no_op_from_any_reachable_state(
+    max_attempts: int, history: list[tuple[object, ...]], report: tuple[object, ...]
+) -> None:
+    state = TaskState(TaskStatus.PENDING, 0, max_attempts, in_flight=False)
+    for event in history:
+        state = _apply(state, event).state
+    first = _apply(state, report)
+    second = _apply(first.state, report)
+    assert second.steps == ()
+    assert not second.changed
+    assert second.state == first.state
+    assert second.retry_delay_s is None

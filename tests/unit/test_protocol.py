@@ -30,6 +30,15 @@ def test_bad_sensor_topics_are_refused(topic: str) -> None:
     assert TOPICS.parse_sensor(topic) is None
 
 
+def test_every_serial_the_api_accepts_is_addressable() -> None:
+    largest = 2**63 - 1  # the API's bound
+    parsed = TOPICS.parse_sensor(TOPICS.status(largest))
+    assert parsed is not None
+    assert parsed.serial == largest
+    assert TOPICS.parse_sensor(TOPICS.status(10**18)) is not None
+    assert TOPICS.parse_sensor(f"sensors/{largest + 1}/status") is None
+
+
 def test_prefixes_are_configurable() -> None:
     topics = Topics(sensors="fleet/a", ops="mon")
     assert topics.status(5) == "fleet/a/5/status"
@@ -55,6 +64,8 @@ def test_status_report_accepts_the_spec_examples_and_ignores_extra_fields() -> N
         '{"v": 1, "task_id": 1, "attempt": 1, "status": "done"}',
         '{"v": 1, "task_id": 1, "attempt": 1, "status": "ongoing", "progress": 101}',
         '{"v": 1, "task_id": 1, "attempt": 1.5, "status": "ongoing"}',
+        '{"v": true, "task_id": 1, "attempt": 1, "status": "ongoing"}',
+        '{"v": 1.0, "task_id": 1, "attempt": 1, "status": "ongoing"}',
         "[]",
     ],
 )

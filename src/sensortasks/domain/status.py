@@ -35,7 +35,7 @@ class TaskStatus(IntEnum):
     def parse(cls, text: str) -> TaskStatus:
         """Accept an id (``"2"``) or a name in any case (``"completed"``)."""
         text = text.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return cls(int(text))
         try:
             return cls[text.upper()]

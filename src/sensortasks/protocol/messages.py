@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, computed_field
 PROTOCOL_VERSION = 1
 #: Largest payload the dispatcher parses on any topic; larger ones are rejected unread.
 MAX_PAYLOAD_BYTES = 16 * 1024
-#: Serials are positive and fit a signed 64-bit column (the seeds use 14-15 digits).
-MAX_SERIAL = 2**63 - 1
 MAX_TASK_ID = 2**63 - 1
 MAX_ERROR_CHARS = 1000
 
@@ -28,7 +26,8 @@ Attempt = Annotated[int, Field(ge=1, le=1000, strict=True)]
 class _Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    v: Literal[1] = 1
+    #: Strict: `true` and `1.0` are not protocol version 1.
+    v: Annotated[int, Field(ge=1, le=1, strict=True)] = PROTOCOL_VERSION
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -12,6 +12,9 @@ from typing import Literal
 SensorChannel = Literal["tasks", "status", "presence"]
 _CHANNELS: frozenset[str] = frozenset(("tasks", "status", "presence"))
 COMMAND_NAMES: tuple[str, ...] = ("create", "cancel", "get")
+#: Serials fit a signed 64-bit column, like the API's (the seeds use 14-15 digits).
+MAX_SERIAL = 2**63 - 1
+MAX_SERIAL_DIGITS = len(str(MAX_SERIAL))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +60,10 @@ class Topics:
         if len(parts) != 2 or parts[1] not in _CHANNELS:  # noqa: PLR2004
             return None
         serial_text, channel = parts
-        if not serial_text.isascii() or not serial_text.isdigit() or len(serial_text) > 18:  # noqa: PLR2004
+        if not serial_text.isascii() or not serial_text.isdigit() or len(serial_text) > MAX_SERIAL_DIGITS:
             return None
         serial = int(serial_text)
-        if serial <= 0 or str(serial) != serial_text:
+        if not 0 < serial <= MAX_SERIAL or str(serial) != serial_text:
             return None
         return SensorTopic(serial, channel)  # type: ignore[arg-type]
 
