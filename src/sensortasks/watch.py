@@ -17,6 +17,7 @@ from typing import Any
 import aiomqtt
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape  # what sensors and peers send is text, never markup
 from rich.panel import Panel
 from rich.table import Table
 
@@ -83,7 +84,7 @@ def render(state: WatchState) -> RenderableType:
     )
     dispatchers = _table("Dispatchers", "instance", "state")
     for name, online in sorted(state.dispatchers.items()):
-        dispatchers.add_row(name, "[green]online[/green]" if online else "[red]offline[/red]")
+        dispatchers.add_row(escape(name), "[green]online[/green]" if online else "[red]offline[/red]")
     transitions = _table("Recent transitions", "at", "task", "sensor", "type", "from → to", "attempt", "reason")
     for t in state.transitions:
         step = f"{t.get('from') or '·'} → {t.get('to')}"
@@ -96,10 +97,10 @@ def render(state: WatchState) -> RenderableType:
             t.get("attempt"),
             t.get("reason"),
         )
-        transitions.add_row(*("" if v is None else str(v) for v in row))
+        transitions.add_row(*("" if v is None else escape(str(v)) for v in row))
     rejections = _table("Recent rejections", "at", "topic", "reason")
     for r in state.rejections:
-        rejections.add_row(*(str(r.get(k, "")) for k in ("at", "topic", "reason")))
+        rejections.add_row(*(escape(str(r.get(k, ""))) for k in ("at", "topic", "reason")))
     return Group(Panel(summary, title="sensortasks"), counts, dispatchers, transitions, rejections)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sqlalchemy.exc import OperationalError
 
 from sensortasks.store.keys import KeyStore
 
@@ -104,3 +105,22 @@ async def test_idempotent_create_over_mqtt(make_service: ServiceFactory) -> None
 
 async def _rejected(ops: OpsWatcher, n: int) -> bool:
     return len(ops.on("ops/rejected")) >= n
+
+
+async def test_a_database_failure_gets_an_error_reply_and_the_dispatcher_keeps_running(
+    make_service: ServiceFactory,
+) -> None:
+    service = await make_service()
+    await service.store.db.writer.dispose()
+    original = service.store.create
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    service.store.create = broken  # type: ignore[method-assign]
+    body = {"sensor_serial": SERIAL, "file_id": FILE_ID, "type": "update_firmware"}
+    reply = await request(service, "create", body)
+    assert reply["error"]["code"] == "unavailable"
+    service.store.create = original  # type: ignore[method-assign]
+    assert (await request(service, "create", body))["ok"] is True
+    assert service.dispatcher.link.connected.is_set()

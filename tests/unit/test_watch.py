@@ -40,3 +40,12 @@ def test_state_folds_every_ops_topic_and_ignores_garbage() -> None:
     text = out.getvalue()
     for expected in ("Completed", "7", "Pending → Ongoing", "malformed", "online", "offline", "sensors online 4"):
         assert expected in text
+
+
+def test_markup_in_what_peers_send_is_shown_as_text() -> None:
+    state = WatchState()
+    state.apply("ops/rejected", Rejection(topic="sensors/[b]5/status", reason="[/x] bad", payload="", at="t").to_json())
+    state.apply("ops/dispatchers/[red]", DispatcherPresence(instance="[red]", online=True).to_json())
+    out = io.StringIO()
+    Console(file=out, width=160).print(render(state))  # rich raised MarkupError here before
+    assert "[/x] bad" in out.getvalue()

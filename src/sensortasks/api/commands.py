@@ -13,6 +13,7 @@ import logging
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.api.models import TaskCreate, TaskPublic
 from sensortasks.api.service import MAX_ID, TaskService
@@ -30,13 +31,13 @@ class CommandCreate(TaskCreate):
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Annotated[int, Field(ge=1, le=1)] = 1
+    v: Annotated[int, Field(ge=1, le=1, strict=True)] = 1
 
 
 class CommandTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    v: Annotated[int, Field(ge=1, le=1)] = 1
+    v: Annotated[int, Field(ge=1, le=1, strict=True)] = 1
     task_id: Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
 
 
@@ -65,6 +66,9 @@ class CommandHandler:
             await self.dispatcher.reject([(message.topic, message.payload, f"refused command: {exc.message}")])
         except SensortasksError as exc:
             reply = self._refuse(message, exc)
+        except SQLAlchemyError as exc:  # never let a database failure stop the dispatcher
+            log.warning("command on %s failed: %s", message.topic, exc)
+            reply = self._refuse(message, Unavailable("database unavailable; retry the request"))
         if message.response_topic:
             try:
                 await self.dispatcher.link.publish(
