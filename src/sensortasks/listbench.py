@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -64,7 +65,6 @@ def _fill(path: Path, rows: int, now: datetime, rng: random.Random) -> None:
             batch,
         )
         conn.commit()
-    conn.execute("ANALYZE")
     conn.close()
 
 
@@ -115,6 +115,14 @@ async def run(rows: int = 1_000_000, *, samples: int = 200, say: Callable[[str],
             "type": lambda _r: (TaskFilter(type="update_configuration"), None),
             "created in one day": lambda r: (_one_day(day(r)), None),
             "updated in the last hour": lambda _r: (TaskFilter(updated_since=now - timedelta(hours=1)), None),
+            "customer + one day": lambda r: (
+                replace(_one_day(day(r)), customer_id=r.randrange(1, CUSTOMERS + 1)),
+                None,
+            ),
+            "customer + updated last 5 min": lambda r: (
+                TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), updated_since=now - timedelta(minutes=5)),
+                None,
+            ),
             "sensor + status": lambda r: (TaskFilter(sensor_serial=serial(r), statuses=(TaskStatus.COMPLETED,)), None),
             "customer": lambda r: (TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1)), None),
             "customer + status=Error": lambda r: (

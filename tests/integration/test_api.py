@@ -148,6 +148,8 @@ async def test_list_refuses_bad_parameters(make_service: ServiceFactory) -> None
         ({"cursor": "bm9wZQ"}, "cursor"),
         ({"sensor_serial": -1}, "sensor_serial"),
         ({"type": "reboot"}, "type"),
+        ({"created_until": "9999-12-31"}, "created_until"),
+        ({"updated_since": "0001-01-01T00:00:00+01:00"}, "updated_since"),
     ]:
         details = error(await service.api.get("/v1/tasks", params=params), 422, "invalid_input")
         assert field in details["message"], (params, details)

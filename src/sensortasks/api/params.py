@@ -20,11 +20,13 @@ def parse_time(field: str, text: str | None, *, until: bool) -> datetime | None:
         if len(text) == 10:  # noqa: PLR2004
             day = date.fromisoformat(text)
             start = datetime.combine(day, time(), tzinfo=UTC)
-            return start + timedelta(days=1) if until else start
+            return start + timedelta(days=1) if until else start  # may overflow: caught below
         value = datetime.fromisoformat(text.replace(" ", "T", 1) if "T" not in text else text)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if until:
+            value += timedelta(seconds=1) if value.microsecond == 0 else timedelta(microseconds=1)
     except ValueError:
         raise InvalidInput(f"{field}: {text!r} is not a time; {FORMATS_HELP}", details={"field": field}) from None
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if until:
-        value += timedelta(seconds=1) if value.microsecond == 0 else timedelta(microseconds=1)
+    except OverflowError:
+        raise InvalidInput(f"{field}: {text!r} is out of range", details={"field": field}) from None
     return value

@@ -34,6 +34,11 @@ class Task(SQLModel, table=True):
         ),
         Index("ix_tasks_created", "created_at"),
         Index("ix_tasks_updated", "updated_at"),
+        # Without ANALYZE statistics SQLite picks single-column indexes badly for these
+        # combinations (measured on 1M rows: sensor+status 345 -> 7 ms p99).
+        Index("ix_tasks_sensor_status_id", "sensor_serial", "status_id", "id"),
+        Index("ix_tasks_customer_created", "customer_id", "created_at"),
+        Index("ix_tasks_customer_updated", "customer_id", "updated_at"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))

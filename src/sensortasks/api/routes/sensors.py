@@ -17,7 +17,15 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in (401, 422, *codes)}
 
 
-@router.post("", status_code=201, summary="Register a sensor and issue its broker credentials", responses=_errors(409))
+@router.post(
+    "",
+    status_code=201,
+    summary="Register a sensor and issue its broker credentials",
+    responses={
+        **_errors(400, 409),
+        200: {"model": SensorRegistered, "description": "Already registered to you: the password is rotated"},
+    },
+)
 async def register_sensor(
     body: SensorCreate, state: State, customer_id: CustomerId, response: Response
 ) -> SensorRegistered:

@@ -35,7 +35,7 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in (401, 422, *codes)}
+    return {code: {"model": ErrorResponse} for code in (400, 401, 422, *codes)}
 
 
 def encode_cursor(task_id: int) -> str:
