@@ -16,13 +16,14 @@ from sensortasks.store.records import (
     utcnow,
 )
 from sensortasks.store.repository import StaleBatch, TaskStore
-from sensortasks.store.tables import Sensor, Task, TaskEvent
+from sensortasks.store.tables import MqttClient, Sensor, Task, TaskEvent
 
 __all__ = [
     "Database",
     "Dispatch",
     "Expiry",
     "IncomingReport",
+    "MqttClient",
     "NewTask",
     "Refusal",
     "Remembered",

@@ -126,6 +126,10 @@ class ApiKey(SQLModel, table=True):
     #: The first characters of the key, to recognise it in listings without storing it.
     prefix: str = Field(max_length=16)
     created_at: datetime
+    #: Refreshed at most once a minute (a write per request would serialise every reader on SQLite).
+    last_used_at: datetime | None = None
+    #: Set by ``sensortasks keys revoke``; a revoked key authenticates nobody, and stays listed.
+    revoked_at: datetime | None = None
 
 
 class IdempotencyKey(SQLModel, table=True):
@@ -140,4 +144,21 @@ class IdempotencyKey(SQLModel, table=True):
     request_hash: str = Field(max_length=64)
     status_code: int
     response: str
+    created_at: datetime
+
+
+class MqttClient(SQLModel, table=True):
+    """A broker account that is not a sensor's: a backend (``kind="backend"``, one customer's,
+    for the command topics), an operator (``"ops"``, read-only ``ops/#``) or a dispatcher
+    instance (``"dispatcher"``). The password lives only in the broker, hashed."""
+
+    __tablename__ = "mqtt_clients"
+
+    username: str = Field(primary_key=True, max_length=64)
+    #: The MQTT client identifier the broker binds this account to.
+    client_id: str = Field(max_length=64, unique=True)
+    kind: str = Field(max_length=16)
+    customer_id: int | None = Field(default=None, index=True)
+    #: Backends only: the account may subscribe to ``<prefix>/#``, and command replies go only there.
+    reply_topic_prefix: str | None = Field(default=None, max_length=128)
     created_at: datetime
