@@ -5,6 +5,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
+# dev-certs needs openssl (ca-certificates brings it into the slim image); the compose scripts
+# are docker-compose.yml's init and serve steps.
+COPY scripts/dev-certs scripts/compose-init scripts/compose-serve ./scripts/
 RUN pip install . && useradd --system --home /data sensortasks && mkdir -p /data && chown sensortasks /data
 USER sensortasks
 WORKDIR /data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -27,14 +26,10 @@ class SecureBroker(MosquittoBroker):
         self.certs = workdir / "certs"
 
     def _config(self) -> Path:
-        shipped = (ROOT / "mosquitto" / "mosquitto.conf").read_text()
-        text = (
-            shipped.replace("/mosquitto/data/", f"{self.workdir}/")
-            .replace("/mosquitto/certs/", f"{self.certs}/")
-            .replace("listener 1883\n", f"listener {self.port} {self.host}\n")
-            .replace("listener 8883\n", f"listener {self.tls_port} {self.host}\n")
-        )
-        text += f"log_dest file {self.log_path}\n" + ("user root\n" if os.geteuid() == 0 else "")
+        render = [str(ROOT / "scripts" / "broker-conf"), str(self.workdir), str(self.certs)]
+        ports = [str(self.port), self.host, str(self.tls_port), self.host]
+        text = subprocess.run([*render, *ports], check=True, capture_output=True, text=True).stdout
+        text += f"log_dest file {self.log_path}\n"
         dynsec = self.workdir / "dynamic-security.json"
         if not dynsec.exists():
             subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(dynsec), *ADMIN], check=True, capture_output=True)
