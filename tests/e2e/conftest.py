@@ -7,15 +7,30 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from sensortasks.testing import MosquittoBroker, free_port
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
+
+
+def wait_healthy(url: str, process: subprocess.Popen[Any], log: Callable[[], str]) -> None:
+    """Poll `url`/healthz until it answers 200; fail with the log if `process` exits first."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not become healthy:\n" + log())
 
 
 class ServeProcess:
@@ -48,16 +63,7 @@ class ServeProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sensortasks", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("serve did not become healthy:\n" + self.log())
+        wait_healthy(self.url, self.process, self.log)
 
     def log(self) -> str:
         return (self.workdir / f"serve-{self.starts}.log").read_text(errors="replace")[-5000:]

@@ -1,23 +1,17 @@
-"""Real processes: a dispatcher killed with SIGKILL and restarted, graceful shutdown, ./scripts/run."""
+"""Real processes: a dispatcher killed with SIGKILL and restarted, graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiomqtt
 import httpx
-import paho.mqtt.client as mqtt
-import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from sensortasks.sensor import Job, SensorClient
-from sensortasks.testing import MosquittoBroker, free_port
+from sensortasks.testing import MosquittoBroker
 
 from .conftest import ServeProcess
 
@@ -92,57 +86,3 @@ async def test_sigterm_and_sigint_shut_down_cleanly(serve: ServeProcess, broker:
         assert code == 0
         assert elapsed < 10
         assert b'"status":"offline"' in seen[-1]
-
-
-@pytest.mark.slow
-def test_scripts_run_starts_a_working_service_on_the_secure_broker(tmp_path: Path) -> None:
-    port, mqtt_port, tls_port = free_port(), free_port(), free_port()
-    run_dir = tmp_path / "run"
-    env = os.environ | {
-        "SENSORTASKS_MQTT_PORT": str(mqtt_port),
-        "SENSORTASKS_MQTT_TLS_PORT": str(tls_port),
-        "SENSORTASKS_RUN_DIR": str(run_dir),
-        "SENSORTASKS_HTTP_PORT": str(port),
-        "SENSORTASKS_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/run.db",
-        "SENSORTASKS_INSTANCE": "scripts-run",
-    }
-    env.pop("SENSORTASKS_MQTT_URL", None)
-    with (tmp_path / "run.log").open("wb") as log:
-        process = subprocess.Popen([str(ROOT / "scripts" / "run")], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        health = _wait_healthy(port, process, tmp_path / "run.log")
-        assert health.json() == {"status": "ok", "database": "up", "broker": "up"}
-        # Authentication is on by default: no key, no tasks.
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/tasks", timeout=5).status_code == 401
-        key = subprocess.run(
-            [sys.executable, "-m", "sensortasks", "keys", "create", "demo"], env=env, capture_output=True, text=True,
-            check=True, timeout=60,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
-        registered = httpx.post(
-            f"http://127.0.0.1:{port}/v1/sensors", json={"serial": 5}, headers={"Authorization": f"Bearer {key}"}
-        )
-        assert registered.status_code == 201
-        assert registered.json()["mqtt"]["username"] == "sensor-5"  # the secure broker issued credentials
-        anonymous = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        assert anonymous.connect("127.0.0.1", mqtt_port) == 0
-        anonymous.loop_start()
-        time.sleep(0.5)
-        assert not anonymous.is_connected()  # refused: anonymous access is off
-        anonymous.loop_stop()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(30)
-        pid_file = run_dir / "mosquitto.pid"
-        if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-    assert code == 0
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> httpx.Response:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError(log.read_text())
