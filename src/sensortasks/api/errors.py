@@ -1,19 +1,31 @@
-"""Every failure as ``{"error": {"code", "message", "details"}}``, mapped in one place."""
+"""Every failure as ``{"error": {"code", "message", "details"}}``, mapped in one place.
+
+A dependency that is down is a 503 ``unavailable`` with ``Retry-After``, never a 500: an
+`Unavailable` (the broker, its admin) or a database error that says the database cannot take
+the request now (`sensortasks.store.engine.database_down`). Only what is left is a bug.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sensortasks.api.models import ErrorResponse
 from sensortasks.errors import Conflict, InvalidInput, NotFound, SensortasksError, Unavailable
+from sensortasks.store.engine import DATABASE_DOWN, database_down
 
 log = logging.getLogger(__name__)
+#: Seconds a client is asked to wait before retrying after a 503: outages this answers
+#: (a database restart, a lock held past the busy timeout, a broker reconnect) last seconds.
+RETRY_UNAVAILABLE_S = 5
+_UNPRINTABLE = re.compile(r"[^A-Za-z0-9_./{}-]")
 
 STATUS_OF: dict[type[SensortasksError], int] = {
     NotFound: 404,
@@ -37,10 +49,25 @@ HTTP_CODES = {
 class ApiError(SensortasksError):
     """An error raised by the HTTP layer itself (authentication, request size)."""
 
-    def __init__(self, status: int, message: str, *, details: Any = None) -> None:  # noqa: ANN401
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        details: Any = None,  # noqa: ANN401
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message, details=details)
         self.status = status
         self.code = HTTP_CODES.get(status, "error")
+        self.headers = headers or {}
+
+
+def status_of(exc: SensortasksError) -> int:
+    """The HTTP status of a package error; subclasses (a broker admin failure is an `Unavailable`) included."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    return next((status for kind, status in STATUS_OF.items() if isinstance(exc, kind)), 500)
 
 
 def error_response(status: int, code: str, message: str, details: Any = None, **headers: str) -> JSONResponse:  # noqa: ANN401
@@ -59,11 +86,22 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def route_of(request: Request) -> str:
+    """Method and route template (``GET /v1/tasks/{task_id}``) for logs: the raw path is the client's text."""
+    path = getattr(request.scope.get("route"), "path", None) or _UNPRINTABLE.sub("?", request.url.path[:100])
+    return f"{request.method} {path}"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(SensortasksError)
-    async def _domain(_: Request, exc: SensortasksError) -> JSONResponse:
-        status = exc.status if isinstance(exc, ApiError) else STATUS_OF.get(type(exc), 500)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}  # noqa: PLR2004
+    async def _domain(request: Request, exc: SensortasksError) -> JSONResponse:
+        status = status_of(exc)
+        headers = dict(exc.headers) if isinstance(exc, ApiError) else {}
+        if status == 401:  # noqa: PLR2004
+            headers["WWW-Authenticate"] = "Bearer"
+        elif status == 503:  # noqa: PLR2004
+            log.warning("%s: unavailable: %s", route_of(request), exc.message)
+            headers.setdefault("Retry-After", str(RETRY_UNAVAILABLE_S))
         return error_response(status, exc.code, exc.message, exc.details, **headers)
 
     @app.exception_handler(RequestValidationError)
@@ -82,3 +120,17 @@ def install(app: FastAPI) -> None:
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal_error", "internal error (this is a bug; it has been logged)")
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if not database_down(exc):
+            return await _bug(request, exc)
+        log.warning("%s: database unavailable: %s", route_of(request), exc)
+        return error_response(
+            503,
+            Unavailable.code,
+            "database unavailable; retry the request",
+            **{"Retry-After": str(RETRY_UNAVAILABLE_S)},
+        )
+
+    for kind in (*DATABASE_DOWN, DBAPIError):  # DBAPIError: a connection lost mid-request
+        app.add_exception_handler(kind, _database)

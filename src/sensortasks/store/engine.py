@@ -4,18 +4,32 @@ SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` on the writer engine, so th
 read-modify-write transactions serialise instead of losing updates (NOTES.md); reads go
 through a second engine with deferred transactions, which WAL lets run beside a writer.
 PostgreSQL: one engine for both.
+
+A SQLite database holds customer data, so its file is created readable by its owner only
+(0600, whatever the umask); SQLite gives the ``-wal`` and ``-shm`` files it creates beside
+it the main file's mode (checked with SQLite 3.40: a 0600 database gets 0600 ``-wal`` and
+``-shm`` under umask 022), so they follow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+log = logging.getLogger(__name__)
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -23,6 +37,63 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
+#: Owner read and write, nothing for group and others.
+PRIVATE_MODE = 0o600
+#: Errors that say the database cannot take the request now (unreachable, restarting, locked
+#: past the busy timeout, out of connections, pool exhausted), not that the request is wrong.
+#: asyncpg's errors while connecting escape SQLAlchemy unwrapped (``ConnectionRefusedError``,
+#: ``TimeoutError``: OSError; ``CannotConnectNowError`` while PostgreSQL starts or stops).
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    OperationalError,
+    PoolTimeout,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def database_down(exc: BaseException) -> bool:
+    """Whether `exc` means "the database is unavailable, retry later" (a 503), not a bug; a
+    connection lost in the middle of a statement is any DBAPIError that invalidated it."""
+    return isinstance(exc, DATABASE_DOWN) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` 0600 if missing; tighten it and its -wal/-shm if group or others have access.
+
+    Existing files are tightened too, so that a database created by an older version (0644 under
+    the usual umask) stops being world-readable; each change is logged.
+    """
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+        try:
+            os.fchmod(fd, PRIVATE_MODE)  # the umask may have taken owner bits away too
+        finally:
+            os.close(fd)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                file.chmod(mode & 0o700)
+                log.warning("database file %s was mode %03o, now %03o (owner only)", file, mode, mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except PermissionError as exc:
+            log.warning("database file %s cannot be made owner-only: %s", file, exc)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite `url` (its directory created), None for other databases."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError("in-memory SQLite is not supported: give a file path")
+    path = Path(parsed.database).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_file(path)
+    return path
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
@@ -63,11 +134,7 @@ class Database:
 
 
 def open_database(url: str) -> Database:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database in (None, "", ":memory:"):
-            raise ValueError("in-memory SQLite is not supported: give a file path")
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if _sqlite_path(url) is not None:
         return Database(url, _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False))
     engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
     return Database(url, engine, engine)
@@ -77,4 +144,5 @@ async def upgrade(url: str) -> None:
     """Bring the schema at `url` up to date with the Alembic migrations."""
     from sensortasks.store.migrate import upgrade_to_head  # noqa: PLC0415
 
+    _sqlite_path(url)  # so that the migration does not create the file with the umask's mode
     await asyncio.to_thread(upgrade_to_head, url)
