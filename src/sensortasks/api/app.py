@@ -8,6 +8,7 @@ from sensortasks.api import errors
 from sensortasks.api.commands import install_commands
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
+from sensortasks.api.openapi import METADATA, DocumentedAPI, install_docs
 from sensortasks.api.routes import health, sensors, tasks
 from sensortasks.api.service import SensorAccounts, TaskService
 from sensortasks.config import Settings
@@ -19,7 +20,8 @@ DESCRIPTION = """Create, follow and cancel firmware and configuration tasks for 
 
 Authenticate with `Authorization: Bearer <key>` (`sensortasks keys create CUSTOMER`).
 Timestamps are UTC in the seed's format `YYYY-MM-DD HH:MM:SS`.
-Every error is `{"error": {"code", "message", "details"}}`."""
+Every error is `{"error": {"code", "message", "details"}}`, `code` one of `ErrorCode`.
+Task statuses: 1 Pending, 2 Completed, 3 Error, 4 Ongoing, 5 Cancelled."""
 
 
 def create_app(
@@ -29,7 +31,7 @@ def create_app(
     dispatcher: Dispatcher | None = None,
     accounts: SensorAccounts | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="sensortasks", version="1", description=DESCRIPTION)
+    app = DocumentedAPI(title="sensortasks", version="1", description=DESCRIPTION, **METADATA)
     metrics = dispatcher.metrics if dispatcher else Metrics()
     service = TaskService(settings, store, dispatcher, accounts)
     app.state.sensortasks = AppState(settings, service, metrics)
@@ -39,4 +41,5 @@ def create_app(
     app.add_middleware(BodyLimit)
     for router in (tasks.router, sensors.router, health.router):
         app.include_router(router)
+    install_docs(app)
     return app

@@ -75,15 +75,20 @@ def error_response(status: int, code: str, message: str, details: Any = None, **
     return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
 
 
+def _validation_detail(err: dict[str, Any]) -> dict[str, Any]:
+    if err["type"] == "json_invalid":  # its loc is ("body", <character position>), not a field
+        position = err["loc"][-1]
+        reason = err.get("ctx", {}).get("error", "not JSON")
+        return {"field": "body", "rule": "json_invalid", "message": f"invalid JSON: {reason} at character {position}"}
+    return {
+        "field": ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]),
+        "rule": err["type"],
+        "message": err["msg"],
+    }
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    return [
-        {
-            "field": ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]),
-            "rule": err["type"],
-            "message": err["msg"],
-        }
-        for err in exc.errors()
-    ]
+    return [_validation_detail(err) for err in exc.errors()]
 
 
 def route_of(request: Request) -> str:

@@ -1,93 +1,162 @@
-"""API models as a family: what customers send (`TaskCreate`) and what they get back."""
+"""API models as a family: what customers send (`TaskCreate`) and what they get back.
+
+Every field has a description and every model an example: /openapi.json is meant to generate
+clients from. Timestamps are strings in the seed's format, not ``date-time`` (which would
+promise RFC 3339's ``T`` and offset).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sensortasks.api import examples
 from sensortasks.domain import TaskStatus, TaskType
 from sensortasks.store import SensorInfo, Task, TaskEvent, format_time
 
 MAX_SERIAL = 2**63 - 1
-Serial = Annotated[int, Field(gt=0, le=MAX_SERIAL, strict=True, examples=[12345678909789])]
+MAX_BULK = 10_000
+STATUS_IDS = ", ".join(f"{s.value} {s.label}" for s in sorted(TaskStatus))
 
-SEED_EXAMPLE: dict[str, Any] = {
-    "id": 16624171,
-    "sensor_serial": 12345678909789,
-    "type": "update_configuration",
-    "status_id": 2,
-    "status_name": "Completed",
-    "attempt_count": 3,
-    "created_at": "2022-10-17 16:00:07",
-    "updated_at": "2022-10-17 16:49:39",
-    "file_id": "a3e4aed2-b091-41a6-8265-2185040e2c32",
-    "max_attempts": 3,
-    "timeout_s": 3600,
-    "progress": 100,
-    "started_at": "2022-10-17 16:40:01",
-    "completed_at": "2022-10-17 16:49:39",
-    "error": None,
-}
+TIME = "UTC, in the seed's format `YYYY-MM-DD HH:MM:SS`"
+#: The schemas below are documentation only (no validation), so that nothing we emit can fail them.
+Timestamp = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "examples": ["2022-10-17 16:00:07"]}),
+]
+StatusId = Annotated[int, Field(json_schema_extra={"enum": [s.value for s in sorted(TaskStatus)]})]
+StatusName = Annotated[str, Field(json_schema_extra={"enum": [s.label for s in sorted(TaskStatus)]})]
+
+
+def _time(what: str, null: str | None = None) -> Any:  # noqa: ANN401
+    """The description of a timestamp: `what` it is, and what null means when it can be null."""
+    return Field(description=f"{what} ({TIME})." + (f" Null {null}." if null else ""))
+
+
+def _status(what: str) -> Any:  # noqa: ANN401
+    return Field(description=f"{what}: {STATUS_IDS}.")
+
+
+Serial = Annotated[
+    int,
+    Field(
+        gt=0,
+        le=MAX_SERIAL,
+        strict=True,
+        description="The sensor's serial number: a positive integer up to 2^63-1 (the seeds use 14-15 digits).",
+        examples=[examples.SERIAL],
+    ),
+]
+TaskTypeField = Annotated[TaskType, Field(description="`update_firmware` or `update_configuration`.")]
+FileId = Field(description="UUID of the firmware or configuration file the sensor is to apply.")
+
+
+class ErrorCode(StrEnum):
+    """What went wrong, for programs (the `message` is for people). Every code the API answers:
+
+    - `bad_request` (400): the body cannot be read (not UTF-8).
+    - `unauthorized` (401): no API key, or one that is invalid or revoked.
+    - `forbidden` (403): the key is valid but may not do this.
+    - `not_found` (404): no such path, task or sensor, or one of another customer's.
+    - `method_not_allowed` (405): the path exists, the method does not.
+    - `conflict` (409): the request contradicts the state (cancel a Completed task, reuse an
+      Idempotency-Key with another body, register another customer's sensor).
+    - `payload_too_large` (413): the body is over 4 MiB.
+    - `invalid_input` (422): the request fails validation; `details` names the fields.
+    - `too_many_requests` (429): too many failed authentications from this client; see `Retry-After`.
+    - `internal_error` (500): a bug, logged on the server.
+    - `unavailable` (503): the database or the broker is down; retry after `Retry-After`.
+    - `invalid_configuration` (500): the server's settings are invalid.
+    - `error`: any other failure; the HTTP status tells which.
+    """
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_INPUT = "invalid_input"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    INTERNAL_ERROR = "internal_error"
+    UNAVAILABLE = "unavailable"
+    INVALID_CONFIGURATION = "invalid_configuration"
+    ERROR = "error"
 
 
 class TaskCreate(BaseModel):
     """Seed 000's create body, plus optional per-task retry settings."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "sensor_serial": 234545767890987,
-                    "file_id": "a3e4aed2-b091-41a6-8265-2185040e2c32",
-                    "type": "update_configuration",
-                }
-            ]
-        },
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.TASK_CREATE]})
+
+    sensor_serial: Annotated[Serial, Field(description="The sensor to update (registered to you).")]
+    file_id: UUID = FileId
+    type: TaskTypeField
+    max_attempts: Annotated[int, Field(ge=1, le=10, strict=True)] | None = Field(
+        default=None,
+        description="Attempts allowed (the first send and each retry) before the task ends in Error, 1-10. "
+        "Absent or null: the server's default (3 unless configured).",
     )
-
-    sensor_serial: Serial
-    file_id: UUID
-    type: TaskType
-    max_attempts: Annotated[int, Field(ge=1, le=10, strict=True)] | None = None
-    timeout_s: Annotated[int, Field(ge=10, le=86400, strict=True)] | None = None
-
-
-MAX_BULK = 10_000
+    timeout_s: Annotated[int, Field(ge=10, le=86400, strict=True)] | None = Field(
+        default=None,
+        description="Seconds an Ongoing task may run before it is timed out (then retried or Error), 10-86400. "
+        "Absent or null: the server's default (3600 unless configured).",
+    )
 
 
 class TasksBulkCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Up to 10,000 tasks, created all or none."""
 
-    tasks: Annotated[list[TaskCreate], Field(min_length=1, max_length=MAX_BULK)]
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.BULK_CREATE]})
+
+    tasks: Annotated[list[TaskCreate], Field(min_length=1, max_length=MAX_BULK)] = Field(
+        description="The tasks to create, 1 to 10,000, each as in `POST /v1/tasks`."
+    )
 
 
 class TasksBulkCreated(BaseModel):
-    ids: list[int]
+    """The ids of the tasks created, in the order of the request."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.BULK_CREATED]})
+
+    ids: list[int] = Field(description="One id per task of the request, in its order.")
 
 
 class TaskPublic(BaseModel):
     """A task in the seed's shape (field for field), followed by the extensions."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [SEED_EXAMPLE]})
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.TASK_COMPLETED, examples.TASK_PENDING]})
 
-    id: int
-    sensor_serial: int
-    type: TaskType
-    status_id: int
-    status_name: str
-    attempt_count: int
-    created_at: str
-    updated_at: str
-    file_id: str
-    max_attempts: int
-    timeout_s: int
-    progress: int | None
-    started_at: str | None
-    completed_at: str | None
-    error: str | None
+    id: int = Field(description="Assigned by the server; a newer task has a larger id.")
+    sensor_serial: int = Field(description="The sensor the task is for.")
+    type: TaskTypeField
+    status_id: StatusId = _status("The status")
+    status_name: StatusName = Field(description="The name of `status_id`.")
+    attempt_count: int = Field(
+        description="Attempts started: 0 until the task is first sent to the sensor, +1 for each retry. "
+        "Re-sending the current attempt (the sensor came back online, the dispatcher restarted) does not count."
+    )
+    created_at: Timestamp = _time("When the task was created")
+    updated_at: Timestamp = _time("When the task last changed")
+    file_id: str = Field(description="UUID of the file the sensor is to apply.", json_schema_extra={"format": "uuid"})
+    max_attempts: int = Field(description="Attempts allowed before the task ends in Error (1-10).")
+    timeout_s: int = Field(description="Seconds an Ongoing attempt may run before it is timed out (10-86400).")
+    progress: int | None = Field(
+        description="Percent done (0-100) as the sensor last reported it: 0 when it picks the task up, "
+        "100 once Completed. Null until the sensor first picks the task up."
+    )
+    started_at: Timestamp | None = _time("When the sensor last picked the task up", "until it first does")
+    completed_at: Timestamp | None = _time(
+        "When the task ended (Completed, Error or Cancelled)", "while it is Pending or Ongoing"
+    )
+    error: str | None = Field(
+        description="Why the last attempt failed (kept while a retry waits) or why the task ended in Error. "
+        "Null when nothing failed, and always once Completed."
+    )
 
     @classmethod
     def of(cls, task: Task) -> TaskPublic:
@@ -112,9 +181,15 @@ class TaskPublic(BaseModel):
 
 
 class TasksPublic(BaseModel):
-    data: list[TaskPublic]
-    has_more: bool
-    next_cursor: str | None
+    """A page of tasks, newest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.TASK_LIST]})
+
+    data: list[TaskPublic] = Field(description="The tasks of this page, newest (largest id) first.")
+    has_more: bool = Field(description="True when more tasks match: ask again with `cursor=<next_cursor>`.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page. Opaque: do not build one."
+    )
 
 
 #: Columns of ``/v1/tasks/export.csv``, in the seed's order.
@@ -125,13 +200,18 @@ CSV_COLUMNS = (
 
 
 class ResultPublic(BaseModel):
-    task_id: int
-    status_id: int
-    status_name: str
-    completed_at: str | None
-    #: What the sensor reported with "completed" (any JSON object), or null.
-    result: dict[str, Any] | None
-    error: str | None
+    """What the sensor reported with the task's final status."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.RESULT]})
+
+    task_id: int = Field(description="The task.")
+    status_id: StatusId = _status("The task's status (2 Completed or 3 Error here)")
+    status_name: StatusName = Field(description="The name of `status_id`.")
+    completed_at: Timestamp | None = _time("When the task ended", "if it has no end time")
+    result: dict[str, Any] | None = Field(
+        description="The JSON object the sensor reported with `completed`; null if it sent none, or on Error."
+    )
+    error: str | None = Field(description="Why the task ended in Error; null when Completed.")
 
     @classmethod
     def of(cls, task: Task) -> ResultPublic:
@@ -147,14 +227,20 @@ class ResultPublic(BaseModel):
 
 
 class EventPublic(BaseModel):
-    at: str
-    kind: str
-    from_status: int | None
-    from_status_name: str | None
-    to_status: int | None
-    to_status_name: str | None
-    attempt: int
-    reason: str | None
+    """One entry of a task's history."""
+
+    at: Timestamp = _time("When it happened")
+    kind: str = Field(
+        description="`transition` (a status change), `sent` (a new attempt went to the sensor), `redelivered` "
+        "(the current attempt was sent again) or `ignored` (a report that was stale or not a legal transition).",
+        json_schema_extra={"examples": ["transition"]},
+    )
+    from_status: StatusId | None = _status("The status before a transition; null at creation and for other kinds")
+    from_status_name: StatusName | None = Field(description="The name of `from_status`; null with it.")
+    to_status: StatusId | None = _status("The status after a transition; null for other kinds")
+    to_status_name: StatusName | None = Field(description="The name of `to_status`; null with it.")
+    attempt: int = Field(description="The task's attempt number when it happened (0 before the first send).")
+    reason: str | None = Field(description="Why, in words (`created`, `retry: sensor error: ...`); null if none.")
 
     @classmethod
     def of(cls, event: TaskEvent) -> EventPublic:
@@ -174,33 +260,51 @@ class EventPublic(BaseModel):
 
 
 class EventsPublic(BaseModel):
-    task_id: int
-    data: list[EventPublic]
+    """A task's history, oldest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.EVENTS]})
+
+    task_id: int = Field(description="The task.")
+    data: list[EventPublic] = Field(description="Its transitions and attempts, oldest first.")
 
 
 class SensorCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"serial": 12345678909789}]})
+    """A sensor to register to the caller."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.SENSOR_CREATE]})
 
     serial: Serial
 
 
 class MqttAccount(BaseModel):
-    username: str
-    password: str
+    """The sensor's broker login."""
+
+    username: str = Field(description="The MQTT username (`sensor-<serial>`).")
+    password: str = Field(description="The MQTT password; shown only in this answer (the broker keeps a hash).")
 
 
 class SensorRegistered(BaseModel):
-    serial: int
-    #: The sensor's broker credentials, shown once (null when no broker admin is configured).
-    mqtt: MqttAccount | None
+    """A registered sensor and its broker credentials."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SENSOR_REGISTERED]})
+
+    serial: int = Field(description="The sensor's serial number.")
+    mqtt: MqttAccount | None = Field(
+        description="The sensor's broker credentials, shown only here (registering again rotates the password). "
+        "Null when the server manages no broker accounts."
+    )
 
 
 class SensorPublic(BaseModel):
-    serial: int
-    online: bool | None
-    last_seen: str | None
-    task_in_flight: int | None
-    queued: int
+    """What the dispatcher knows of a sensor."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SENSOR]})
+
+    serial: int = Field(description="The sensor's serial number.")
+    online: bool | None = Field(description="Its last presence message; null if it never sent one.")
+    last_seen: Timestamp | None = _time("When a message from it last arrived", "if none ever did")
+    task_in_flight: int | None = Field(description="The id of the task sent to it and not yet ended; null if none.")
+    queued: int = Field(description="How many of its tasks are Pending and waiting for their turn.")
 
     @classmethod
     def of(cls, info: SensorInfo) -> SensorPublic:
@@ -213,11 +317,34 @@ class SensorPublic(BaseModel):
         )
 
 
+class HealthPublic(BaseModel):
+    """``/healthz``: the same body with 200 (healthy) and 503 (not)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.HEALTH_OK, examples.HEALTH_DOWN]})
+
+    status: Literal["ok", "unavailable"] = Field(description="`ok` (with 200) or `unavailable` (with 503).")
+    database: Literal["up", "down"] = Field(description="Whether the database answers.")
+    broker: Literal["up", "down", "n/a"] = Field(
+        description="The dispatcher's broker connection; `n/a` when this process runs no dispatcher."
+    )
+
+
 class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any = None
+    """What went wrong."""
+
+    code: ErrorCode = Field(description="What went wrong, for programs: one of `ErrorCode`.")
+    message: str = Field(description="What went wrong, for people: names the field or the object.")
+    details: Any = Field(
+        default=None,
+        description="For `invalid_input` from request validation: a list of `{field, rule, message}`, "
+        "`field` a dotted path (`tasks.3.sensor_serial`, `body` for JSON that does not parse). "
+        'Otherwise an object with the facts (e.g. `{"status_name": "Completed"}`), or null.',
+    )
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorBody
+    """Every error of the API."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.ERRORS[404], examples.ERRORS[422]]})
+
+    error: ErrorBody = Field(description="The error.")

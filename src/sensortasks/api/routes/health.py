@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
+from sensortasks.api import examples
 from sensortasks.api.deps import State
+from sensortasks.api.models import HealthPublic
+from sensortasks.api.responses import OPS, errors, ok
 
 router = APIRouter(tags=["operations"])
+#: For probes and scrapers: no API key.
+OPEN: dict[str, Any] = {"security": []}
 
 
-@router.get("/healthz", summary="200 when the database and the broker connection are up, else 503")
+@router.get(
+    "/healthz",
+    summary="200 when the database and the broker connection are up, else 503",
+    response_model=HealthPublic,
+    responses={
+        200: ok("Healthy.", examples.HEALTH_OK),
+        503: {"model": HealthPublic, **ok("The database or the broker connection is down.", examples.HEALTH_DOWN)},
+        **errors(*OPS),
+    },
+    openapi_extra=OPEN,
+)
 async def healthz(state: State) -> JSONResponse:
     try:
         await state.store.ping()
@@ -30,7 +47,14 @@ async def healthz(state: State) -> JSONResponse:
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format.",
+            "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}, "example": examples.METRICS}},
+        },
+        **errors(*OPS, 503),
+    },
+    openapi_extra=OPEN,
 )
 async def metrics(state: State) -> Response:
     counts = await state.store.counts()

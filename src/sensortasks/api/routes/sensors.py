@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
+from sensortasks.api import examples
 from sensortasks.api.deps import CustomerId, State
-from sensortasks.api.models import ErrorResponse, MqttAccount, SensorCreate, SensorPublic, SensorRegistered
+from sensortasks.api.models import MqttAccount, SensorCreate, SensorPublic, SensorRegistered
+from sensortasks.api.responses import V1, error, errors, ok
 from sensortasks.api.service import checked_id
 
 router = APIRouter(prefix="/v1/sensors", tags=["sensors"])
 
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in (401, 422, *codes)}
+#: Not a bound: a serial no sensor has (however large) is a 404, not a 422.
+SerialPath = Annotated[int, Path(description="The sensor's serial number.", examples=[examples.SERIAL])]
+_NOT_FOUND = error(
+    404,
+    "No such sensor, or it belongs to another customer.",
+    examples.error("not_found", f"sensor {examples.SERIAL} not found"),
+)
 
 
 @router.post(
@@ -22,8 +28,17 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     status_code=201,
     summary="Register a sensor and issue its broker credentials",
     responses={
-        **_errors(400, 409),
-        200: {"model": SensorRegistered, "description": "Already registered to you: the password is rotated"},
+        201: ok("Registered to you; its broker credentials, shown only here.", examples.SENSOR_REGISTERED),
+        200: {
+            "model": SensorRegistered,
+            **ok("Already registered to you: its password is rotated.", examples.SENSOR_REGISTERED),
+        },
+        **errors(*V1, 400, 422),
+        409: error(
+            409,
+            "The sensor is registered to another customer.",
+            examples.error("conflict", f"sensor {examples.SERIAL} is registered to another customer"),
+        ),
     },
 )
 async def register_sensor(
@@ -37,13 +52,26 @@ async def register_sensor(
     return SensorRegistered(serial=body.serial, mqtt=account)
 
 
-@router.delete("/{serial}", status_code=204, summary="Remove a sensor", responses=_errors(404))
-async def remove_sensor(serial: int, state: State, customer_id: CustomerId) -> Response:
+@router.delete(
+    "/{serial}",
+    status_code=204,
+    summary="Remove a sensor",
+    responses={204: {"description": "Removed."}, **errors(*V1, 422), 404: _NOT_FOUND},
+)
+async def remove_sensor(serial: SerialPath, state: State, customer_id: CustomerId) -> Response:
     """Its Pending and Ongoing tasks are cancelled and its broker account is deleted at once."""
     await state.service.remove_sensor(serial, customer_id)
     return Response(status_code=204)
 
 
-@router.get("/{serial}", summary="Presence, the task in flight and the queue of a sensor", responses=_errors(404))
-async def get_sensor(serial: int, state: State, customer_id: CustomerId) -> SensorPublic:
+@router.get(
+    "/{serial}",
+    summary="Presence, the task in flight and the queue of a sensor",
+    responses={
+        200: ok("What the dispatcher knows of the sensor.", examples.SENSOR),
+        **errors(*V1, 422),
+        404: _NOT_FOUND,
+    },
+)
+async def get_sensor(serial: SerialPath, state: State, customer_id: CustomerId) -> SensorPublic:
     return SensorPublic.of(await state.store.sensor(checked_id(serial, "sensor"), customer_id=customer_id))

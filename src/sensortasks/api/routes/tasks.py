@@ -7,15 +7,16 @@ import binascii
 import csv
 import io
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
+from sensortasks.api import examples
 from sensortasks.api.deps import CustomerId, State
 from sensortasks.api.models import (
     CSV_COLUMNS,
-    ErrorResponse,
+    STATUS_IDS,
     EventPublic,
     EventsPublic,
     ResultPublic,
@@ -26,16 +27,22 @@ from sensortasks.api.models import (
     TasksPublic,
 )
 from sensortasks.api.params import FORMATS_HELP, parse_time
+from sensortasks.api.responses import V1, error, errors, ok
 from sensortasks.api.service import MAX_ID, checked_id
 from sensortasks.domain import TaskStatus, TaskType
 from sensortasks.errors import InvalidInput, NotFound
 from sensortasks.store import TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in (400, 401, 422, *codes)}
+#: Not a bound: an id no task has (however large) is a 404, not a 422.
+TaskId = Annotated[int, Path(description="The task's id.", examples=[16624171])]
+_IDEMPOTENCY_CONFLICT = error(
+    409,
+    "The Idempotency-Key was already used with a different request.",
+    examples.error(
+        "conflict", "Idempotency-Key was already used with a different request", {"header": "Idempotency-Key"}
+    ),
+)
 
 
 def encode_cursor(task_id: int) -> str:
@@ -63,16 +70,26 @@ def parse_statuses(text: str | None) -> tuple[TaskStatus, ...]:
         raise InvalidInput(f"status: {exc}; use names or ids: {names}", details={"field": "status"}) from None
 
 
-TimeQuery = Annotated[str | None, Query(max_length=40, description=FORMATS_HELP)]
+TimeQuery = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        description=f"Bound on the time (`_since` inclusive, `_until` inclusive to its day or second): {FORMATS_HELP}.",
+    ),
+]
 
 
 def task_filter(
     customer_id: CustomerId,
-    sensor_serial: Annotated[int | None, Query(gt=0, le=MAX_ID)] = None,
+    sensor_serial: Annotated[int | None, Query(gt=0, le=MAX_ID, description="Only this sensor's tasks.")] = None,
     status: Annotated[
-        str | None, Query(max_length=200, description="Names or ids, comma-separated: `Pending,4`")
+        str | None,
+        Query(
+            max_length=200,
+            description=f"Only tasks in these statuses: names or ids, comma-separated (`Pending,4`); {STATUS_IDS}.",
+        ),
     ] = None,
-    type: Annotated[TaskType | None, Query()] = None,
+    type: Annotated[TaskType | None, Query(description="Only tasks of this type.")] = None,
     created_since: TimeQuery = None,
     created_until: TimeQuery = None,
     updated_since: TimeQuery = None,
@@ -93,11 +110,25 @@ def task_filter(
 Filter = Annotated[TaskFilter, Depends(task_filter)]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=255, description="Retrying with the same key returns the same result"),
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retrying with the same key (yours, kept 48 hours) returns the first answer again; "
+        "the same key with a different body is a 409.",
+    ),
 ]
 
 
-@router.post("", status_code=201, summary="Create a task", responses=_errors(409))
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a task",
+    responses={
+        201: ok("The new task, Pending (or, for a repeated Idempotency-Key, the first answer).", examples.TASK_PENDING),
+        **errors(*V1, 400, 422),
+        409: _IDEMPOTENCY_CONFLICT,
+    },
+)
 async def create_task(
     body: TaskCreate, state: State, customer_id: CustomerId, idempotency_key: IdempotencyKey = None
 ) -> TaskPublic:
@@ -111,7 +142,14 @@ async def create_task(
 
 
 @router.post(
-    "/bulk", status_code=201, summary="Create up to 10,000 tasks in one transaction", responses=_errors(409, 413)
+    "/bulk",
+    status_code=201,
+    summary="Create up to 10,000 tasks in one transaction",
+    responses={
+        201: ok("The ids of the new tasks, in the order of the request.", examples.BULK_CREATED),
+        **errors(*V1, 400, 422),
+        409: _IDEMPOTENCY_CONFLICT,
+    },
 )
 async def create_tasks(
     body: TasksBulkCreate, state: State, customer_id: CustomerId, idempotency_key: IdempotencyKey = None
@@ -128,11 +166,15 @@ async def create_tasks(
     return Response(payload, status_code=status, media_type="application/json")  # type: ignore[return-value]
 
 
-@router.get("", summary="List tasks, newest first", responses=_errors())
+@router.get(
+    "",
+    summary="List tasks, newest first",
+    responses={200: ok("A page of tasks.", examples.TASK_LIST), **errors(*V1, 422)},
+)
 async def list_tasks(
     state: State,
     where: Filter,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Tasks per page, 1-1000.")] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
 ) -> TasksPublic:
     rows, has_more = await state.store.list_tasks(
@@ -146,7 +188,13 @@ async def list_tasks(
     "/export.csv",
     summary="Export tasks as CSV (the list's filters)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}}, **_errors()},
+    responses={
+        200: {
+            "description": "A header row, then one row per task (the fields of a task; empty for null).",
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": examples.CSV}},
+        },
+        **errors(*V1, 422),
+    },
 )
 async def export_tasks(state: State, where: Filter) -> StreamingResponse:
     """Streamed a page at a time: memory stays constant however many tasks match."""
@@ -173,26 +221,54 @@ async def export_tasks(state: State, where: Filter) -> StreamingResponse:
     )
 
 
-@router.get("/{task_id}", summary="Get a task", responses=_errors(404))
-async def get_task(task_id: int, state: State, customer_id: CustomerId) -> TaskPublic:
+@router.get(
+    "/{task_id}",
+    summary="Get a task",
+    responses={200: ok("The task.", examples.TASK_COMPLETED), **errors(*V1, 404, 422)},
+)
+async def get_task(task_id: TaskId, state: State, customer_id: CustomerId) -> TaskPublic:
     return TaskPublic.of(await state.service.get(task_id, customer_id))
 
 
-@router.delete("/{task_id}", summary="Cancel a task", responses=_errors(404, 409))
-async def cancel_task(task_id: int, state: State, customer_id: CustomerId) -> TaskPublic:
+@router.delete(
+    "/{task_id}",
+    summary="Cancel a task",
+    responses={
+        200: ok("The task, Cancelled.", examples.TASK_CANCELLED),
+        **errors(*V1, 404, 422),
+        409: error(409, "The task is Completed or Error: it can no longer be cancelled."),
+    },
+)
+async def cancel_task(task_id: TaskId, state: State, customer_id: CustomerId) -> TaskPublic:
     """Cancelled at once; the sensor gets a cancel message if the task had been sent.
     Cancelling a Cancelled task again returns it unchanged; a Completed or Error one is a 409."""
     return TaskPublic.of(await state.service.cancel(task_id, customer_id))
 
 
-@router.get("/{task_id}/events", summary="A task's history of transitions and attempts", responses=_errors(404))
-async def task_events(task_id: int, state: State, customer_id: CustomerId) -> EventsPublic:
+@router.get(
+    "/{task_id}/events",
+    summary="A task's history of transitions and attempts",
+    responses={200: ok("The task's history, oldest first.", examples.EVENTS), **errors(*V1, 404, 422)},
+)
+async def task_events(task_id: TaskId, state: State, customer_id: CustomerId) -> EventsPublic:
     events = await state.store.events(checked_id(task_id), customer_id=customer_id)
     return EventsPublic(task_id=task_id, data=[EventPublic.of(e) for e in events])
 
 
-@router.get("/{task_id}/result", summary="What the sensor reported with its final status", responses=_errors(404))
-async def task_result(task_id: int, state: State, customer_id: CustomerId) -> ResultPublic:
+@router.get(
+    "/{task_id}/result",
+    summary="What the sensor reported with its final status",
+    responses={
+        200: ok("The result.", examples.RESULT),
+        **errors(*V1, 422),
+        404: error(
+            404,
+            "No such task, or it is not Completed or Error yet.",
+            examples.error("not_found", "task 16624172 has no result: it is Pending", {"status_name": "Pending"}),
+        ),
+    },
+)
+async def task_result(task_id: TaskId, state: State, customer_id: CustomerId) -> ResultPublic:
     """404 until the task is Completed or has ended in Error."""
     task = await state.service.get(task_id, customer_id)
     status = TaskStatus(task.status_id)
