@@ -48,9 +48,4 @@ setup() {
     if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
         apt_install mosquitto mosquitto-clients
     fi
-    # CI renders /docs and /redoc in a real browser (tests/e2e/test_docs.py); elsewhere that test
-    # skips, saying so, when Chromium is missing.
-    if [ "${CI:-}" = "true" ] && [ ! -x /usr/bin/chromium ]; then
-        apt_install chromium
-    fi
 }
