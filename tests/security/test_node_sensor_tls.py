@@ -1,0 +1,74 @@
+"""The Node.js example sensor on the shipped secure broker: TLS with the development CA, its own
+account, its presence (online, then offline before a clean stop) through its ACL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiomqtt
+
+from sensortasks.protocol import Topics
+from tests.node import NODE_SENSOR, NodeSensor, node, npm_ci
+from tests.security.conftest import DISPATCHER, SecureBroker
+
+SERIAL = 12345678909789
+
+
+async def retained_presence(broker: SecureBroker) -> dict[str, object]:
+    """The retained presence, read with the dispatcher's account (it may read every presence)."""
+    async with aiomqtt.Client(
+        broker.host, broker.port, username=DISPATCHER[0], password=DISPATCHER[1], protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.subscribe(Topics().presence(SERIAL), qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                assert message.retain
+                assert isinstance(message.payload, bytes)
+                presence: dict[str, object] = json.loads(message.payload)
+                return presence
+    raise AssertionError("no retained presence")
+
+
+async def test_the_node_sensor_logs_in_over_tls_and_says_offline_before_stopping(
+    secure_broker: SecureBroker,
+) -> None:
+    executable = node()
+    npm_ci(NODE_SENSOR)
+    account = await secure_broker.admin().add_sensor(SERIAL)
+    sensor = await NodeSensor.start(
+        executable,
+        SERIAL,
+        SENSOR_MQTT_URL=f"mqtts://{secure_broker.host}:{secure_broker.tls_port}",
+        SENSOR_MQTT_CA_FILE=str(secure_broker.certs / "ca.crt"),
+        SENSOR_MQTT_USERNAME=account.username,
+        SENSOR_MQTT_PASSWORD=account.password,
+    )
+    try:
+        await sensor.wait_logged("online")
+        assert await retained_presence(secure_broker) == {"v": 1, "online": True}
+        assert await sensor.terminate() == 0
+        assert sensor.logged("offline")
+        assert await retained_presence(secure_broker) == {"v": 1, "online": False}
+    finally:
+        await sensor.kill()
+
+
+async def test_a_wrong_password_stops_the_node_sensor_with_status_2(secure_broker: SecureBroker) -> None:
+    executable = node()
+    npm_ci(NODE_SENSOR)
+    account = await secure_broker.admin().add_sensor(SERIAL)
+    sensor = await NodeSensor.start(
+        executable,
+        SERIAL,
+        SENSOR_MQTT_URL=f"mqtts://{secure_broker.host}:{secure_broker.tls_port}",
+        SENSOR_MQTT_CA_FILE=str(secure_broker.certs / "ca.crt"),
+        SENSOR_MQTT_USERNAME=account.username,
+        SENSOR_MQTT_PASSWORD=account.password + "-wrong",
+    )
+    try:
+        async with asyncio.timeout(10):
+            assert await sensor.process.wait() == 2
+        assert not sensor.logged("online")
+    finally:
+        await sensor.kill()
