@@ -226,3 +226,26 @@ async def _rejections(ops: OpsWatcher, n: int) -> bool:
 
 async def _all_sent(service: Service, tasks: list[dict[str, Any]]) -> bool:
     return all([(await service.task(t["id"]))["attempt_count"] == 1 for t in tasks])
+
+
+async def test_a_status_postgresql_cannot_store_is_refused_not_retried_forever(
+    make_service: ServiceFactory, postgres_url: str, ops: OpsWatcher
+) -> None:
+    service = await make_service(database_url=postgres_url)
+    await service.sensor(SERIAL, _hangs)
+    task = await service.create(SERIAL)
+    await service.wait_status(task["id"], "Ongoing")
+    status = f"sensors/{SERIAL}/status"
+    # A NUL in text is an error on every retry ("invalid byte sequence"): it would hold the
+    # consumer in its database retry loop for good.
+    poison = {"v": 1, "task_id": task["id"], "attempt": 1, "status": "error", "error": "bad\u0000", "retryable": False}
+    await service.publish(status, poison)
+    await service.publish(status, {"v": 1, "task_id": task["id"], "attempt": 1, "status": "completed"})
+    await service.wait_status(task["id"], "Completed")
+    await eventually(lambda: _rejections(ops, 1), what="the rejection")
+    assert [r["code"] for r in ops.on("ops/rejected")] == ["malformed"]
+    assert service.dispatcher.counters.db_retries == 0
+
+
+async def _hangs(job: Any) -> None:
+    await asyncio.Event().wait()
