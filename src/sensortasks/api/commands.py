@@ -13,9 +13,10 @@ returns the first reply). The dispatcher has already checked the MQTT 5 properti
 3. With authentication on, the response topic must lie under the ``reply_topic_prefix`` of
    a backend account (the *reply account*: only it can read there). Otherwise: refused,
    unanswered, and the key is not even looked at.
-4. Too many failed authentications for that reply account (`FailureLimiter`, keyed by its
-   prefix, since MQTT does not tell a subscriber who published): ``too_many_requests``
-   ("retry after N s"), without checking the key.
+4. Too many failed authentications for that reply account (`FailureLimiter`, keyed by the
+   account the response topic names, since MQTT does not tell a subscriber who published):
+   ``too_many_requests`` ("retry after N s"), without checking the key. Anyone who may
+   publish commands can therefore spend an account's budget; the budget is per process.
 5. The ``authorization: Bearer <key>`` user property must hold a valid API key: else
    ``unauthorized``, answered on the reply account's topic (a failure for the limiter).
 6. The key's customer must own the reply account (the topic lies under one of its
