@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sensortasks.protocol.messages import REJECT_CODES
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
@@ -23,7 +25,6 @@ COUNTERS = {
     "reports": "Status reports received",
     "transitions": "Task transitions applied by the dispatcher",
     "completed": "Tasks completed",
-    "rejected": "MQTT messages refused (malformed, oversized, wrong sensor, unknown task)",
     "db_retries": "Database operations retried after a failure",
 }
 
@@ -48,6 +49,17 @@ class _Snapshot(Collector):
         if self.counters is not None:
             for name, help_text in COUNTERS.items():
                 yield CounterMetricFamily(f"sensortasks_{name}", help_text, value=getattr(self.counters, name))
+            yield self._rejected(self.counters)
+
+    @staticmethod
+    def _rejected(counters: Counters) -> CounterMetricFamily:
+        """Every known reason code from 0 on (so that rates start at once), and any other seen."""
+        family = CounterMetricFamily(
+            "sensortasks_rejected", "MQTT messages refused, by reason code (ops/rejected)", labels=["reason"]
+        )
+        for code in dict.fromkeys((*REJECT_CODES, *counters.rejected)):
+            family.add_metric([code], counters.rejected[code])
+        return family
 
 
 class Metrics:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,17 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from sensortasks.api import create_app
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.sensor import Handler, Job, SensorClient
 from sensortasks.server import build_store
-from sensortasks.store import TaskStore, upgrade
+from sensortasks.store import TaskStore, upgrade, utcnow
+from sensortasks.store.accounts import ClientAccount, MqttClientStore
+from sensortasks.store.keys import KeyStore
 from sensortasks.testing import MosquittoBroker
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
@@ -58,6 +62,13 @@ class Service:
     api: httpx.AsyncClient
     broker: MosquittoBroker
     sensors: list[SensorClient] = field(default_factory=list)
+    runner: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        """Stop the dispatcher (as at shutdown) and wait until it has."""
+        self.dispatcher.stop()
+        assert self.runner is not None
+        await asyncio.wait_for(asyncio.shield(self.runner), 15)
 
     async def create(self, serial: int, task_type: str = "update_firmware", **extra: Any) -> dict[str, Any]:
         body = {"sensor_serial": serial, "file_id": FILE_ID, "type": task_type, **extra}
@@ -116,6 +127,79 @@ class Service:
 ServiceFactory = Callable[..., Awaitable[Service]]
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A customer's backend: its API key and the reply prefix of its MQTT account."""
+
+    customer: str
+    key: str
+    reply_prefix: str
+
+
+async def add_backend(service: Service, customer: str) -> Backend:
+    """A key and a backend account row, as `mqtt-clients add --customer` records them."""
+    keys = KeyStore(service.store.db)
+    key = await keys.create_key(customer)
+    client_id = f"backend-{uuid.uuid4().hex[:12]}"
+    prefix = f"replies/{client_id}"
+    account = ClientAccount(client_id, client_id, "backend", await keys.customer_id(customer), prefix, utcnow())
+    await MqttClientStore(service.store.db).add(account)
+    return Backend(customer, key, prefix)
+
+
+def command_properties(
+    response_topic: str | None = None,
+    correlation: bytes | None = None,
+    user_properties: Sequence[tuple[str, str]] = (),
+    **user: str,
+) -> Properties | None:
+    """PUBLISH properties of a command (paho does not check them: a hostile client can set any)."""
+    named = [*user_properties, *user.items()]
+    if response_topic is None and correlation is None and not named:
+        return None
+    properties = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        properties.ResponseTopic = response_topic
+    if correlation is not None:
+        properties.CorrelationData = correlation
+    if named:
+        properties.UserProperty = named
+    return properties
+
+
+async def send_command(
+    service: Service, command: str, payload: bytes | dict[str, Any], properties: Properties | None
+) -> None:
+    """Publish a command and wait for the broker's acknowledgement only (no reply expected)."""
+    data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+    async with aiomqtt.Client(service.broker.host, service.broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.publish(f"tasks/commands/{command}", data, qos=1, properties=properties)
+
+
+async def request(
+    service: Service,
+    command: str,
+    payload: bytes | dict[str, Any],
+    *,
+    reply_prefix: str = "replies/anyone",
+    **user: str,
+) -> dict[str, Any]:
+    """Send a command and wait for its reply on a fresh topic under `reply_prefix`."""
+    reply_topic = f"{reply_prefix}/{uuid.uuid4().hex}"
+    correlation = uuid.uuid4().bytes
+    async with aiomqtt.Client(service.broker.host, service.broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.subscribe(reply_topic, qos=1)
+        data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        properties = command_properties(reply_topic, correlation, **user)
+        await client.publish(f"tasks/commands/{command}", data, qos=1, properties=properties)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                assert message.properties is not None
+                assert message.properties.CorrelationData == correlation
+                return dict(json.loads(message.payload))  # type: ignore[arg-type]
+    raise AssertionError("no reply")
+
+
 @pytest.fixture
 async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     """Start sensortasks with settings overridden per test (fast timeouts by default)."""
@@ -140,7 +224,7 @@ async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator
         runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
         await asyncio.wait_for(dispatcher.link.connected.wait(), 10)
         api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sensortasks.test")
-        service = Service(settings, store, dispatcher, api, broker)
+        service = Service(settings, store, dispatcher, api, broker, runner=runner)
         started.append((service, runner))
         return service
 
@@ -177,6 +261,51 @@ async def ops(broker: MosquittoBroker) -> AsyncIterator[OpsWatcher]:
     task = asyncio.create_task(listen())
     await asyncio.wait_for(ready.wait(), 10)
     yield watcher
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@dataclass
+class Heard:
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation: bytes | None
+
+
+@dataclass
+class Wiretap:
+    """Every message published on the broker (``#``: all but ``$SYS``) while the test runs."""
+
+    heard: list[Heard] = field(default_factory=list)
+
+    def carrying(self, correlation: bytes) -> list[Heard]:
+        """Messages with this correlation data, other than the commands that carried it in."""
+        return [h for h in self.heard if h.correlation == correlation and not h.topic.startswith("tasks/commands/")]
+
+    def on(self, topic: str) -> list[Heard]:
+        return [h for h in self.heard if h.topic == topic]
+
+
+@pytest.fixture
+async def wiretap(broker: MosquittoBroker) -> AsyncIterator[Wiretap]:
+    tap = Wiretap()
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe("#", qos=1)
+            ready.set()
+            async for message in client.messages:
+                props = message.properties
+                correlation = getattr(props, "CorrelationData", None) if props else None
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                tap.heard.append(Heard(str(message.topic), payload, message.retain, correlation))
+
+    task = asyncio.create_task(listen())
+    await asyncio.wait_for(ready.wait(), 10)
+    yield tap
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -217,11 +217,12 @@ async def test_health_and_metrics(make_service: ServiceFactory) -> None:
     text = ""
     for _ in range(50):
         text = (await service.api.get("/metrics")).text
-        if "sensortasks_rejected_total 1.0" in text:
+        if 'sensortasks_rejected_total{reason="malformed"} 1.0' in text:
             break
         await __import__("asyncio").sleep(0.1)
     assert 'sensortasks_tasks{status="Completed"} 1.0' in text
-    assert "sensortasks_rejected_total 1.0" in text
+    assert 'sensortasks_rejected_total{reason="malformed"} 1.0' in text
+    assert 'sensortasks_rejected_total{reason="oversized"} 0.0' in text  # every code, from 0 on
     assert "sensortasks_mqtt_connected 1.0" in text
     assert "sensortasks_dispatch_latency_seconds_count 1.0" in text
     assert "sensortasks_transitions_total" in text

@@ -45,7 +45,9 @@ async def raw(broker: MosquittoBroker) -> AsyncIterator[RawDispatcher]:
 
 
 def task_message(attempt: int = 1) -> TaskMessage:
-    return TaskMessage(task_id=7, type="update_firmware", file_id="f", attempt=attempt, timeout_s=60)
+    return TaskMessage(
+        task_id=7, type="update_firmware", file_id="a3e4aed2-b091-41a6-8265-2185040e2c32", attempt=attempt, timeout_s=60
+    )
 
 
 async def test_a_resent_finished_task_gets_its_final_status_again(broker: MosquittoBroker, raw: RawDispatcher) -> None:

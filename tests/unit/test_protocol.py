@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from sensortasks.protocol import StatusReport, Topics, parse_sensor_command
+from sensortasks.protocol import Presence, StatusReport, Topics, parse_sensor_command
 from sensortasks.protocol.messages import CancelMessage, TaskMessage
 
 TOPICS = Topics()
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 
 
 @given(serial=st.integers(min_value=1, max_value=10**18 - 1), channel=st.sampled_from(["tasks", "status", "presence"]))
@@ -75,8 +79,72 @@ def test_invalid_status_reports_are_refused(payload: str) -> None:
 
 
 def test_sensor_commands_parse_by_kind() -> None:
-    task = TaskMessage(task_id=1, type="update_firmware", file_id="f", attempt=2, timeout_s=60)
+    task = TaskMessage(task_id=1, type="update_firmware", file_id=FILE_ID, attempt=2, timeout_s=60)
     assert parse_sensor_command(task.to_json()) == task
     assert parse_sensor_command(CancelMessage(task_id=1).to_json()) == CancelMessage(task_id=1)
     with pytest.raises(ValidationError):
         parse_sensor_command(b'{"v": 1, "kind": "reboot", "task_id": 1}')
+
+
+@pytest.mark.parametrize(
+    ("parse", "payload"),
+    [
+        (StatusReport.from_wire, '{"task_id": 1, "attempt": 1, "status": "ongoing"}'),
+        (Presence.from_wire, '{"online": true}'),
+        (parse_sensor_command, '{"kind": "cancel", "task_id": 1}'),
+    ],
+)
+def test_v_is_required_on_the_wire_but_not_to_build_a_message(parse: Any, payload: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        parse(payload)
+    assert raised.value.errors()[0]["loc"] == ("v",)
+    assert parse(payload.replace("{", '{"v": 1, ', 1)).v == 1
+    assert Presence(online=True).to_json() == b'{"v":1,"online":true}'
+
+
+@pytest.mark.parametrize("online", ['"yes"', '"true"', "1", "0", "null", '"false"'])
+def test_presence_online_is_strictly_boolean(online: str) -> None:
+    with pytest.raises(ValidationError):
+        Presence.from_wire(f'{{"v": 1, "online": {online}}}')
+
+
+@pytest.mark.parametrize("retryable", ['"no"', "0", '"false"', "null"])
+def test_retryable_is_strictly_boolean(retryable: str) -> None:
+    payload = f'{{"v": 1, "task_id": 1, "attempt": 1, "status": "error", "retryable": {retryable}}}'
+    with pytest.raises(ValidationError):
+        StatusReport.from_wire(payload)
+
+
+def test_a_status_error_with_nul_is_refused() -> None:
+    # PostgreSQL text cannot store NUL: such a report could never be applied.
+    with pytest.raises(ValidationError):
+        StatusReport.from_wire('{"v": 1, "task_id": 1, "attempt": 1, "status": "error", "error": "a\\u0000b"}')
+
+
+def task_json(**fields: Any) -> str:
+    message = {"v": 1, "kind": "task", "task_id": 1, "type": "update_firmware", "file_id": FILE_ID, "attempt": 1}
+    return json.dumps(message | {"timeout_s": 60} | fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"file_id": "f"},
+        {"file_id": ""},
+        {"file_id": 5},
+        {"timeout_s": 0},
+        {"timeout_s": -5},
+        {"timeout_s": 86401},
+        {"timeout_s": 60.0},
+    ],
+)
+def test_the_sdk_refuses_nonsense_task_messages(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        parse_sensor_command(task_json(**fields))
+
+
+def test_file_ids_are_kept_canonical() -> None:
+    parsed = parse_sensor_command(task_json(file_id=FILE_ID.upper()))
+    assert isinstance(parsed, TaskMessage)
+    assert parsed.file_id == FILE_ID
+    assert parse_sensor_command(task_json(timeout_s=86400)).timeout_s == 86400  # type: ignore[union-attr]

@@ -70,6 +70,8 @@ class ErrorCode(StrEnum):
     - `internal_error` (500): a bug, logged on the server.
     - `unavailable` (503): the database or the broker is down; retry after `Retry-After`.
     - `invalid_configuration` (500): the server's settings are invalid.
+    - `unknown_command`: only in replies on the MQTT command topics, for a verb other than
+      create, cancel and get.
     - `error`: any other failure; the HTTP status tells which.
     """
 
@@ -85,6 +87,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     UNAVAILABLE = "unavailable"
     INVALID_CONFIGURATION = "invalid_configuration"
+    UNKNOWN_COMMAND = "unknown_command"
     ERROR = "error"
 
 

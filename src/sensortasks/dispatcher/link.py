@@ -7,6 +7,12 @@
   deliver them again; they are idempotent.
 - No state of its own beyond the connection: after every (re)connect the service asks
   the database what to re-send (`on_connect`).
+- Topics in ``retain_as_published`` are subscribed with MQTT 5's Retain As Published, so
+  that a message a client published *retained* still says so when it reaches us live (by
+  default the broker clears the flag on live delivery and sets it only when replaying
+  stored retained messages on subscribe), and with Retain Handling 1: stored retained
+  messages are replayed only when the subscription is new, not again at every reconnect of
+  the persistent session (which has had the live copy queued already).
 """
 
 from __future__ import annotations
@@ -14,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sensortasks.config import MqttTarget
-from sensortasks.errors import Unavailable
+from sensortasks.errors import InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ class Incoming:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+    content_type: str | None = None
 
     def user_property(self, name: str) -> str | None:
         return next((v for k, v in self.user_properties if k.lower() == name), None)
@@ -55,9 +63,11 @@ class Incoming:
 def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
     payload = message.payload if isinstance(message.payload, bytes) else b""
     props = message.properties
-    response_topic = getattr(props, "ResponseTopic", None) if props else None
-    correlation = getattr(props, "CorrelationData", None) if props else None
-    user = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()) or ()) if props else ()
+    if props is None:
+        return Incoming(str(message.topic), payload, message.retain, message.mid, message.qos, generation)
+    response_topic = getattr(props, "ResponseTopic", None)
+    correlation = getattr(props, "CorrelationData", None)
+    user = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()) or ())
     return Incoming(
         str(message.topic),
         payload,
@@ -65,9 +75,10 @@ def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
         message.mid,
         message.qos,
         generation,
-        response_topic,
-        correlation,
+        None if response_topic is None else str(response_topic),
+        None if correlation is None else bytes(correlation),
         user,
+        getattr(props, "ContentType", None),
     )
 
 
@@ -86,10 +97,12 @@ class MqttLink:
         session_expiry_s: int = 7 * 24 * 3600,
         ca_file: str | None = None,
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        retain_as_published: Collection[str] = (),
     ) -> None:
         self.target = target
         self.identifier = identifier
         self.subscriptions = list(subscriptions)
+        self.retain_as_published = frozenset(retain_as_published)
         self.will = will
         self.session_expiry_s = session_expiry_s
         self.ca_file = ca_file
@@ -130,7 +143,9 @@ class MqttLink:
                     self._generation += 1
                     generation = self._generation
                     self._client = client
-                    await client.subscribe([(topic, 1) for topic in self.subscriptions])
+                    await client.subscribe(
+                        [(topic, self._options(topic in self.retain_as_published)) for topic in self.subscriptions]
+                    )
                     self.connects += 1
                     self.connected.set()
                     log.info("mqtt connected to %s:%s as %s", self.target.host, self.target.port, self.identifier)
@@ -147,6 +162,12 @@ class MqttLink:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
 
+    @staticmethod
+    def _options(flag_retained: bool) -> SubscribeOptions:
+        if not flag_retained:
+            return SubscribeOptions(qos=1)
+        return SubscribeOptions(qos=1, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+
     def ack(self, messages: Sequence[Incoming]) -> None:
         """Acknowledge committed messages; those of an older connection are left to redelivery."""
         client = self._client
@@ -159,7 +180,8 @@ class MqttLink:
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, correlation_data: bytes | None = None
     ) -> None:
-        """Publish and wait for the broker's acknowledgement; `Unavailable` when disconnected."""
+        """Publish and wait for the broker's acknowledgement; `Unavailable` when disconnected,
+        `InvalidInput` for a topic or payload paho refuses (a wildcard, an empty topic)."""
         client = self._client
         if client is None:
             raise Unavailable("MQTT broker not connected")
@@ -173,6 +195,8 @@ class MqttLink:
             )
         except aiomqtt.MqttError as exc:
             raise Unavailable(f"publish to {topic} failed: {exc}") from exc
+        except ValueError as exc:  # paho's checks of the topic and payload
+            raise InvalidInput(f"cannot publish to {topic[:100]!r}: {exc}") from exc
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes]], *, limit: int = 500) -> int:
         """Publish QoS 1 messages concurrently (bounded), in order; returns how many were acknowledged.

@@ -7,40 +7,43 @@ and run timeouts), ``outbox`` (ops events and cancel messages committed with the
 transitions) and ``stats``. The database, not memory, says what to send: the in-memory
 set of "dirty" sensors only makes things faster, and a periodic sweep catches
 everything else (tasks created by another process, back offs that ran out).
+
+No input stops the service: ``consume`` handles a batch at once (reports are applied in
+one transaction) and, if that raises, each of its messages alone, refusing
+(``internal_error``) the one that fails. Every message is acknowledged after what it
+said was committed or its rejection was recorded, so nothing poisonous is left in the
+persistent session to come back at restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 import aiomqtt
-from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.config import Settings
+from sensortasks.dispatcher.intake import Refused, isolate, sort_batch
 from sensortasks.dispatcher.link import Incoming, MqttLink
 from sensortasks.domain import TaskStatus
-from sensortasks.errors import Unavailable
+from sensortasks.errors import SensortasksError, Unavailable
 from sensortasks.metrics import Metrics
 from sensortasks.protocol import (
-    MAX_PAYLOAD_BYTES,
     CancelMessage,
     DispatcherPresence,
     OpsEvent,
     OpsStats,
-    Presence,
     Rejection,
-    StatusReport,
     TaskMessage,
 )
 from sensortasks.store import (
     Dispatch,
-    IncomingReport,
     StaleBatch,
     TaskStore,
     Transition,
@@ -64,6 +67,8 @@ MAX_BATCH = 1000
 DB_RETRY_S = 0.1
 DB_RETRY_MAX_S = 5.0
 REJECTED_COPY_CHARS = 256
+#: Topics are quoted this far in logs and on ``ops/rejected`` (a hostile one may be 64 KiB).
+QUOTED_TOPIC_CHARS = 256
 IDLE_POLL_S = 0.2
 
 _R = TypeVar("_R")
@@ -78,14 +83,9 @@ class Counters:
     reports: int = 0
     transitions: int = 0
     completed: int = 0
-    rejected: int = 0
+    #: Refused messages per reason code (`protocol.messages.REJECT_CODES`); ``.total()`` for all.
+    rejected: Counter[str] = field(default_factory=Counter)
     db_retries: int = 0
-
-
-def _summary(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "payload"
-    return f"{where}: {first['msg']}" + (f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else "")
 
 
 class Dispatcher:
@@ -119,6 +119,7 @@ class Dispatcher:
             session_expiry_s=settings.session_expiry_s,
             ca_file=settings.mqtt_ca_file,
             on_connect=self._on_connect,
+            retain_as_published=[share + self.topics.all_status],
         )
         self._dirty: set[int] = set()
         self._sweep = True
@@ -234,17 +235,17 @@ class Dispatcher:
             await self.link.publish_many(messages)
             log.debug("sent %d task message(s)", len(messages))
 
-    async def reject(self, rejections: Sequence[tuple[str, bytes, str]]) -> None:
+    async def reject(self, rejections: Sequence[Refused]) -> None:
         """Count, log and publish refused messages on ``ops/rejected`` with a truncated copy."""
-        self.counters.rejected += len(rejections)
         at = format_time(self.clock()) or ""
         messages = []
-        for topic, payload, reason in rejections:
-            log.info("rejected message on %s: %s", topic, reason)
-            copy = payload[:REJECTED_COPY_CHARS].decode("utf-8", errors="replace")
-            messages.append(
-                (self.topics.ops_rejected, Rejection(topic=topic, reason=reason, payload=copy, at=at).to_json())
-            )
+        for refused in rejections:
+            self.counters.rejected[refused.code] += 1
+            topic = refused.topic[:QUOTED_TOPIC_CHARS]
+            log.info("rejected message on %s (%s): %s", topic, refused.code, refused.reason)
+            copy = refused.payload[:REJECTED_COPY_CHARS].decode("utf-8", errors="replace")
+            rejection = Rejection(topic=topic, reason=refused.reason, payload=copy, at=at, code=refused.code)
+            messages.append((self.topics.ops_rejected, rejection.to_json()))
         await self.link.publish_many(messages)
 
     # -- consume -----------------------------------------------------------
@@ -254,78 +255,55 @@ class Dispatcher:
             batch = [await queue.get()]
             while len(batch) < MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
-            await self._handle(batch)
+            await isolate(batch, self._handle, self._internal_error)
             self.link.ack(batch)
 
-    async def _handle(self, batch: Sequence[Incoming]) -> None:  # noqa: PLR0912
-        reports: list[IncomingReport] = []
-        origin: dict[int, Incoming] = {}  # id(report) -> its message, to quote refusals
-        presence: list[tuple[int, bool]] = []
-        back_online: list[int] = []
-        commands: list[Incoming] = []
-        rejections: list[tuple[str, bytes, str]] = []
-        for message in batch:
-            topic = self.topics.parse_sensor(message.topic)
-            if self.topics.parse_command(message.topic) is not None and self.on_command is not None:
-                commands.append(message)
-            elif len(message.payload) > MAX_PAYLOAD_BYTES:
-                size = len(message.payload)
-                rejections.append(
-                    (message.topic, message.payload, f"payload too large ({size} > {MAX_PAYLOAD_BYTES} bytes)")
-                )
-            elif topic is None or topic.channel == "tasks":
-                rejections.append((message.topic, message.payload, "not a topic the dispatcher reads"))
-            elif topic.channel == "status":
-                try:
-                    report = StatusReport.model_validate_json(message.payload)
-                except ValidationError as exc:
-                    rejections.append((message.topic, message.payload, f"malformed status: {_summary(exc)}"))
-                    continue
-                incoming = IncomingReport(
-                    topic.serial,
-                    report.task_id,
-                    report.attempt,
-                    report.status,
-                    report.progress,
-                    report.result,
-                    report.error,
-                    report.retryable,
-                )
-                reports.append(incoming)
-                origin[id(incoming)] = message
-            else:
-                try:
-                    online = Presence.model_validate_json(message.payload).online
-                except ValidationError as exc:
-                    rejections.append((message.topic, message.payload, f"malformed presence: {_summary(exc)}"))
-                    continue
-                presence.append((topic.serial, online))
-                # A retained copy is the broker replaying history on our subscribe; the
-                # reconnect re-sync covers those sensors. A fresh "online" is a (re)boot.
-                if online and not message.retain:
-                    back_online.append(topic.serial)
+    async def _internal_error(self, message: Incoming, exc: Exception) -> None:
+        """Refuse a message whose handling raised (a bug): logged once, counted, acknowledged."""
+        topic = message.topic[:QUOTED_TOPIC_CHARS]
+        log.error("handling a message on %s failed; refusing it", topic, exc_info=exc)
+        try:
+            await self.reject([Refused.of(message, "internal_error", f"internal error ({type(exc).__name__})")])
+        except Exception:  # counted already; ops/rejected is best effort
+            log.exception("could not publish the rejection of a message on %s", topic)
+
+    async def _command(self, message: Incoming) -> None:
+        try:
+            await self.on_command(message)  # type: ignore[misc]
+        except Exception as exc:
+            await self._internal_error(message, exc)
+
+    async def _clear_retained(self, topic: str) -> None:
+        try:
+            await self.link.publish(topic, b"", retain=True)
+        except SensortasksError as exc:
+            log.warning("could not clear the retained message on %s: %s", topic[:QUOTED_TOPIC_CHARS], exc)
+
+    async def _handle(self, batch: Sequence[Incoming]) -> None:
+        intake = sort_batch(batch, self.topics, commands=self.on_command is not None)
         now = self.clock()
-        if presence:
-            await self._retrying("presence", self.store.record_presence, presence, now=now)
-        if reports:
-            self.counters.reports += len(reports)
-            result = await self._retrying("status batch", self.store.apply_reports, reports, now=now)
+        if intake.presence:
+            await self._retrying("presence", self.store.record_presence, intake.presence, now=now)
+        if intake.reports:
+            self.counters.reports += len(intake.reports)
+            result = await self._retrying("status batch", self.store.apply_reports, intake.reports, now=now)
             for refusal in result.refused:
-                message = origin[id(refusal.report)]
-                rejections.append((message.topic, message.payload, refusal.reason))
+                intake.refused.append(Refused.of(intake.origin[id(refusal.report)], refusal.code, refusal.reason))
             self._after(result.transitions, result.wake, result.retries)
-        if back_online:
-            serials = sorted(set(back_online))
+        if intake.back_online:
+            serials = sorted(set(intake.back_online))
             redelivered = await self._retrying(
                 "redeliver", self.store.redeliver, serials, now=now, reason="sensor came online"
             )
             self.counters.redelivered += len(redelivered)
             await self._send(redelivered)
             self.kick(serials)
-        if rejections:
-            await self.reject(rejections)
-        for command in commands:
-            await self.on_command(command)  # type: ignore[misc]
+        for topic in intake.clear:
+            await self._clear_retained(topic)
+        if intake.refused:
+            await self.reject(intake.refused)
+        for command in intake.commands:
+            await self._command(command)
 
     # -- dispatch ------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
@@ -424,7 +402,7 @@ class Dispatcher:
                 dispatch_rate=round((now[0] - last[0]) / interval, 2),
                 complete_rate=round((now[1] - last[1]) / interval, 2),
                 sensors_online=online,
-                rejected=self.counters.rejected,
+                rejected=self.counters.rejected.total(),
             )
             last = now
             try:

@@ -1,15 +1,29 @@
 """Pydantic models of every protocol v1 payload.
 
 Every message carries ``"v": 1``; unknown extra fields are ignored so that newer peers
-can add fields without breaking older ones. Payloads are validated at the edge with
-``Model.model_validate_json``; sizes are bounded before parsing (`MAX_PAYLOAD_BYTES`).
+can add fields without breaking older ones. Received payloads are parsed with
+``Model.from_wire`` (or `parse_sensor_command`), which requires ``"v"`` to be present;
+our own code builds messages without spelling it (the default is 1). Sizes are bounded
+before parsing (`MAX_PAYLOAD_BYTES`); booleans are strict (``"yes"`` and ``1`` are not
+``true``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import uuid
+from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, computed_field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    computed_field,
+)
+from pydantic_core import InitErrorDetails
 
 PROTOCOL_VERSION = 1
 #: Largest payload the dispatcher parses on any topic; larger ones are rejected unread.
@@ -19,8 +33,49 @@ MAX_ERROR_CHARS = 1000
 
 TaskTypeName = Literal["update_firmware", "update_configuration"]
 StatusName = Literal["ongoing", "completed", "error"]
+#: A task's run timeout on the wire: positive and at most a day. (The REST API's floor is
+#: 10 s, a product rule; the store and the tests use shorter ones, which sensors must take.)
+MIN_TIMEOUT_S = 1
+MAX_TIMEOUT_S = 86400
+
+#: Why the dispatcher refused a message (the ``code`` of a `Rejection`, and the ``reason``
+#: label of ``sensortasks_rejected_total``). Readers must accept codes they do not know.
+RejectCode = Literal[
+    "oversized",  #: payload over MAX_PAYLOAD_BYTES, not parsed
+    "malformed",  #: not valid JSON, or not the topic's model
+    "wrong_topic",  #: a topic the dispatcher does not read
+    "unknown_task",  #: a status for a task that does not exist
+    "wrong_sensor",  #: a status for another sensor's task
+    "retained_status",  #: a status published retained (cleared by the dispatcher)
+    "bad_property",  #: MQTT 5 properties out of bounds (protocol.properties)
+    "unknown_command",  #: tasks/commands/<verb> with a verb that does not exist
+    "invalid_command",  #: a well-formed command the service refused as invalid
+    "unauthorized",  #: a command without a valid API key
+    "response_topic_refused",  #: no response topic, or one the caller may not be answered on
+    "rate_limited",  #: too many failed authentications for that reply account
+    "unavailable",  #: a command that could not be checked (database down), unanswered
+    "internal_error",  #: handling the message raised: a bug, refused so it cannot come back
+]
+REJECT_CODES: tuple[RejectCode, ...] = get_args(RejectCode)
+
 TaskId = Annotated[int, Field(gt=0, le=MAX_TASK_ID, strict=True)]
 Attempt = Annotated[int, Field(ge=1, le=1000, strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
+def _canonical_uuid(value: str) -> str:
+    return str(uuid.UUID(value))
+
+
+#: A file id is a UUID (kept as its canonical text, as the API stores it).
+FileId = Annotated[str, AfterValidator(_canonical_uuid), WithJsonSchema({"type": "string", "format": "uuid"})]
+
+
+def _require_version(message: BaseModel, payload: bytes | str) -> None:
+    """A received message must say its version: a default is for our own code only."""
+    if "v" not in message.model_fields_set:
+        detail = InitErrorDetails(type="missing", loc=("v",), input=payload)
+        raise ValidationError.from_exception_data(type(message).__name__, [detail])
 
 
 class _Message(BaseModel):
@@ -28,6 +83,13 @@ class _Message(BaseModel):
 
     #: Strict: `true` and `1.0` are not protocol version 1.
     v: Annotated[int, Field(ge=1, le=1, strict=True)] = PROTOCOL_VERSION
+
+    @classmethod
+    def from_wire(cls, payload: bytes | str) -> Self:
+        """Parse a received payload (raises pydantic.ValidationError); ``"v"`` is required."""
+        message = cls.model_validate_json(payload)
+        _require_version(message, payload)
+        return message
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -39,9 +101,9 @@ class TaskMessage(_Message):
     kind: Literal["task"] = "task"
     task_id: TaskId
     type: TaskTypeName
-    file_id: str
+    file_id: FileId
     attempt: Attempt
-    timeout_s: int
+    timeout_s: Annotated[int, Field(ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S, strict=True)]
 
 
 class CancelMessage(_Message):
@@ -57,7 +119,16 @@ _SENSOR_COMMAND: TypeAdapter[TaskMessage | CancelMessage] = TypeAdapter(SensorCo
 
 def parse_sensor_command(payload: bytes | str) -> TaskMessage | CancelMessage:
     """Parse what a sensor receives on its task topic (raises pydantic.ValidationError)."""
-    return _SENSOR_COMMAND.validate_json(payload)
+    command = _SENSOR_COMMAND.validate_json(payload)
+    _require_version(command, payload)
+    return command
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: such a report could never be stored.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
 
 
 class StatusReport(_Message):
@@ -68,14 +139,14 @@ class StatusReport(_Message):
     status: StatusName
     progress: Annotated[int, Field(ge=0, le=100, strict=True)] | None = None
     result: dict[str, Any] | None = None
-    error: Annotated[str, Field(max_length=MAX_ERROR_CHARS)] | None = None
-    retryable: bool = True
+    error: Annotated[str, Field(max_length=MAX_ERROR_CHARS), AfterValidator(_no_nul)] | None = None
+    retryable: StrictBool = True
 
 
 class Presence(_Message):
     """Sensor presence, retained; the `online: false` copy is the sensor's last will."""
 
-    online: bool
+    online: StrictBool
 
 
 class DispatcherPresence(_Message):
@@ -128,6 +199,8 @@ class Rejection(_Message):
     reason: str
     payload: str
     at: str
+    #: One of `REJECT_CODES` (optional: older dispatchers did not send it).
+    code: str | None = None
 
 
 class CommandError(BaseModel):

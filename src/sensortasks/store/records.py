@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sensortasks.domain import TaskStatus
 
@@ -99,6 +99,7 @@ class Refusal:
 
     report: IncomingReport
     reason: str
+    code: Literal["unknown_task", "wrong_sensor"] = "unknown_task"
 
 
 @dataclass(frozen=True, slots=True)

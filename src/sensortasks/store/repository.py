@@ -554,10 +554,10 @@ class TaskStore:
             for report in reports:
                 work = changes.works.get(report.task_id)
                 if work is None:
-                    refused.append(Refusal(report, f"unknown task {report.task_id}"))
+                    refused.append(Refusal(report, f"unknown task {report.task_id}", "unknown_task"))
                     continue
                 if work.row["sensor_serial"] != report.serial:
-                    refused.append(Refusal(report, f"task {report.task_id} belongs to another sensor"))
+                    refused.append(Refusal(report, f"task {report.task_id} belongs to another sensor", "wrong_sensor"))
                     continue
                 outcome = lc.apply_report(
                     work.state,
