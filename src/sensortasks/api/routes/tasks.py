@@ -32,6 +32,8 @@ from sensortasks.errors import InvalidInput, NotFound
 from sensortasks.store import TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+#: Response header of the export: the number of rows that follow.
+TOTAL_HEADER = "X-Total-Count"
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -146,10 +148,26 @@ async def list_tasks(
     "/export.csv",
     summary="Export tasks as CSV (the list's filters)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}}, **_errors()},
+    responses={
+        200: {
+            "content": {"text/csv": {}},
+            "headers": {
+                TOTAL_HEADER: {
+                    "description": "How many task rows follow the header row (counted when the export starts)",
+                    "schema": {"type": "integer", "minimum": 0},
+                }
+            },
+        },
+        **_errors(),
+    },
 )
 async def export_tasks(state: State, where: Filter) -> StreamingResponse:
-    """Streamed a page at a time: memory stays constant however many tasks match."""
+    """Streamed a page at a time: memory stays constant however many tasks match.
+
+    The `X-Total-Count` header says how many rows follow (one COUNT of the same filter, taken
+    before streaming), so that clients can show a progress bar; tasks created or changed while
+    the export runs may make the stream differ from it slightly.
+    """
 
     async def rows() -> AsyncIterator[str]:
         buffer = io.StringIO()
@@ -165,11 +183,12 @@ async def export_tasks(state: State, where: Filter) -> StreamingResponse:
         if buffer.tell():
             yield buffer.getvalue()
 
+    total = await state.store.count_tasks(where)
     # The header row goes out even when nothing matches.
     return StreamingResponse(
         rows(),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": 'attachment; filename="tasks.csv"'},
+        headers={"Content-Disposition": 'attachment; filename="tasks.csv"', TOTAL_HEADER: str(total)},
     )
 
 
