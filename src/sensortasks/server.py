@@ -3,6 +3,11 @@
 Signals are ours, not uvicorn's: SIGTERM/SIGINT stop the HTTP server and the dispatcher
 together, the dispatcher finishes its current batch and publishes its offline presence,
 and the process exits 0. If the dispatcher crashes, the API stops with it, loudly.
+
+Start-up failures that configuration must fix are raised as `SensortasksError`s for the
+CLI to print as one line: a database that cannot be used (`Unavailable`), a broker that
+refuses the dispatcher's login (`BrokerRefused`). A broker that is down is not one of them:
+the dispatcher waits for it (and ``/healthz`` says 503 meanwhile).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -21,6 +28,7 @@ from sensortasks.api.service import SensorAccounts, TaskService
 from sensortasks.config import Settings, parse_mqtt_url
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.domain import RetryPolicy
+from sensortasks.errors import ConfigError
 from sensortasks.store import TaskStore, open_database, upgrade
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,26 @@ def build_accounts(settings: Settings) -> SensorAccounts | None:
     )
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the API's socket ourselves: a port in use is one clear error, not uvicorn's exit.
+
+    The protocol must say TCP: asyncio sets TCP_NODELAY only on sockets whose ``proto`` is
+    ``IPPROTO_TCP`` (`socket.create_server` leaves it 0), and without it every keep-alive
+    request waits ~40 ms for a delayed ACK."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} for the REST API: {exc.strerror or exc}; "
+            "choose another address with --host/--port or SENSORTASKS_HTTP_HOST/SENSORTASKS_HTTP_PORT"
+        ) from None
+    return sock
+
+
 def build_store(settings: Settings) -> TaskStore:
     policy = RetryPolicy(settings.retry_backoff_s, settings.retry_backoff_max_s)
     return TaskStore(open_database(settings.database_url), policy)
@@ -64,6 +92,7 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
             settings.http_port,
         )
     await upgrade(settings.database_url)
+    listening = _listen(settings.http_host, settings.http_port) if api else None
     store = build_store(settings)
     service = Dispatcher(settings, store) if dispatcher else None
     server = None
@@ -77,7 +106,13 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
         )
         server = _Server(config)
 
+    stopping = False
+
     def shutdown() -> None:
+        nonlocal stopping
+        if stopping:  # the signal, then each side task ending, all ask for it
+            return
+        stopping = True
         log.info("shutting down")
         if server is not None:
             server.should_exit = True
@@ -87,14 +122,27 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown)
+    failures: list[Exception] = []
+
+    async def side(work: Coroutine[Any, Any, object]) -> None:
+        """Either side ending stops the other one cleanly (not by cancelling it, which would
+        leave uvicorn's lifespan logging a traceback); a failure is raised once both are done."""
+        try:
+            await work
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            shutdown()
+
     try:
         async with asyncio.TaskGroup() as group:
             if service is not None:
-                task = group.create_task(service.run(), name="dispatcher")
-                task.add_done_callback(lambda _: shutdown())
+                group.create_task(side(service.run()), name="dispatcher")
             if server is not None:
-                group.create_task(server.serve(), name="http").add_done_callback(lambda _: shutdown())
+                group.create_task(side(server.serve(sockets=[listening] if listening else None)), name="http")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await store.db.dispose()
+    if failures:
+        raise failures[0] if len(failures) == 1 else ExceptionGroup("serve failed", failures)

@@ -2,6 +2,9 @@
 
 `WatchState.apply` folds messages into a small state (pure, never raises on bad
 input) and `render` draws it, so both are testable without a terminal or a broker.
+The header says whether we are connected (`Link`): a broker that is down is retried
+with back off and said so; a refused login ends the watch at once (`BrokerRefused`),
+since no retry can fix it.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 from rich.console import Console, Group, RenderableType
@@ -21,19 +25,53 @@ from rich.markup import escape  # what sensors and peers send is text, never mar
 from rich.panel import Panel
 from rich.table import Table
 
+from sensortasks.mqtt_errors import reason, refusal, refused
 from sensortasks.protocol import Topics
 
 STATUSES = ("Pending", "Ongoing", "Completed", "Error", "Cancelled")
 RECENT = 20
 RECONNECT_BACKOFF_S = (0.5, 10.0)
+REDRAW_S = 0.25
+
+
+@dataclass
+class Link:
+    """The watch's own connection to the broker, as the header shows it."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    phase: Literal["connecting", "connected", "disconnected", "refused"] = "connecting"
+    reason: str | None = None
+    #: `time.monotonic()` of the next attempt while disconnected.
+    retry_at: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.phase == "connected"
+
+    def describe(self, now: float | None = None) -> str:
+        where = f"{self.host}:{self.port}"
+        if self.phase == "connected":
+            return f"connected to {where}"
+        if self.phase == "refused":
+            return f"login refused by {where}: {self.reason}"
+        if self.phase == "connecting" or self.reason is None:
+            return f"connecting to {where}"
+        wait = max(0.0, (self.retry_at or 0.0) - (time.monotonic() if now is None else now))
+        return f"disconnected from {where}: {self.reason}; retrying in {wait:.0f} s"
 
 
 @dataclass
 class WatchState:
     topics: Topics = field(default_factory=Topics)
+    link: Link = field(default_factory=Link)
     tasks: dict[str, int] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     sensors_online: int | None = None
+    #: Who published the last ``ops/stats``, and whether it said it was online.
+    stats_instance: str | None = None
+    stats_online: bool | None = None
+    stats_at: str | None = None
     dispatchers: dict[str, bool] = field(default_factory=dict)
     transitions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
     rejections: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
@@ -68,19 +106,37 @@ class WatchState:
                 self.rates[key] = float(data[key])
         if isinstance(data.get("sensors_online"), int):
             self.sensors_online = data["sensors_online"]
+        self.stats_instance = data["instance"] if isinstance(data.get("instance"), str) else None
+        self.stats_online = data["online"] if isinstance(data.get("online"), bool) else None
+        self.stats_at = data["at"] if isinstance(data.get("at"), str) else None
 
 
 def _table(title: str, *columns: str) -> Table:
     return Table(*columns, title=title, title_justify="left", expand=True)
 
 
-def render(state: WatchState) -> RenderableType:
+LINK_STYLE = {"connected": "green", "connecting": "yellow", "disconnected": "red", "refused": "bold red"}
+
+
+def _stats_source(state: WatchState) -> str:
+    if state.stats_instance is None:
+        return ""
+    who = escape(state.stats_instance)
+    at = f" at {escape(state.stats_at)}" if state.stats_at else ""
+    if state.stats_online is False:
+        return f"\n[red]stats from {who}{at}: that dispatcher has stopped (counts as it left them)[/red]"
+    return f"\nstats from {who}{at}"
+
+
+def render(state: WatchState, *, now: float | None = None) -> RenderableType:
     counts = _table("Tasks by status", *STATUSES)
     counts.add_row(*(str(state.tasks.get(s, "-")) for s in STATUSES))
+    style = LINK_STYLE[state.link.phase]
     summary = (
+        f"[{style}]● {escape(state.link.describe(now))}[/{style}]\n"
         f"dispatch {state.rates.get('dispatch_rate', 0):.1f}/s · complete {state.rates.get('complete_rate', 0):.1f}/s"
         f" · sensors online {'-' if state.sensors_online is None else state.sensors_online}"
-        f" · messages {state.messages}"
+        f" · messages {state.messages}" + _stats_source(state)
     )
     dispatchers = _table("Dispatchers", "instance", "state")
     for name, online in sorted(state.dispatchers.items()):
@@ -114,33 +170,48 @@ async def watch(
     topics: Topics | None = None,
     seconds: float | None = None,
     console: Console | None = None,
+    stop: asyncio.Event | None = None,
 ) -> WatchState:
-    """Show ``ops/#`` live until cancelled (or for `seconds`), reconnecting with back off."""
-    state = WatchState(topics=topics or Topics())
-    with Live(render(state), console=console, refresh_per_second=4) as live:
+    """Show ``ops/#`` live until `stop` is set or `seconds` have passed, reconnecting with back
+    off; returns the final state (`state.link` says whether it is connected).
+
+    Raises `BrokerRefused` as soon as the broker refuses the login.
+    """
+    state = WatchState(topics=topics or Topics(), link=Link(host=host, port=port))
+    # Redrawn from this loop, not by rich's refresh thread: the state is only touched here.
+    with Live(render(state), console=console, auto_refresh=False) as live:
+        follow = asyncio.ensure_future(_follow(state, username, password, tls_context))
+        waits = {follow} | ({asyncio.ensure_future(stop.wait())} if stop is not None else set())
+        redraw = asyncio.ensure_future(_redraw(live, state))
         try:
-            async with asyncio.timeout(seconds):
-                await _follow(state, live, host, port, username, password, tls_context)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*waits, redraw):
+                task.cancel()
+            await asyncio.gather(*waits, redraw, return_exceptions=True)
+            live.update(render(state), refresh=True)
+        if follow.done() and not follow.cancelled() and (failure := follow.exception()) is not None:
+            raise failure
     return state
 
 
+async def _redraw(live: Live, state: WatchState) -> None:
+    while True:
+        live.update(render(state), refresh=True)
+        await asyncio.sleep(REDRAW_S)
+
+
 async def _follow(
-    state: WatchState,
-    live: Live,
-    host: str,
-    port: int,
-    username: str | None,
-    password: str | None,
-    tls_context: ssl.SSLContext | None,
+    state: WatchState, username: str | None, password: str | None, tls_context: ssl.SSLContext | None
 ) -> None:
+    link = state.link
     backoff = RECONNECT_BACKOFF_S[0]
     while True:
+        link.phase = "connecting"
         try:
             async with aiomqtt.Client(
-                host,
-                port,
+                link.host,
+                link.port,
                 username=username,
                 password=password,
                 identifier=f"sensortasks-watch-{uuid.uuid4().hex[:8]}",
@@ -148,11 +219,17 @@ async def _follow(
                 tls_context=tls_context,
             ) as client:
                 await client.subscribe(state.topics.ops_all, qos=1)
+                link.phase, link.reason, link.retry_at = "connected", None, None
                 backoff = RECONNECT_BACKOFF_S[0]
                 async for message in client.messages:
                     payload = message.payload if isinstance(message.payload, bytes) else b""
                     state.apply(str(message.topic), payload)
-                    live.update(render(state))
-        except aiomqtt.MqttError:
+        except aiomqtt.MqttError as exc:
+            why = refusal(exc)
+            if why is not None:
+                link.phase, link.reason = "refused", why
+                raise refused(link.host, link.port, username, why) from None
+            link.phase, link.reason = "disconnected", reason(exc)
+            link.retry_at = time.monotonic() + backoff
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])

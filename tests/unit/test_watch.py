@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
-from sensortasks.protocol import DispatcherPresence, OpsEvent, Rejection
-from sensortasks.watch import WatchState, render
+from sensortasks.protocol import DispatcherPresence, OpsEvent, OpsStats, Rejection
+from sensortasks.watch import Link, WatchState, render
 
 
 def test_state_folds_every_ops_topic_and_ignores_garbage() -> None:
@@ -49,3 +49,34 @@ def test_markup_in_what_peers_send_is_shown_as_text() -> None:
     out = io.StringIO()
     Console(file=out, width=160).print(render(state))  # rich raised MarkupError here before
     assert "[/x] bad" in out.getvalue()
+
+
+def _text(state: WatchState, now: float | None = None) -> str:
+    out = io.StringIO()
+    Console(file=out, width=160).print(render(state, now=now))
+    return out.getvalue()
+
+
+def test_the_header_says_whether_and_why_the_watch_is_not_connected() -> None:
+    state = WatchState(link=Link(host="broker.example", port=1884))
+    assert "connecting to broker.example:1884" in _text(state)
+    state.link.phase, state.link.reason, state.link.retry_at = "disconnected", "[Errno 111] Connection refused", 104.0
+    assert "disconnected from broker.example:1884: [Errno 111] Connection refused; retrying in 4 s" in _text(state, 100)
+    state.link.phase, state.link.reason = "refused", "Not authorized"
+    assert "login refused by broker.example:1884: Not authorized" in _text(state)
+    state.link.phase = "connected"
+    assert "connected to broker.example:1884" in _text(state)
+
+
+def test_stats_of_a_stopped_dispatcher_are_shown_as_such() -> None:
+    state = WatchState()
+    live = OpsStats(instance="d1", at="2026-11-22 10:00:00", tasks={"Pending": 2}, dispatch_rate=1.0,
+                    complete_rate=1.0, sensors_online=1, rejected=0)  # fmt: skip
+    state.apply("ops/stats", live.to_json())
+    assert state.stats_online is True
+    assert "stopped" not in _text(state)
+    state.apply("ops/stats", live.model_copy(update={"online": False}).to_json())
+    assert "stats from d1 at 2026-11-22 10:00:00: that dispatcher has stopped" in _text(state)
+    state.apply("ops/stats", b'{"v":1,"tasks":{"Pending":1}}')  # an older dispatcher: no instance, no online
+    assert state.stats_online is None
+    assert "stopped" not in _text(state)

@@ -13,7 +13,7 @@ from sensortasks.api.routes import health, sensors, tasks
 from sensortasks.api.service import SensorAccounts, TaskService
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
-from sensortasks.metrics import Metrics
+from sensortasks.metrics import HttpMetrics, Metrics
 from sensortasks.store import TaskStore
 
 DESCRIPTION = """Create, follow and cancel firmware and configuration tasks for sensors.
@@ -39,6 +39,7 @@ def create_app(
         install_commands(dispatcher, service)
     errors.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: it sees 413s and 500s too
     for router in (tasks.router, sensors.router, health.router):
         app.include_router(router)
     install_docs(app)

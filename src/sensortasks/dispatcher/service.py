@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sensortasks.config import Settings
 from sensortasks.dispatcher.intake import Refused, isolate, sort_batch
 from sensortasks.dispatcher.link import Incoming, MqttLink
+from sensortasks.dispatcher.stats import StatsPublisher, account, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import SensortasksError, Unavailable
 from sensortasks.metrics import Metrics
@@ -38,7 +39,6 @@ from sensortasks.protocol import (
     CancelMessage,
     DispatcherPresence,
     OpsEvent,
-    OpsStats,
     Rejection,
     TaskMessage,
 )
@@ -86,6 +86,8 @@ class Counters:
     #: Refused messages per reason code (`protocol.messages.REJECT_CODES`); ``.total()`` for all.
     rejected: Counter[str] = field(default_factory=Counter)
     db_retries: int = 0
+    #: Applied transitions by (from, to) status name; "none" for a task's creation.
+    transitions_by: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -120,6 +122,9 @@ class Dispatcher:
             ca_file=settings.mqtt_ca_file,
             on_connect=self._on_connect,
             retain_as_published=[share + self.topics.all_status],
+        )
+        self.stats = StatsPublisher(
+            self.instance, self.topics.ops_stats, settings.stats_interval_s, store, self.link, self.counters, clock
         )
         self._dirty: set[int] = set()
         self._sweep = True
@@ -160,19 +165,22 @@ class Dispatcher:
                     ("dispatch", self._dispatch_loop()),
                     ("timers", self._timers()),
                     ("outbox", self._outbox()),
-                    ("stats", self._stats()),
+                    ("stats", self.stats.run()),
                 )
             ]
             if until_idle:
                 workers.append(group.create_task(self._stop_when_idle(), name="idle"))
+            log.info("dispatcher %s started", self.instance, extra={"instance": self.instance, "action": "started"})
             await self._stop.wait()
-            log.info("dispatcher %s stopping", self.instance)
+            log.debug("dispatcher %s stopping", self.instance)
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if self.connected:
+                await self.stats.publish(online=False)
             await self._publish_presence(online=False)
             link.cancel()
-        log.info("dispatcher %s stopped", self.instance)
+        log.info("dispatcher %s stopped", self.instance, extra={"instance": self.instance, "action": "stopped"})
 
     # -- plumbing --------------------------------------------------------------
     def _presence_payload(self, *, online: bool) -> bytes:
@@ -210,6 +218,7 @@ class Dispatcher:
     ) -> None:
         self.counters.transitions += len(transitions)
         self.counters.completed += sum(t.target is TaskStatus.COMPLETED for t in transitions)
+        account(self.counters.transitions_by, transitions)
         if transitions:
             self._outbox_wake.set()
         self.kick(wake)
@@ -233,7 +242,7 @@ class Dispatcher:
         ]
         if messages:
             await self.link.publish_many(messages)
-            log.debug("sent %d task message(s)", len(messages))
+            log_sent(dispatches)
 
     async def reject(self, rejections: Sequence[Refused]) -> None:
         """Count, log and publish refused messages on ``ops/rejected`` with a truncated copy."""
@@ -379,36 +388,6 @@ class Dispatcher:
             self.kick(t.sensor_serial for _, t in pending if t.target.terminal)
             if len(pending) == CLAIM_BATCH:
                 self._outbox_wake.set()
-
-    # -- stats ---------------------------------------------------------------
-    async def _stats(self) -> None:
-        interval = self.settings.stats_interval_s
-        last = (self.counters.dispatched, self.counters.completed)
-        while True:
-            await asyncio.sleep(interval)
-            if not self.connected:
-                continue
-            try:
-                counts = await self.store.counts()
-                online = await self.store.sensors_online()
-            except SQLAlchemyError as exc:
-                log.warning("stats skipped: %s", exc)
-                continue
-            now = (self.counters.dispatched, self.counters.completed)
-            stats = OpsStats(
-                instance=self.instance,
-                at=format_time(self.clock()) or "",
-                tasks={status.label: n for status, n in counts.items()},
-                dispatch_rate=round((now[0] - last[0]) / interval, 2),
-                complete_rate=round((now[1] - last[1]) / interval, 2),
-                sensors_online=online,
-                rejected=self.counters.rejected.total(),
-            )
-            last = now
-            try:
-                await self.link.publish(self.topics.ops_stats, stats.to_json(), retain=True)
-            except Unavailable:
-                continue
 
     async def _stop_when_idle(self) -> None:
         while True:

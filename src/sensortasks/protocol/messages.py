@@ -180,7 +180,11 @@ class OpsEvent(_Message):
 
 
 class OpsStats(_Message):
-    """Retained on `ops/stats` every few seconds by each dispatcher."""
+    """Retained on `ops/stats` every few seconds by each dispatcher.
+
+    Live copies expire (MQTT 5 Message Expiry Interval, a few `interval_s`), so a crashed
+    instance's copy vanishes; a clean stop leaves a last copy with `online` false.
+    """
 
     instance: str
     at: str
@@ -190,6 +194,11 @@ class OpsStats(_Message):
     complete_rate: float
     sensors_online: int
     rejected: int
+    #: False on the last copy an instance publishes when it stops (optional: older
+    #: publishers omit it, and were live when they published).
+    online: bool = True
+    #: Seconds between two copies from this instance (optional).
+    interval_s: float | None = None
 
 
 class Rejection(_Message):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from sensortasks.errors import ConfigError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def _sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite":
         return None
     if parsed.database in (None, "", ":memory:"):
-        raise ValueError("in-memory SQLite is not supported: give a file path")
+        raise ConfigError("in-memory SQLite is not supported: give a file path")
     path = Path(parsed.database).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     _private_file(path)
@@ -140,9 +143,30 @@ def open_database(url: str) -> Database:
     return Database(url, engine, engine)
 
 
+def safe_url(url: str) -> str:
+    """`url` without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 async def upgrade(url: str) -> None:
-    """Bring the schema at `url` up to date with the Alembic migrations."""
+    """Bring the schema at `url` up to date with the Alembic migrations.
+
+    Raises `Unavailable` naming the database (never its password) when it cannot be used:
+    this is the first thing every command that needs the database does.
+    """
     from sensortasks.store.migrate import upgrade_to_head  # noqa: PLC0415
 
-    _sqlite_path(url)  # so that the migration does not create the file with the umask's mode
-    await asyncio.to_thread(upgrade_to_head, url)
+    def run() -> None:
+        # Created 0600 here, so that the migration does not create it with the umask's mode.
+        path = _sqlite_path(url)
+        if path is not None:
+            # Open it plainly first: aiosqlite, failing to open a file, may report it to an
+            # event loop that is already closed (a thread traceback after our error line).
+            sqlite3.connect(path).close()
+        upgrade_to_head(url)
+
+    try:
+        await asyncio.to_thread(run)
+    except (DBAPIError, sqlite3.Error, OSError) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise Unavailable(f"cannot use the database {safe_url(url)}: {reason}") from exc

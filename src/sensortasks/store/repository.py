@@ -370,6 +370,12 @@ class TaskStore:
             rows = [Task.model_validate(dict(r._mapping)) for r in await conn.execute(query)]
         return rows[:limit], len(rows) > limit
 
+    async def count_tasks(self, where: TaskFilter) -> int:
+        """How many tasks match (one COUNT over the list's filter)."""
+        query = select(func.count()).select_from(self._filtered(where).subquery())
+        async with self._read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def iter_tasks(self, where: TaskFilter, *, page: int = 1000) -> AsyncIterator[list[Task]]:
         """Every matching task, newest first, a page at a time (constant memory for exports)."""
         before: int | None = None

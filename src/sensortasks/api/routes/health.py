@@ -63,5 +63,6 @@ async def metrics(state: State) -> Response:
         tasks={status.label: n for status, n in counts.items()},
         counters=dispatcher.counters if dispatcher else None,
         connected=dispatcher.connected if dispatcher else None,
+        sensors_online=await state.store.sensors_online(),
     )
     return Response(body, media_type=CONTENT_TYPE_LATEST)

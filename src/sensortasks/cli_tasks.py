@@ -1,0 +1,232 @@
+"""``sensortasks tasks ...``: a client of the REST API of a running server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from sensortasks.clikit import AsJson, console, err, fail
+from sensortasks.config import get_settings
+
+tasks_app = typer.Typer(help="Tasks, through the REST API of a running server.", no_args_is_help=True)
+
+ApiUrl = Annotated[str | None, typer.Option("--url", help="Server URL (default from SENSORTASKS_HTTP_*).")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="SENSORTASKS_API_KEY", help="API key.")]
+TASK_COLUMNS = ("id", "sensor_serial", "type", "status_name", "attempt_count", "progress", "created_at", "updated_at")
+#: Shown only when at least one task of the table has a value there.
+OPTIONAL_COLUMNS = {"rollout_id": 6, "error": len(TASK_COLUMNS) + 1}
+#: Header with the number of rows `GET /v1/tasks/export.csv` is about to stream.
+TOTAL_HEADER = "X-Total-Count"
+
+
+def _client(url: str | None, api_key: str | None) -> httpx.Client:
+    if url is None:
+        settings = get_settings()
+        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
+        url = f"http://{host}:{settings.http_port}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30.0)
+
+
+def _fail(response: httpx.Response) -> NoReturn:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        fail(f"{response.status_code} {response.reason_phrase}: {response.text[:200]}")
+    message = f"{response.status_code} {error.get('code', '')}: {error.get('message', '')}"
+    if response.status_code == 401:  # noqa: PLR2004
+        message += " (give a key with --api-key or SENSORTASKS_API_KEY)"
+    fail(message)
+
+
+def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs: Any) -> Any:  # noqa: ANN401
+    with _client(url, api_key) as client:
+        response = client.request(method, path, **kwargs)
+    if response.is_error:
+        _fail(response)
+    return response.json()
+
+
+def columns(tasks: Sequence[dict[str, Any]]) -> list[str]:
+    """The task columns, with `error` and `rollout_id` where at least one task has one."""
+    chosen = list(TASK_COLUMNS)
+    for name, position in OPTIONAL_COLUMNS.items():
+        if any(task.get(name) is not None for task in tasks):
+            chosen.insert(min(position, len(chosen)), name)
+    return chosen
+
+
+def _cell(value: Any) -> Text:  # noqa: ANN401
+    return Text("" if value is None else str(value))  # text, never markup: errors come from sensors
+
+
+def _show(tasks: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(tasks if len(tasks) != 1 else tasks[0], indent=2))  # noqa: T201
+        return
+    chosen = columns(tasks)
+    table = Table(*chosen)
+    for task in tasks:
+        table.add_row(*(_cell(task.get(c)) for c in chosen))
+    console.print(table)
+
+
+def _detail(task: dict[str, Any], *, as_json: bool) -> None:
+    """One task, every field on its own row (the error of an Error task included)."""
+    if as_json:
+        print(json.dumps(task, indent=2))  # noqa: T201
+        return
+    table = Table("field", "value", title=f"task {task.get('id')}", title_justify="left")
+    for name, value in task.items():
+        if value is not None or name == "error":
+            table.add_row(name, _cell(value), style="red" if name == "error" and value else None)
+    console.print(table)
+
+
+@tasks_app.command("create")
+def tasks_create(
+    sensor_serial: Annotated[int, typer.Option("--sensor", help="Sensor serial.")],
+    file_id: Annotated[str, typer.Option("--file-id")],
+    task_type: Annotated[str, typer.Option("--type", help="update_firmware or update_configuration")],
+    max_attempts: Annotated[int | None, typer.Option()] = None,
+    timeout_s: Annotated[int | None, typer.Option()] = None,
+    url: ApiUrl = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a task."""
+    body: dict[str, Any] = {"sensor_serial": sensor_serial, "file_id": file_id, "type": task_type}
+    body |= {k: v for k, v in (("max_attempts", max_attempts), ("timeout_s", timeout_s)) if v is not None}
+    _detail(_call(url, api_key, "POST", "/v1/tasks", json=body), as_json=as_json)
+
+
+@tasks_app.command("get")
+def tasks_get(task_id: int, url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Show one task, with its error if it ended in Error."""
+    _detail(_call(url, api_key, "GET", f"/v1/tasks/{task_id}"), as_json=as_json)
+
+
+SensorOpt = Annotated[int | None, typer.Option("--sensor", help="Sensor serial.")]
+StatusOpt = Annotated[str | None, typer.Option(help="Names or ids, comma-separated.")]
+TypeOpt = Annotated[str | None, typer.Option("--type", help="update_firmware or update_configuration.")]
+TimeOpt = Annotated[str | None, typer.Option(help="YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' or ISO 8601 (UTC).")]
+
+
+def _filters(**given: Any) -> dict[str, Any]:  # noqa: ANN401
+    return {"sensor_serial" if k == "sensor" else k: v for k, v in given.items() if v is not None}
+
+
+@tasks_app.command("list")
+def tasks_list(
+    sensor: SensorOpt = None,
+    status: StatusOpt = None,
+    task_type: TypeOpt = None,
+    created_since: TimeOpt = None,
+    created_until: TimeOpt = None,
+    updated_since: TimeOpt = None,
+    updated_until: TimeOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Page size.")] = 100,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page.")] = None,
+    url: ApiUrl = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """List tasks, newest first (one page; the next page's cursor is printed)."""
+    params = _filters(
+        sensor=sensor, status=status, type=task_type, created_since=created_since, created_until=created_until,
+        updated_since=updated_since, updated_until=updated_until, limit=limit, cursor=cursor,
+    )  # fmt: skip
+    page = _call(url, api_key, "GET", "/v1/tasks", params=params)
+    if as_json:
+        print(json.dumps(page, indent=2))  # noqa: T201
+        return
+    _show(page["data"], as_json=False)
+    if page["has_more"]:
+        err.print(f"more: --cursor {page['next_cursor']}", soft_wrap=True)
+
+
+class CsvRows:
+    """Counts the records of a CSV stream chunk by chunk: a newline inside a quoted field
+    (an error message can hold one) does not end a record."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self._quoted = False
+
+    def feed(self, chunk: bytes) -> None:
+        parts = chunk.split(b'"')
+        for index, part in enumerate(parts):
+            if not self._quoted:
+                self.lines += part.count(b"\n")
+            if index < len(parts) - 1:
+                self._quoted = not self._quoted
+
+    @property
+    def records(self) -> int:
+        """Records after the header row."""
+        return max(self.lines - 1, 0)
+
+
+@tasks_app.command("export")
+def tasks_export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
+    sensor: SensorOpt = None,
+    status: StatusOpt = None,
+    task_type: TypeOpt = None,
+    created_since: TimeOpt = None,
+    created_until: TimeOpt = None,
+    updated_since: TimeOpt = None,
+    updated_until: TimeOpt = None,
+    url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Export tasks as CSV (the list's filters), streamed to a file with a progress bar."""
+    params = _filters(
+        sensor=sensor, status=status, type=task_type, created_since=created_since, created_until=created_until,
+        updated_since=updated_since, updated_until=updated_until,
+    )  # fmt: skip
+    rows = CsvRows()
+    with (
+        _client(url, api_key) as client,
+        client.stream("GET", "/v1/tasks/export.csv", params=params) as response,
+    ):
+        if response.is_error:
+            response.read()
+            _fail(response)
+        given = response.headers.get(TOTAL_HEADER, "")
+        total = int(given) if given.isdigit() else None  # an older server sends none: no total then
+        count = "{task.completed:,}/{task.total:,} rows" if total is not None else "{task.completed:,} rows"
+        with (
+            output.open("wb") as out,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn(count),
+                TimeRemainingColumn(),
+                console=err,
+            ) as progress,
+        ):
+            bar = progress.add_task(f"exporting to {output}", total=total)
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                rows.feed(chunk)
+                progress.update(bar, completed=rows.records)
+    err.print(f"{rows.records} task(s) written to {output}", soft_wrap=True)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(task_id: int, url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
+    """Cancel a task."""
+    _detail(_call(url, api_key, "DELETE", f"/v1/tasks/{task_id}"), as_json=as_json)
