@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from sensortasks.cli_accounts import account_service, mqtt_clients_app
 from sensortasks.config import Settings, get_settings
 from sensortasks.errors import SensortasksError
 
@@ -113,6 +114,7 @@ def keys_create(customer: str, database_url: DatabaseUrl = None) -> None:
 
 sensors_app = typer.Typer(help="Sensors and their broker credentials.", no_args_is_help=True)
 app.add_typer(sensors_app, name="sensors")
+app.add_typer(mqtt_clients_app, name="mqtt-clients")
 
 
 @sensors_app.command("add")
@@ -121,23 +123,15 @@ def sensors_add(
     customer: Annotated[str, typer.Option(help="The customer the sensor belongs to (created if new).")],
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Register SERIAL for CUSTOMER and issue its broker credentials (printed once)."""
-    from sensortasks.api.service import TaskService  # noqa: PLC0415
-    from sensortasks.server import build_accounts, build_store  # noqa: PLC0415
-    from sensortasks.store import upgrade  # noqa: PLC0415
+    """Register SERIAL for CUSTOMER and issue its broker credentials (printed once); again: new password."""
     from sensortasks.store.keys import KeyStore  # noqa: PLC0415
 
     settings = _settings(database_url=database_url)
 
     async def add() -> tuple[bool, Any]:
-        await upgrade(settings.database_url)
-        store = build_store(settings)
-        try:
-            customer_id = await KeyStore(store.db).customer_id(customer)
-            service = TaskService(settings, store, None, build_accounts(settings))
-            return await service.register_sensor(serial, customer_id)
-        finally:
-            await store.db.dispose()
+        async with account_service(settings) as accounts:
+            customer_id = await KeyStore(accounts.store.db).customer_id(customer)
+            return await accounts.register_sensor(serial, customer_id)
 
     try:
         created, credentials = asyncio.run(add())
@@ -149,7 +143,7 @@ def sensors_add(
         err.print("no broker admin configured (SENSORTASKS_BROKER_ADMIN_URL): no MQTT credentials issued")
         print(json.dumps({"serial": serial, "mqtt": None}))  # noqa: T201
     else:
-        mqtt = {"username": credentials.username, "password": credentials.password}
+        mqtt = {"username": credentials.username, "password": credentials.password, "client_id": credentials.client_id}
         print(json.dumps({"serial": serial, "mqtt": mqtt}))  # noqa: T201
 
 
@@ -317,6 +311,10 @@ def simulate(
     silent_share: Annotated[float, typer.Option(min=0, max=1, help="Share of sensors that never answer.")] = 0.0,
     seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(help="JSON lines as `sensors add` prints them: exactly these sensors, each its own account."),
+    ] = None,
     mqtt_url: MqttUrl = None,
     log_level: LogLevel = "warning",
 ) -> None:
@@ -326,6 +324,9 @@ def simulate(
 
     _logging(log_level)
     settings = _settings(mqtt_url=mqtt_url)
+    logins = _credentials(credentials) if credentials else {}
+    if logins:
+        sensors, first_serial = len(logins), min(logins)
     target = settings.mqtt
     config = SimulationConfig(
         sensors=sensors,
@@ -340,6 +341,7 @@ def simulate(
         username=target.username,
         password=target.password,
         tls_context=tls_context(settings.mqtt_ca_file) if target.tls else None,
+        credentials=logins,
     )
 
     async def run() -> Any:  # noqa: ANN401
@@ -356,6 +358,17 @@ def simulate(
 
     stats = asyncio.run(run())
     console.print(stats)
+
+
+def _credentials(path: Path) -> dict[int, Any]:
+    from sensortasks.sensor.simulator import read_credentials  # noqa: PLC0415
+
+    try:
+        with path.open() as lines:
+            return read_credentials(lines)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]--credentials {path}:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -115,7 +115,9 @@ async def watch(
     seconds: float | None = None,
     console: Console | None = None,
 ) -> WatchState:
-    """Show ``ops/#`` live until cancelled (or for `seconds`), reconnecting with back off."""
+    """Show ``ops/#`` live until cancelled (or for `seconds`), reconnecting with back off.
+    With a username (an operator account, ``sensortasks mqtt-clients add --ops``) it connects
+    with that username as its client id, the one the account is bound to."""
     state = WatchState(topics=topics or Topics())
     with Live(render(state), console=console, refresh_per_second=4) as live:
         try:
@@ -143,7 +145,8 @@ async def _follow(
                 port,
                 username=username,
                 password=password,
-                identifier=f"sensortasks-watch-{uuid.uuid4().hex[:8]}",
+                # Broker accounts are bound to a client id equal to their username (an ops account's).
+                identifier=username or f"sensortasks-watch-{uuid.uuid4().hex[:8]}",
                 protocol=aiomqtt.ProtocolVersion.V5,
                 tls_context=tls_context,
             ) as client:

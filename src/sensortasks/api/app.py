@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from sensortasks.api import errors
+from sensortasks.api.accounts import BrokerAccounts
 from sensortasks.api.commands import install_commands
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
-from sensortasks.api.routes import health, sensors, tasks
-from sensortasks.api.service import SensorAccounts, TaskService
+from sensortasks.api.routes import health, mqtt_clients, sensors, tasks
+from sensortasks.api.service import TaskService
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.metrics import Metrics
@@ -27,8 +28,9 @@ def create_app(
     store: TaskStore,
     *,
     dispatcher: Dispatcher | None = None,
-    accounts: SensorAccounts | None = None,
+    accounts: BrokerAccounts | None = None,
 ) -> FastAPI:
+    """`accounts` issues broker credentials (a `DynsecAdmin`); the caller owns and closes it."""
     app = FastAPI(title="sensortasks", version="1", description=DESCRIPTION)
     metrics = dispatcher.metrics if dispatcher else Metrics()
     service = TaskService(settings, store, dispatcher, accounts)
@@ -37,6 +39,6 @@ def create_app(
         install_commands(dispatcher, service)
     errors.install(app)
     app.add_middleware(BodyLimit)
-    for router in (tasks.router, sensors.router, health.router):
+    for router in (tasks.router, sensors.router, mqtt_clients.router, health.router):
         app.include_router(router)
     return app

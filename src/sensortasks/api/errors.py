@@ -43,6 +43,11 @@ class ApiError(SensortasksError):
         self.code = HTTP_CODES.get(status, "error")
 
 
+def _status_of(exc: SensortasksError) -> int:
+    """By the nearest mapped class, so subclasses (e.g. `BrokerAdminError`, an Unavailable) map too."""
+    return next((STATUS_OF[cls] for cls in type(exc).__mro__ if cls in STATUS_OF), 500)
+
+
 def error_response(status: int, code: str, message: str, details: Any = None, **headers: str) -> JSONResponse:  # noqa: ANN401
     body = ErrorResponse.model_validate({"error": {"code": code, "message": message, "details": details}})
     return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
@@ -62,7 +67,7 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(SensortasksError)
     async def _domain(_: Request, exc: SensortasksError) -> JSONResponse:
-        status = exc.status if isinstance(exc, ApiError) else STATUS_OF.get(type(exc), 500)
+        status = exc.status if isinstance(exc, ApiError) else _status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}  # noqa: PLR2004
         return error_response(status, exc.code, exc.message, exc.details, **headers)
 

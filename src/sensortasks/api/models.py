@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sensortasks.domain import TaskStatus, TaskType
 from sensortasks.store import SensorInfo, Task, TaskEvent, format_time
+from sensortasks.store.accounts import ClientAccount
 
 MAX_SERIAL = 2**63 - 1
 Serial = Annotated[int, Field(gt=0, le=MAX_SERIAL, strict=True, examples=[12345678909789])]
@@ -185,14 +186,53 @@ class SensorCreate(BaseModel):
 
 
 class MqttAccount(BaseModel):
+    """Broker credentials: connect with this username, password and client identifier
+    (the broker refuses the account under any other client id)."""
+
     username: str
     password: str
+    client_id: str
 
 
 class SensorRegistered(BaseModel):
     serial: int
     #: The sensor's broker credentials, shown once (null when no broker admin is configured).
     mqtt: MqttAccount | None
+
+
+class MqttClientCreate(BaseModel):
+    """Nothing to choose: the account is the caller's, its name is random (``backend-<10 hex>``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
+
+
+class MqttClientPublic(BaseModel):
+    """A backend's broker account for the command topics (``tasks/commands/+``): it may publish
+    commands and read only its own ``reply_topic_prefix/#``, where the replies to it go."""
+
+    username: str
+    client_id: str
+    reply_topic_prefix: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, account: ClientAccount) -> MqttClientPublic:
+        return cls(
+            username=account.username,
+            client_id=account.client_id,
+            reply_topic_prefix=account.reply_topic_prefix,
+            created_at=format_time(account.created_at) or "",
+        )
+
+
+class MqttClientCreated(MqttClientPublic):
+    """The new account with its password, shown only here (the broker keeps a hash)."""
+
+    password: str
+
+
+class MqttClientsPublic(BaseModel):
+    data: list[MqttClientPublic]
 
 
 class SensorPublic(BaseModel):

@@ -123,6 +123,7 @@ class SensorClient:
         port: int = 1883,
         username: str | None = None,
         password: str | None = None,
+        client_id: str | None = None,
         tls_context: ssl.SSLContext | None = None,
         topics: Topics = _DEFAULT_TOPICS,
         reconnect_backoff_s: float = 0.5,
@@ -135,6 +136,8 @@ class SensorClient:
     ) -> None:
         """Configure the sensor; nothing connects until `run()` or `start()`.
 
+        `client_id` is the MQTT client identifier; the default, ``sensor-<serial>``, is the one
+        registration binds the sensor's broker account to (the broker refuses any other).
         `publish_wait_s` bounds how long a report waits for a reconnection before it is
         dropped (the dispatcher's re-send recovers it). `remember` is how many finished tasks
         keep their final status for re-sends. `silent` receives tasks but never reports
@@ -151,6 +154,7 @@ class SensorClient:
         self._port = port
         self._username = username
         self._password = password
+        self.client_id = client_id or f"sensor-{serial}"
         self._tls_context = tls_context
         self._topics = topics
         self._backoff_min_s = reconnect_backoff_s
@@ -302,7 +306,7 @@ class SensorClient:
             self._port,
             username=self._username,
             password=self._password,
-            identifier=f"sensor-{self.serial}",
+            identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(
                 topic=self._topics.presence(self.serial),

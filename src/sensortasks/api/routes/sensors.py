@@ -22,24 +22,32 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     status_code=201,
     summary="Register a sensor and issue its broker credentials",
     responses={
-        **_errors(400, 409),
+        **_errors(400, 409, 503),
         200: {"model": SensorRegistered, "description": "Already registered to you: the password is rotated"},
     },
 )
 async def register_sensor(
     body: SensorCreate, state: State, customer_id: CustomerId, response: Response
 ) -> SensorRegistered:
-    """201 for a new registration, 200 when the sensor was already yours (its password is rotated).
-    The password is shown only here. A sensor registered to another customer is a 409."""
+    """201 for a new registration, 200 when the sensor was already yours: its password is rotated
+    (the old one stops working, a connected sensor is disconnected) and it keeps its client id,
+    ``sensor-<serial>``. The password is shown only here. Requests that overlap get the same
+    answer. A sensor registered to another customer is a 409. 503 when the broker cannot be
+    reached: a new registration is not kept, so retry."""
     created, credentials = await state.service.register_sensor(body.serial, customer_id)
     response.status_code = 201 if created else 200
-    account = MqttAccount(username=credentials.username, password=credentials.password) if credentials else None
+    account = (
+        MqttAccount(username=credentials.username, password=credentials.password, client_id=credentials.client_id)
+        if credentials
+        else None
+    )
     return SensorRegistered(serial=body.serial, mqtt=account)
 
 
-@router.delete("/{serial}", status_code=204, summary="Remove a sensor", responses=_errors(404))
+@router.delete("/{serial}", status_code=204, summary="Remove a sensor", responses=_errors(404, 503))
 async def remove_sensor(serial: int, state: State, customer_id: CustomerId) -> Response:
-    """Its Pending and Ongoing tasks are cancelled and its broker account is deleted at once."""
+    """Its broker account is deleted (and disconnected) at once, then its Pending and Ongoing
+    tasks are cancelled. 503 when the broker cannot be reached: nothing changed, retry."""
     await state.service.remove_sensor(serial, customer_id)
     return Response(status_code=204)
 
