@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from sensortasks.cli_accounts import account_service, mqtt_clients_app
 from sensortasks.cli_tasks import tasks_app
 from sensortasks.clikit import (
     AsJson,  # noqa: F401  (re-exported for the commands added to this module)
@@ -151,6 +152,7 @@ def keys_revoke(
 
 sensors_app = typer.Typer(help="Sensors and their broker credentials.", no_args_is_help=True)
 app.add_typer(sensors_app, name="sensors")
+app.add_typer(mqtt_clients_app, name="mqtt-clients")
 
 
 @sensors_app.command("add")
@@ -159,23 +161,15 @@ def sensors_add(
     customer: Annotated[str, typer.Option(help="The customer the sensor belongs to (created if new).")],
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Register SERIAL for CUSTOMER and issue its broker credentials (printed once)."""
-    from sensortasks.api.service import TaskService  # noqa: PLC0415
-    from sensortasks.server import build_accounts, build_store  # noqa: PLC0415
-    from sensortasks.store import upgrade  # noqa: PLC0415
+    """Register SERIAL for CUSTOMER and issue its broker credentials (printed once); again: new password."""
     from sensortasks.store.keys import KeyStore  # noqa: PLC0415
 
     settings = _settings(database_url=database_url)
 
     async def add() -> tuple[bool, Any]:
-        await upgrade(settings.database_url)
-        store = build_store(settings)
-        try:
-            customer_id = await KeyStore(store.db).customer_id(customer)
-            service = TaskService(settings, store, None, build_accounts(settings))
-            return await service.register_sensor(serial, customer_id)
-        finally:
-            await store.db.dispose()
+        async with account_service(settings) as accounts:
+            customer_id = await KeyStore(accounts.store.db).customer_id(customer)
+            return await accounts.register_sensor(serial, customer_id)
 
     try:
         created, credentials = asyncio.run(add())
@@ -187,7 +181,7 @@ def sensors_add(
         err.print("no broker admin configured (SENSORTASKS_BROKER_ADMIN_URL): no MQTT credentials issued")
         print(json.dumps({"serial": serial, "mqtt": None}))  # noqa: T201
     else:
-        mqtt = {"username": credentials.username, "password": credentials.password}
+        mqtt = {"username": credentials.username, "password": credentials.password, "client_id": credentials.client_id}
         print(json.dumps({"serial": serial, "mqtt": mqtt}))  # noqa: T201
 
 
@@ -202,17 +196,27 @@ def simulate(
     silent_share: Annotated[float, typer.Option(min=0, max=1, help="Share of sensors that never answer.")] = 0.0,
     seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(help="JSON lines as `sensors add` prints them: exactly these sensors, each its own account."),
+    ] = None,
     mqtt_url: MqttUrl = None,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
     """Run a fleet of simulated sensors (the sensor SDK) against the broker."""
+    import aiomqtt  # noqa: PLC0415
+
     from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
-    from sensortasks.mqtt_errors import probe  # noqa: PLC0415
+    from sensortasks.errors import Unavailable  # noqa: PLC0415
+    from sensortasks.mqtt import probe, reason, refusal, refused  # noqa: PLC0415
     from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
 
     setup_logging(log_level, log_format)
     settings = _settings(mqtt_url=mqtt_url)
+    logins = _credentials(credentials) if credentials else {}
+    if logins:
+        sensors, first_serial = len(logins), min(logins)
     target = settings.mqtt
     tls = tls_context(settings.mqtt_ca_file) if target.tls else None
     config = SimulationConfig(
@@ -228,21 +232,32 @@ def simulate(
         username=target.username,
         password=target.password,
         tls_context=tls,
+        credentials=logins,
     )
 
     async def run() -> FleetStats:
         import signal  # noqa: PLC0415
 
         # One connection first: a dead broker or a refused login is one line, not N sensors' warnings.
-        await probe(target.host, target.port, username=target.username, password=target.password, tls_context=tls)
+        # Not with a sensor's own account: it is bound to that sensor's client id, and a probe under
+        # it would take over the sensor's session; the sensors then say it themselves, at once.
+        if target.username is None and not logins:
+            await probe(target.host, target.port, tls_context=tls)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         if seconds is not None:
             loop.call_later(seconds, stop.set)
-        say(f"simulating {sensors} sensor(s) from serial {first_serial}; Ctrl-C to stop")
-        return await run_fleet(config, stop=stop)
+        def started(fleet: FleetStats) -> None:
+            say(f"simulating {fleet.connected} sensor(s) from serial {first_serial}; Ctrl-C to stop")
+
+        try:
+            return await run_fleet(config, stop=stop, on_started=started)
+        except aiomqtt.MqttError as exc:  # not one sensor could connect
+            if (why := refusal(exc)) is not None:
+                raise refused(target.host, target.port, target.username, why) from None
+            raise Unavailable(f"cannot reach the MQTT broker {target.host}:{target.port}: {reason(exc)}") from None
 
     stats = asyncio.run(run())
     print(fleet_summary(stats))  # noqa: T201
@@ -258,6 +273,17 @@ def fleet_summary(stats: FleetStats) -> str:
         f"{stats.completed} completed, {stats.errors} failed and retryable, {stats.fatal_errors} failed for good, "
         f"{stats.cancelled} interrupted"
     )
+
+
+def _credentials(path: Path) -> dict[int, Any]:
+    from sensortasks.sensor.simulator import read_credentials  # noqa: PLC0415
+
+    try:
+        with path.open() as lines:
+            return read_credentials(lines)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]--credentials {path}:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -325,7 +351,7 @@ def bench_command(
 
     target = parse_mqtt_url(mqtt_url) if mqtt_url else None
     if target is not None:
-        from sensortasks.mqtt_errors import probe  # noqa: PLC0415
+        from sensortasks.mqtt import probe  # noqa: PLC0415
 
         asyncio.run(probe(target.host, target.port, username=target.username, password=target.password))
     product, baseline = bench(

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     topic_sensors: str = "sensors"
     topic_ops: str = "ops"
     topic_commands: str = "tasks/commands"
+    topic_replies: str = "replies"
 
     @field_validator("mqtt_url", "broker_admin_url")
     @classmethod
@@ -105,7 +106,9 @@ class Settings(BaseSettings):
 
     @property
     def topics(self) -> Topics:
-        return Topics(sensors=self.topic_sensors, ops=self.topic_ops, commands=self.topic_commands)
+        return Topics(
+            sensors=self.topic_sensors, ops=self.topic_ops, commands=self.topic_commands, replies=self.topic_replies
+        )
 
 
 @lru_cache(maxsize=1)

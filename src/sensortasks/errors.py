@@ -4,8 +4,10 @@
     ├── ConfigError            invalid settings
     ├── NotFound               no such task or sensor (or not the caller's)
     ├── Conflict               the request contradicts the task's state (e.g. cancel a Completed task)
+    │   └── NotConfigured      the deployment lacks what the request needs (e.g. a broker admin)
     ├── InvalidInput           a request that fails validation
     └── Unavailable            a dependency (database, broker) is down
+        └── BrokerAdminError   (broker_admin) the broker's dynamic security refused or did not answer
 
 The API maps these to HTTP in one exception handler; the MQTT command topics map them
 to ``{"ok": false, "error": {"code", "message"}}``.
@@ -35,6 +37,12 @@ class NotFound(SensortasksError):
 
 class Conflict(SensortasksError):
     code = "conflict"
+
+
+class NotConfigured(Conflict):
+    """Permanent until the operator configures it: retrying does not help (so not a 503)."""
+
+    code = "not_configured"
 
 
 class InvalidInput(SensortasksError):

@@ -24,7 +24,8 @@ import uvicorn
 
 from sensortasks.api import create_app
 from sensortasks.api.commands import install_commands
-from sensortasks.api.service import SensorAccounts, TaskService
+from sensortasks.api.service import TaskService
+from sensortasks.broker_admin import DynsecAdmin
 from sensortasks.config import Settings, parse_mqtt_url
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.domain import RetryPolicy
@@ -40,11 +41,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-def build_accounts(settings: Settings) -> SensorAccounts | None:
-    """Per-sensor broker accounts through Mosquitto's dynamic security, when an admin is configured."""
+def build_accounts(settings: Settings) -> DynsecAdmin | None:
+    """Broker accounts through Mosquitto's dynamic security, when an admin is configured.
+    Build it inside the running event loop, and close it."""
     if settings.broker_admin_url is None:
         return None
-    from sensortasks.broker_admin import DynsecAdmin  # noqa: PLC0415
     from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
 
     admin = parse_mqtt_url(settings.broker_admin_url)
@@ -54,7 +55,7 @@ def build_accounts(settings: Settings) -> SensorAccounts | None:
         admin.username or "",
         admin.password or "",
         tls_context=tls_context(settings.mqtt_ca_file) if admin.tls else None,
-        sensors_prefix=settings.topic_sensors,
+        topics=settings.topics,
     )
 
 
@@ -143,6 +144,8 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if accounts is not None:
+            await accounts.close()
         await store.db.dispose()
     if failures:
         raise failures[0] if len(failures) == 1 else ExceptionGroup("serve failed", failures)

@@ -25,7 +25,7 @@ from rich.markup import escape  # what sensors and peers send is text, never mar
 from rich.panel import Panel
 from rich.table import Table
 
-from sensortasks.mqtt_errors import reason, refusal, refused
+from sensortasks.mqtt import reason, refusal, refused
 from sensortasks.protocol import Topics
 
 STATUSES = ("Pending", "Ongoing", "Completed", "Error", "Cancelled")
@@ -173,7 +173,9 @@ async def watch(
     stop: asyncio.Event | None = None,
 ) -> WatchState:
     """Show ``ops/#`` live until `stop` is set or `seconds` have passed, reconnecting with back
-    off; returns the final state (`state.link` says whether it is connected).
+    off; returns the final state (`state.link` says whether it is connected). With a username
+    (an operator account, ``sensortasks mqtt-clients add --ops``) it connects with that username
+    as its client id, the one the account is bound to.
 
     Raises `BrokerRefused` as soon as the broker refuses the login.
     """
@@ -214,7 +216,8 @@ async def _follow(
                 link.port,
                 username=username,
                 password=password,
-                identifier=f"sensortasks-watch-{uuid.uuid4().hex[:8]}",
+                # Broker accounts are bound to a client id equal to their username (an ops account's).
+                identifier=username or f"sensortasks-watch-{uuid.uuid4().hex[:8]}",
                 protocol=aiomqtt.ProtocolVersion.V5,
                 tls_context=tls_context,
             ) as client:

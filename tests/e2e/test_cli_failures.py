@@ -140,7 +140,10 @@ def test_a_wrong_key_and_what_tables_show(serve: ServeProcess, tmp_path: Path) -
     url = ["--url", serve.url]
     for args in (("tasks", "list"), ("tasks", "export", "-o", str(tmp_path / "x.csv"))):
         line = one_line(cli(serve, *args, *url, key="stk_wrong", check=False))
-        assert line == "error: 401 unauthorized: invalid or revoked API key (give a key with --api-key or SENSORTASKS_API_KEY)"
+        assert (
+            line
+            == "error: 401 unauthorized: invalid or revoked API key (give a key with --api-key or SENSORTASKS_API_KEY)"
+        )
 
     key = cli(serve, "keys", "create", "acme").stdout.strip().splitlines()[-1]
     cli(serve, "sensors", "add", "42", "--customer", "acme")

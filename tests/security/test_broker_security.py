@@ -31,6 +31,8 @@ A, B = 111111111111111, 222222222222222
 def client(
     broker: SecureBroker, username: str | None = None, password: str | None = None, **kw: object
 ) -> aiomqtt.Client:
+    """A raw MQTT 5 client; its client id is its username (the one its account is bound to)."""
+    kw.setdefault("identifier", kw.pop("client_id", username))
     return aiomqtt.Client(
         broker.host, kw.pop("port", broker.port), username=username, password=password,  # type: ignore[arg-type]
         protocol=aiomqtt.ProtocolVersion.V5, timeout=5, **kw,  # type: ignore[arg-type]
@@ -39,7 +41,7 @@ def client(
 
 def puback_codes(broker: SecureBroker, username: str, password: str, topics: list[str]) -> list[int]:
     codes: dict[int, int] = {}
-    paho = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
     paho.username_pw_set(username, password)
     paho.on_publish = lambda _c, _u, mid, reason, _p: codes.__setitem__(mid, reason.value)
     paho.connect(broker.host, broker.port)
@@ -159,7 +161,8 @@ async def test_registration_through_the_api_issues_working_credentials(
     await upgrade(settings.database_url)
     store = build_store(settings)
     dispatcher = Dispatcher(settings, store)
-    app = create_app(settings, store, dispatcher=dispatcher, accounts=build_accounts(settings))
+    accounts = build_accounts(settings)
+    app = create_app(settings, store, dispatcher=dispatcher, accounts=accounts)
     runner = asyncio.create_task(dispatcher.run())
     key = await KeyStore(store.db).create_key("acme")
     headers = {"Authorization": f"Bearer {key}"}
@@ -194,4 +197,6 @@ async def test_registration_through_the_api_issues_working_credentials(
     finally:
         dispatcher.stop()
         await asyncio.wait_for(runner, 15)
+        if accounts is not None:
+            await accounts.close()
         await store.db.dispose()

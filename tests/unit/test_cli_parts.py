@@ -18,7 +18,7 @@ from sensortasks.cli import app, fleet_summary
 from sensortasks.cli_tasks import CsvRows, columns
 from sensortasks.clikit import explain
 from sensortasks.errors import Unavailable
-from sensortasks.mqtt_errors import refusal
+from sensortasks.mqtt import refusal
 from sensortasks.sensor.simulator import FleetStats
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from sensortasks.api import errors
+from sensortasks.api.accounts import BrokerAccounts
 from sensortasks.api.commands import install_commands
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
 from sensortasks.api.openapi import METADATA, DocumentedAPI, install_docs
-from sensortasks.api.routes import health, sensors, tasks
-from sensortasks.api.service import SensorAccounts, TaskService
+from sensortasks.api.routes import health, mqtt_clients, sensors, tasks
+from sensortasks.api.service import TaskService
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.metrics import HttpMetrics, Metrics
@@ -29,8 +30,9 @@ def create_app(
     store: TaskStore,
     *,
     dispatcher: Dispatcher | None = None,
-    accounts: SensorAccounts | None = None,
+    accounts: BrokerAccounts | None = None,
 ) -> FastAPI:
+    """`accounts` issues broker credentials (a `DynsecAdmin`); the caller owns and closes it."""
     app = DocumentedAPI(title="sensortasks", version="1", description=DESCRIPTION, **METADATA)
     metrics = dispatcher.metrics if dispatcher else Metrics()
     service = TaskService(settings, store, dispatcher, accounts)
@@ -40,7 +42,7 @@ def create_app(
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: it sees 413s and 500s too
-    for router in (tasks.router, sensors.router, health.router):
+    for router in (tasks.router, sensors.router, mqtt_clients.router, health.router):
         app.include_router(router)
     install_docs(app)
     return app

@@ -67,7 +67,7 @@ def status_of(exc: SensortasksError) -> int:
     """The HTTP status of a package error; subclasses (a broker admin failure is an `Unavailable`) included."""
     if isinstance(exc, ApiError):
         return exc.status
-    return next((status for kind, status in STATUS_OF.items() if isinstance(exc, kind)), 500)
+    return next((STATUS_OF[cls] for cls in type(exc).__mro__ if cls in STATUS_OF), 500)
 
 
 def error_response(status: int, code: str, message: str, details: Any = None, **headers: str) -> JSONResponse:  # noqa: ANN401

@@ -103,7 +103,11 @@ RESULT: dict[str, Any] = {
 SENSOR_CREATE: dict[str, Any] = {"serial": SERIAL}
 SENSOR_REGISTERED: dict[str, Any] = {
     "serial": SERIAL,
-    "mqtt": {"username": f"sensor-{SERIAL}", "password": "qGdxhMQIEnxVOF42dcbsGzR_KoW-sQRY"},
+    "mqtt": {
+        "username": f"sensor-{SERIAL}",
+        "password": "qGdxhMQIEnxVOF42dcbsGzR_KoW-sQRY",
+        "client_id": f"sensor-{SERIAL}",
+    },
 }
 SENSOR: dict[str, Any] = {
     "serial": SERIAL,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sensortasks.api import examples
 from sensortasks.domain import TaskStatus, TaskType
 from sensortasks.store import SensorInfo, Task, TaskEvent, format_time
+from sensortasks.store.accounts import ClientAccount
 
 MAX_SERIAL = 2**63 - 1
 MAX_BULK = 10_000
@@ -280,10 +281,12 @@ class SensorCreate(BaseModel):
 
 
 class MqttAccount(BaseModel):
-    """The sensor's broker login."""
+    """Broker credentials: connect with this username, password and client identifier
+    (the broker refuses the account under any other client id)."""
 
     username: str = Field(description="The MQTT username (`sensor-<serial>`).")
     password: str = Field(description="The MQTT password; shown only in this answer (the broker keeps a hash).")
+    client_id: str = Field(description="The MQTT client identifier the account is bound to (equal to the username).")
 
 
 class SensorRegistered(BaseModel):
@@ -296,6 +299,41 @@ class SensorRegistered(BaseModel):
         description="The sensor's broker credentials, shown only here (registering again rotates the password). "
         "Null when the server manages no broker accounts."
     )
+
+
+class MqttClientCreate(BaseModel):
+    """Nothing to choose: the account is the caller's, its name is random (``backend-<10 hex>``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
+
+
+class MqttClientPublic(BaseModel):
+    """A backend's broker account for the command topics (``tasks/commands/+``): it may publish
+    commands and read only its own ``reply_topic_prefix/#``, where the replies to it go."""
+
+    username: str
+    client_id: str
+    reply_topic_prefix: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, account: ClientAccount) -> MqttClientPublic:
+        return cls(
+            username=account.username,
+            client_id=account.client_id,
+            reply_topic_prefix=account.reply_topic_prefix,
+            created_at=format_time(account.created_at) or "",
+        )
+
+
+class MqttClientCreated(MqttClientPublic):
+    """The new account with its password, shown only here (the broker keeps a hash)."""
+
+    password: str
+
+
+class MqttClientsPublic(BaseModel):
+    data: list[MqttClientPublic]
 
 
 class SensorPublic(BaseModel):

@@ -7,9 +7,11 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
+from sensortasks.api.accounts import AccountService, BrokerAccounts
 from sensortasks.api.models import TaskCreate, TaskPublic
+from sensortasks.broker_accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.errors import Conflict, InvalidInput, NotFound
@@ -28,32 +30,18 @@ def checked_id(task_id: int, what: str = "task") -> int:
     return task_id
 
 
-class Credentials(Protocol):
-    @property
-    def username(self) -> str: ...
-    @property
-    def password(self) -> str: ...
-
-
-class SensorAccounts(Protocol):
-    """Provisions per-sensor broker credentials (Mosquitto dynamic security)."""
-
-    async def add_sensor(self, serial: int) -> Credentials: ...
-    async def remove_sensor(self, serial: int) -> None: ...
-
-
 class TaskService:
     def __init__(
         self,
         settings: Settings,
         store: TaskStore,
         dispatcher: Dispatcher | None,
-        accounts: SensorAccounts | None = None,
+        broker: BrokerAccounts | None = None,
     ) -> None:
         self.settings = settings
-        #: None when no broker admin is configured: sensors are registered without credentials.
-        self.accounts = accounts
         self.store = store
+        #: Sensors' credentials and MQTT client accounts, with the broker (None: not configured).
+        self.accounts = AccountService(store, settings.topics, broker)
         self.keys = KeyStore(store.db)
         #: The in-process dispatcher, if this process runs one (to wake it up at once).
         self.dispatcher = dispatcher
@@ -92,17 +80,13 @@ class TaskService:
             self.dispatcher.notify_outbox()
         return task
 
-    async def register_sensor(self, serial: int, customer_id: int | None) -> tuple[bool, Credentials | None]:
+    async def register_sensor(self, serial: int, customer_id: int | None) -> tuple[bool, MqttCredentials | None]:
         """Register a sensor and issue (or rotate) its broker credentials."""
-        created = await self.store.register_sensor(checked_id(serial, "sensor"), customer_id=customer_id, now=utcnow())
-        credentials = await self.accounts.add_sensor(serial) if self.accounts else None
-        return created, credentials
+        return await self.accounts.register_sensor(checked_id(serial, "sensor"), customer_id)
 
     async def remove_sensor(self, serial: int, customer_id: int | None) -> None:
-        """Release a sensor: its Pending and Ongoing tasks are cancelled, its broker account deleted."""
-        await self.store.unregister_sensor(checked_id(serial, "sensor"), customer_id=customer_id, now=utcnow())
-        if self.accounts:
-            await self.accounts.remove_sensor(serial)
+        """Release a sensor: its broker account deleted, its Pending and Ongoing tasks cancelled."""
+        await self.accounts.remove_sensor(checked_id(serial, "sensor"), customer_id)
         if self.dispatcher is not None:
             self.dispatcher.notify_outbox()
 

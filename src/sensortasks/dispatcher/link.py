@@ -36,7 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sensortasks.config import MqttTarget
 from sensortasks.errors import InvalidInput, Unavailable
-from sensortasks.mqtt_errors import reason, refusal, refused
+from sensortasks.mqtt import reason, refusal, refused
 
 log = logging.getLogger(__name__)
 

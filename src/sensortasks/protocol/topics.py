@@ -32,6 +32,8 @@ class Topics:
     sensors: str = "sensors"
     ops: str = "ops"
     commands: str = "tasks/commands"
+    #: Where command replies may go: each backend account reads only ``{replies}/{client_id}/#``.
+    replies: str = "replies"
 
     # -- sensor channels -------------------------------------------------
     def tasks(self, serial: int) -> str:
@@ -42,6 +44,10 @@ class Topics:
 
     def presence(self, serial: int) -> str:
         return f"{self.sensors}/{serial}/presence"
+
+    @property
+    def all_tasks(self) -> str:
+        return f"{self.sensors}/+/tasks"
 
     @property
     def all_status(self) -> str:
@@ -79,6 +85,15 @@ class Topics:
         prefix = self.commands + "/"
         name = topic[len(prefix) :] if topic.startswith(prefix) else None
         return name if name in COMMAND_NAMES else None
+
+    # -- command replies -------------------------------------------------
+    def reply_prefix(self, client_id: str) -> str:
+        """A backend account's ``reply_topic_prefix``: its replies go under it, and only it reads them."""
+        return f"{self.replies}/{client_id}"
+
+    @property
+    def all_replies(self) -> str:
+        return f"{self.replies}/#"
 
     # -- operations ------------------------------------------------------
     def ops_event(self, serial: int, task_id: int) -> str:

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
+from sensortasks.mqtt import refusal
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
     CancelMessage,
@@ -123,6 +124,7 @@ class SensorClient:
         port: int = 1883,
         username: str | None = None,
         password: str | None = None,
+        client_id: str | None = None,
         tls_context: ssl.SSLContext | None = None,
         topics: Topics = _DEFAULT_TOPICS,
         reconnect_backoff_s: float = 0.5,
@@ -135,6 +137,8 @@ class SensorClient:
     ) -> None:
         """Configure the sensor; nothing connects until `run()` or `start()`.
 
+        `client_id` is the MQTT client identifier; the default, ``sensor-<serial>``, is the one
+        registration binds the sensor's broker account to (the broker refuses any other).
         `publish_wait_s` bounds how long a report waits for a reconnection before it is
         dropped (the dispatcher's re-send recovers it). `remember` is how many finished tasks
         keep their final status for re-sends. `silent` receives tasks but never reports
@@ -151,6 +155,7 @@ class SensorClient:
         self._port = port
         self._username = username
         self._password = password
+        self.client_id = client_id or f"sensor-{serial}"
         self._tls_context = tls_context
         self._topics = topics
         self._backoff_min_s = reconnect_backoff_s
@@ -173,6 +178,7 @@ class SensorClient:
         self._replies: set[asyncio.Task[Any]] = set()
         self._stop_requested = asyncio.Event()
         self._active = False
+        self._connected_once = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._run_task: asyncio.Task[None] | None = None
@@ -194,6 +200,8 @@ class SensorClient:
                 except aiomqtt.MqttError as exc:
                     if self._stop_requested.is_set():
                         break
+                    if not self._connected_once and refusal(exc) is not None:
+                        raise  # wrong credentials or client id: no retry fixes that (start() says so)
                     delay = self._backoff_s * random.uniform(0.5, 1.0)
                     self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
                     logger.warning(
@@ -302,7 +310,7 @@ class SensorClient:
             self._port,
             username=self._username,
             password=self._password,
-            identifier=f"sensor-{self.serial}",
+            identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(
                 topic=self._topics.presence(self.serial),
@@ -326,6 +334,7 @@ class SensorClient:
                 await client.publish(presence, Presence(online=True).to_json(), qos=1, retain=True)
                 self._backoff_s = self._backoff_min_s
                 self.connected.set()
+                self._connected_once = True
                 logger.info("sensor %s: connected to %s:%s", self.serial, self._host, self._port)
                 reader = asyncio.create_task(self._read(client))
                 stopper = asyncio.create_task(self._stop_requested.wait())

@@ -7,16 +7,47 @@ dispatcher cannot tell it from a device.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sensortasks.sensor.client import Handler, Job, SensorClient, TaskFailed
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SensorLogin:
+    """One sensor's broker credentials, as registration issues them."""
+
+    username: str
+    password: str
+    client_id: str
+
+
+def read_credentials(lines: Iterable[str]) -> dict[int, SensorLogin]:
+    """Per-serial credentials from JSON lines as ``sensortasks sensors add`` prints them
+    (``{"serial": N, "mqtt": {"username", "password", "client_id"}}``); blank lines are skipped,
+    and a later line for the same serial wins (it holds the newer password)."""
+    found: dict[int, SensorLogin] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            mqtt = entry["mqtt"]
+            serial = entry["serial"]
+            login = SensorLogin(str(mqtt["username"]), str(mqtt["password"]), str(mqtt["client_id"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"line {number}: not a registration with credentials ({exc!r})") from None
+        if not isinstance(serial, int) or isinstance(serial, bool) or serial <= 0:
+            raise ValueError(f"line {number}: serial must be a positive integer")
+        found[serial] = login
+    return found
 
 
 @dataclass
@@ -26,7 +57,8 @@ class SimulationConfig:
     Each run works for `uniform(0.5, 1.5) * work_s` seconds, then fails for good with
     probability `fatal_rate`, fails retryably with probability `error_rate`, else completes.
     The last `round(silent_share * sensors)` serials are silent: online, but they never
-    report a status (to exercise the acknowledgement timeout).
+    report a status (to exercise the acknowledgement timeout). With `credentials`, the fleet
+    is exactly their serials, each with its own account (`username`/`password` are then unused).
     """
 
     sensors: int
@@ -42,11 +74,14 @@ class SimulationConfig:
     username: str | None = None
     password: str | None = None
     tls_context: ssl.SSLContext | None = None
+    credentials: dict[int, SensorLogin] = field(default_factory=dict)
     #: Sensors connecting at the same time; bounded so that the broker is not flooded.
     connect_batch: int = 50
     connect_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.credentials:
+            self.sensors = len(self.credentials)
         problems = []
         if self.sensors < 0:
             problems.append("sensors must be >= 0")
@@ -67,11 +102,13 @@ class SimulationConfig:
             raise ValueError("; ".join(problems))
 
     @property
-    def serials(self) -> range:
+    def serials(self) -> Sequence[int]:
+        if self.credentials:
+            return sorted(self.credentials)
         return range(self.first_serial, self.first_serial + self.sensors)
 
     @property
-    def silent_serials(self) -> range:
+    def silent_serials(self) -> Sequence[int]:
         silent = round(self.silent_share * self.sensors)
         return self.serials[self.sensors - silent :]
 
@@ -130,26 +167,29 @@ async def run_fleet(
 
     Sensors connect `connect_batch` at a time; one that cannot connect within
     `connect_timeout_s` is left out (logged). `on_started` gets the live stats once
-    start-up is done.
+    start-up is done. If no sensor could start, the first sensor's failure is raised.
     """
     rng = random.Random(config.seed)  # simulation, not security
     stats = FleetStats(sensors=config.sensors, silent=len(config.silent_serials))
     handler = _make_handler(config, rng, stats)
     silent = set(config.silent_serials)
+    logins = config.credentials
     sensors = [
         SensorClient(
             serial,
             handler,
             host=config.host,
             port=config.port,
-            username=config.username,
-            password=config.password,
+            username=logins[serial].username if serial in logins else config.username,
+            password=logins[serial].password if serial in logins else config.password,
+            client_id=logins[serial].client_id if serial in logins else None,
             tls_context=config.tls_context,
             silent=serial in silent,
             record=False,
         )
         for serial in config.serials
     ]
+    failures: list[tuple[int, BaseException]] = []
     try:
         for first in range(0, len(sensors), config.connect_batch):
             batch = sensors[first : first + config.connect_batch]
@@ -159,9 +199,13 @@ async def run_fleet(
             )
             for sensor, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
-                    logger.warning("sensor %s did not start: %s", sensor.serial, outcome)
+                    failures.append((sensor.serial, outcome))
                 else:
                     stats.connected += 1
+        if stats.connected == 0 and failures:
+            raise failures[0][1]  # nobody to simulate: say why once, instead of idling until `stop`
+        for serial, failure in failures:
+            logger.warning("sensor %s did not start: %s", serial, failure)
         logger.info("fleet started: %d of %d sensors connected", stats.connected, stats.sensors)
         if on_started is not None:
             on_started(stats)

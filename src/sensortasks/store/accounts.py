@@ -1,4 +1,5 @@
-"""Broker accounts other than sensors': backends, operators and dispatcher instances."""
+"""Broker accounts other than sensors': backends, operators and dispatcher instances (and
+whether a sensor, whose account is named after its serial, is registered)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from sqlalchemy.exc import IntegrityError
 
 from sensortasks.errors import Conflict, NotFound
 from sensortasks.store.engine import Database
-from sensortasks.store.tables import MqttClient
+from sensortasks.store.tables import MqttClient, Sensor
 
 M = MqttClient.__table__  # type: ignore[attr-defined]
+S = Sensor.__table__  # type: ignore[attr-defined]
 
 ClientKind = Literal["backend", "ops", "dispatcher"]
 
@@ -90,3 +92,11 @@ class MqttClientStore:
         )
         async with self.db.reader.connect() as conn:
             return [str(p) for p in (await conn.execute(query)).scalars()]
+
+    async def sensor_registered(self, serial: int, customer_id: int | None) -> bool:
+        """Whether `serial` is registered to the customer (to nobody's when there are no customers),
+        under the same rule as `TaskStore.unregister_sensor`."""
+        owner = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
+        query = select(S.c.serial).where(S.c.serial == serial, S.c.registered_at.is_not(None), owner)
+        async with self.db.reader.connect() as conn:
+            return (await conn.execute(query)).first() is not None

@@ -44,11 +44,18 @@ _NOT_FOUND = error(
 async def register_sensor(
     body: SensorCreate, state: State, customer_id: CustomerId, response: Response
 ) -> SensorRegistered:
-    """201 for a new registration, 200 when the sensor was already yours (its password is rotated).
-    The password is shown only here. A sensor registered to another customer is a 409."""
+    """201 for a new registration, 200 when the sensor was already yours: its password is rotated
+    (the old one stops working, a connected sensor is disconnected) and it keeps its client id,
+    ``sensor-<serial>``. The password is shown only here. Requests that overlap get the same
+    answer. A sensor registered to another customer is a 409. 503 when the broker cannot be
+    reached: a new registration is not kept, so retry."""
     created, credentials = await state.service.register_sensor(body.serial, customer_id)
     response.status_code = 201 if created else 200
-    account = MqttAccount(username=credentials.username, password=credentials.password) if credentials else None
+    account = (
+        MqttAccount(username=credentials.username, password=credentials.password, client_id=credentials.client_id)
+        if credentials
+        else None
+    )
     return SensorRegistered(serial=body.serial, mqtt=account)
 
 
@@ -59,7 +66,8 @@ async def register_sensor(
     responses={204: {"description": "Removed."}, **errors(*V1, 422), 404: _NOT_FOUND},
 )
 async def remove_sensor(serial: SerialPath, state: State, customer_id: CustomerId) -> Response:
-    """Its Pending and Ongoing tasks are cancelled and its broker account is deleted at once."""
+    """Its broker account is deleted (and disconnected) at once, then its Pending and Ongoing
+    tasks are cancelled. 503 when the broker cannot be reached: nothing changed, retry."""
     await state.service.remove_sensor(serial, customer_id)
     return Response(status_code=204)
 
