@@ -77,8 +77,6 @@ GONE = ("Role does not exist", "Client not found", "Role not found")
 class BrokerAdminError(Unavailable):
     """The broker's dynamic security refused a command, or could not be asked."""
 
-    code = "broker_unavailable"
-
 
 class BrokerUnreachable(BrokerAdminError):
     """No connection to the broker, or no answer in time: the command may or may not have run."""

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiomqtt
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from sensortasks.api import create_app
+from sensortasks.broker_accounts import SUBSCRIBE, AccountSpec
 from sensortasks.broker_admin import DynsecAdmin
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
@@ -64,6 +67,17 @@ class SecureBroker(MosquittoBroker):
         if self._admin is None:
             self._admin = DynsecAdmin(self.host, self.port, *ADMIN, timeout_s=2.0)
         return self._admin
+
+    async def reader_for(self, *topics: str) -> aiomqtt.Client:
+        """A client of a throwaway account that may only subscribe to `topics`: a test's eyes (the
+        dispatcher's own account is bound to the running dispatcher's client id)."""
+        username = f"reader-{uuid.uuid4().hex[:8]}"
+        spec = AccountSpec("ops", username, username, tuple((SUBSCRIBE, topic) for topic in topics))
+        login = await self.admin().issue(spec)
+        return aiomqtt.Client(
+            self.host, self.port, username=login.username, password=login.password, identifier=login.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5, timeout=5,
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         if self._admin is not None:

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sensortasks.api import create_app
 from sensortasks.api.errors import RETRY_UNAVAILABLE_S
 from sensortasks.api.limits import MAX_BODY_BYTES
+from sensortasks.broker_accounts import AccountSpec
 from sensortasks.config import Settings
 from sensortasks.errors import Unavailable
 from sensortasks.ratelimit import MAX_FAILURES
@@ -133,11 +134,13 @@ class BrokerAdminDown(Unavailable):
 
 
 class DownAccounts:
-    async def add_sensor(self, serial: int) -> object:
-        raise BrokerAdminDown(f"broker admin unreachable while adding sensor {serial}")
+    """Broker accounts (`sensortasks.api.accounts.BrokerAccounts`) whose broker is unreachable."""
 
-    async def remove_sensor(self, serial: int) -> None:
-        raise BrokerAdminDown(f"broker admin unreachable while removing sensor {serial}")
+    async def issue(self, spec: AccountSpec) -> object:
+        raise BrokerAdminDown(f"broker admin unreachable while adding {spec.username}")
+
+    async def remove(self, spec: AccountSpec) -> None:
+        raise BrokerAdminDown(f"broker admin unreachable while removing {spec.username}")
 
 
 async def test_any_unavailable_dependency_is_503_in_the_error_format(tmp_path: Path) -> None:
@@ -152,7 +155,7 @@ async def test_any_unavailable_dependency_is_503_in_the_error_format(tmp_path: P
     finally:
         await store.db.dispose()
     error = assert_error(added, 503, "unavailable")
-    assert error["message"] == "broker admin unreachable while adding sensor 42"
+    assert error["message"] == "broker admin unreachable while adding sensor-42"
     assert added.headers["Retry-After"] == str(RETRY_UNAVAILABLE_S)
 
 

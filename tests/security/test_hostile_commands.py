@@ -19,6 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sensortasks.api import create_app
+from sensortasks.broker_accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.server import build_store
@@ -27,7 +28,7 @@ from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.keys import KeyStore
 from tests.integration.conftest import eventually
 
-from .conftest import DISPATCHER, SecureBroker
+from .conftest import DISPATCHER, INSTANCE, SecureBroker
 
 SENSOR = 333333333333333
 GET = json.dumps({"v": 1, "task_id": 1}).encode()
@@ -135,7 +136,7 @@ async def test_hostile_commands_and_a_retained_status_on_the_shipped_broker(
     settings = Settings(
         mqtt_url=f"mqtt://{DISPATCHER[0]}:{DISPATCHER[1]}@{host}:{port}",
         database_url=f"sqlite+aiosqlite:///{tmp_path}/secure.db",
-        instance="secure-poison",
+        instance=INSTANCE,
         auth="required",
     )
     await upgrade(settings.database_url)
@@ -162,8 +163,9 @@ async def test_hostile_commands_and_a_retained_status_on_the_shipped_broker(
                 for correlation, (verb, topic, user, _) in attacks.items():
                     await bob.command(client, verb, topic, correlation, user=user)
                 async with aiomqtt.Client(
-                    host, port, username=sensor.username, password=sensor.password, protocol=aiomqtt.ProtocolVersion.V5
-                ) as device:
+                    host, port, username=sensor.username, password=sensor.password, identifier=sensor.client_id,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                ) as device:  # fmt: skip
                     report = {"v": 1, "task_id": 1, "attempt": 1, "status": "ongoing"}
                     await device.publish(f"sensors/{SENSOR}/status", json.dumps(report), qos=1, retain=True)
                 await bob.command(client, "get", mine, b"sentinel-1")
@@ -172,9 +174,12 @@ async def test_hostile_commands_and_a_retained_status_on_the_shipped_broker(
                 await eventually(lambda: counted(first, expected.total()), what="every refusal")
                 assert first.counters.rejected == expected
                 # Cleared: a new subscriber gets nothing retained (the marker is refused in turn).
-                assert await retained(secure_broker, sensor.username, sensor.password) is None
+                assert await retained(secure_broker, sensor) is None
                 await eventually(lambda: counted(first, expected.total() + 1), what="the marker's refusal")
                 assert first.counters.rejected == expected + Counter(malformed=1)
+                # Answered in a later batch than the marker's, so the marker has been acknowledged.
+                await bob.command(client, "get", mine, b"sentinel-1b")
+                await bob.answered(b"sentinel-1b")
 
             async with dispatcher(settings, store) as again:  # the same session and database
                 await bob.command(client, "get", mine, b"sentinel-2")
@@ -182,7 +187,7 @@ async def test_hostile_commands_and_a_retained_status_on_the_shipped_broker(
                 assert again.counters.rejected.total() == 0
         assert alice.heard == []
         answered = [(topic, correlation) for topic, _, correlation in bob.heard]
-        assert answered == [(mine, b"verb"), (mine, b"sentinel-1"), (mine, b"sentinel-2")]
+        assert answered == [(mine, b"verb"), (mine, b"sentinel-1"), (mine, b"sentinel-1b"), (mine, b"sentinel-2")]
         assert b'"code":"unknown_command"' in bob.heard[0][1]
     finally:
         await store.db.dispose()
@@ -192,21 +197,20 @@ async def counted(dispatcher: Dispatcher, n: int) -> bool:
     return dispatcher.counters.rejected.total() >= n
 
 
-async def retained(broker: SecureBroker, username: str, password: str) -> bytes | None:
-    """What a new subscriber (the dispatcher's account) gets as retained on the sensor's status
-    topic before a marker the sensor publishes after subscribing."""
+async def retained(broker: SecureBroker, sensor: MqttCredentials) -> bytes | None:
+    """What a new subscriber gets as retained on the sensor's status topic before a marker the
+    sensor publishes after subscribing."""
     marker = f"marker-{uuid.uuid4().hex}".encode()
+    topic = f"sensors/{SENSOR}/status"
     async with (
+        await broker.reader_for(topic) as watcher,
         aiomqtt.Client(
-            broker.host, broker.port, username=DISPATCHER[0], password=DISPATCHER[1],
-            identifier="retained-check", protocol=aiomqtt.ProtocolVersion.V5,
-        ) as watcher,
-        aiomqtt.Client(
-            broker.host, broker.port, username=username, password=password, protocol=aiomqtt.ProtocolVersion.V5
+            broker.host, broker.port, username=sensor.username, password=sensor.password,
+            identifier=sensor.client_id, protocol=aiomqtt.ProtocolVersion.V5,
         ) as device,
     ):  # fmt: skip
-        await watcher.subscribe(f"sensors/{SENSOR}/status", qos=1)
-        await device.publish(f"sensors/{SENSOR}/status", marker, qos=1)
+        await watcher.subscribe(topic, qos=1)
+        await device.publish(topic, marker, qos=1)
         async with asyncio.timeout(10):
             async for message in watcher.messages:
                 if message.payload == marker:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import re
@@ -13,14 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.live import Live
-
 from sensortasks.api import create_app
 from sensortasks.config import Settings
 from sensortasks.server import build_store
 from sensortasks.store import upgrade
-from sensortasks.watch import WatchState, _follow
+from sensortasks.watch import Link, WatchState, _follow
 from tests.integration.conftest import FILE_ID, eventually
 
 from .conftest import INSTANCE, SecureBroker, SecureService, ServiceFactory
@@ -98,10 +94,8 @@ async def test_without_a_broker_admin_accounts_cannot_be_issued(tmp_path: Path) 
 
 async def follow_until(service: SecureService, username: str, password: str, done: Any) -> WatchState:
     """Run `watch`'s loop as this account until `done(state)` holds."""
-    state = WatchState(topics=service.settings.topics)
-    live = Live(console=Console(file=io.StringIO()))
-    host, port = service.broker.host, service.broker.port
-    follow = asyncio.create_task(_follow(state, live, host, port, username, password, None))
+    state = WatchState(topics=service.settings.topics, link=Link(host=service.broker.host, port=service.broker.port))
+    follow = asyncio.create_task(_follow(state, username, password, None))
     try:
         await eventually(lambda: asyncio.sleep(0, done(state)), what="watch to see the dispatcher")
     finally:

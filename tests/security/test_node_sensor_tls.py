@@ -6,20 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiomqtt
-
 from sensortasks.protocol import Topics
 from tests.node import NODE_SENSOR, NodeSensor, node, npm_ci
-from tests.security.conftest import DISPATCHER, SecureBroker
+from tests.security.conftest import SecureBroker
 
 SERIAL = 12345678909789
 
 
 async def retained_presence(broker: SecureBroker) -> dict[str, object]:
-    """The retained presence, read with the dispatcher's account (it may read every presence)."""
-    async with aiomqtt.Client(
-        broker.host, broker.port, username=DISPATCHER[0], password=DISPATCHER[1], protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
+    """The retained presence, read by an account that may read only that topic."""
+    async with await broker.reader_for(Topics().presence(SERIAL)) as client:
         await client.subscribe(Topics().presence(SERIAL), qos=1)
         async with asyncio.timeout(10):
             async for message in client.messages:

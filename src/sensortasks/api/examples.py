@@ -116,6 +116,14 @@ SENSOR: dict[str, Any] = {
     "task_in_flight": 16624170,
     "queued": 2,
 }
+MQTT_CLIENT: dict[str, Any] = {
+    "username": "backend-3f9a1c07e2",
+    "client_id": "backend-3f9a1c07e2",
+    "reply_topic_prefix": "replies/backend-3f9a1c07e2",
+    "created_at": "2022-10-17 16:00:07",
+}
+MQTT_CLIENT_CREATED: dict[str, Any] = MQTT_CLIENT | {"password": "Vb2Qn6y0W7kJxR3uLm9TzP4sHc8dFa1e"}
+MQTT_CLIENTS: dict[str, Any] = {"data": [MQTT_CLIENT]}
 HEALTH_OK: dict[str, Any] = {"status": "ok", "database": "up", "broker": "up"}
 HEALTH_DOWN: dict[str, Any] = {"status": "unavailable", "database": "up", "broker": "down"}
 METRICS = """# HELP sensortasks_tasks Tasks by status

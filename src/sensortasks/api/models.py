@@ -65,6 +65,8 @@ class ErrorCode(StrEnum):
     - `method_not_allowed` (405): the path exists, the method does not.
     - `conflict` (409): the request contradicts the state (cancel a Completed task, reuse an
       Idempotency-Key with another body, register another customer's sensor).
+    - `not_configured` (409): the server is not set up for this (e.g. no broker admin to issue
+      broker accounts with); retrying will not help.
     - `payload_too_large` (413): the body is over 4 MiB.
     - `invalid_input` (422): the request fails validation; `details` names the fields.
     - `too_many_requests` (429): too many failed authentications from this client; see `Retry-After`.
@@ -82,6 +84,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
+    NOT_CONFIGURED = "not_configured"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INVALID_INPUT = "invalid_input"
     TOO_MANY_REQUESTS = "too_many_requests"
@@ -311,10 +314,14 @@ class MqttClientPublic(BaseModel):
     """A backend's broker account for the command topics (``tasks/commands/+``): it may publish
     commands and read only its own ``reply_topic_prefix/#``, where the replies to it go."""
 
-    username: str
-    client_id: str
-    reply_topic_prefix: str | None
-    created_at: str
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.MQTT_CLIENT]})
+
+    username: str = Field(description="The MQTT username (`backend-<10 hex>`).")
+    client_id: str = Field(description="The MQTT client identifier the account is bound to (equal to the username).")
+    reply_topic_prefix: str | None = Field(
+        description="Command replies go only to response topics under `<prefix>/`; the account reads `<prefix>/#`."
+    )
+    created_at: Timestamp = _time("When it was issued")
 
     @classmethod
     def of(cls, account: ClientAccount) -> MqttClientPublic:
@@ -329,11 +336,17 @@ class MqttClientPublic(BaseModel):
 class MqttClientCreated(MqttClientPublic):
     """The new account with its password, shown only here (the broker keeps a hash)."""
 
-    password: str
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.MQTT_CLIENT_CREATED]})
+
+    password: str = Field(description="The MQTT password; shown only in this answer.")
 
 
 class MqttClientsPublic(BaseModel):
-    data: list[MqttClientPublic]
+    """The caller's backend accounts, oldest first (no passwords)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.MQTT_CLIENTS]})
+
+    data: list[MqttClientPublic] = Field(description="The accounts.")
 
 
 class SensorPublic(BaseModel):
