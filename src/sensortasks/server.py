@@ -19,7 +19,7 @@ from sensortasks.api import create_app
 from sensortasks.api.commands import install_commands
 from sensortasks.api.service import SensorAccounts, TaskService
 from sensortasks.config import Settings, parse_mqtt_url
-from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.domain import RetryPolicy
 from sensortasks.store import TaskStore, open_database, upgrade
 
@@ -65,7 +65,7 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
         )
     await upgrade(settings.database_url)
     store = build_store(settings)
-    service = Dispatcher(settings, store) if dispatcher else None
+    service = Dispatcher(settings, store, dispatcher_link(settings)) if dispatcher else None
     server = None
     accounts = build_accounts(settings)
     if service is not None and not api:
