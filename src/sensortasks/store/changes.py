@@ -9,6 +9,7 @@ decision the same effects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,21 @@ def event_row(
 
 def created_event(task_id: int, now: datetime) -> dict[str, Any]:
     return event_row(task_id, now, "transition", 0, "created", to_status=TaskStatus.PENDING, published=False)
+
+
+def transition_of(event: Mapping[Any, Any], sensor_serial: int, task_type: str) -> Transition:
+    """A stored transition event as the outbox publishes it."""
+    source = event["from_status"]
+    return Transition(
+        event["task_id"],
+        sensor_serial,
+        task_type,
+        None if source is None else TaskStatus(source),
+        TaskStatus(event["to_status"]),
+        event["attempt"],
+        event["reason"],
+        event["at"],
+    )
 
 
 @dataclass

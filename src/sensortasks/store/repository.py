@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.errors import Conflict, InvalidInput, NotFound, SensortasksError
-from sensortasks.store.changes import Changes, Work, created_event, task_row
+from sensortasks.store.changes import Changes, Work, created_event, task_row, transition_of
 from sensortasks.store.engine import Database
 from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.records import (
@@ -460,22 +460,7 @@ class TaskStore:
         )
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            (
-                r.id,
-                Transition(
-                    r.task_id,
-                    r.sensor_serial,
-                    r.type,
-                    None if r.from_status is None else TaskStatus(r.from_status),
-                    TaskStatus(r.to_status),
-                    r.attempt,
-                    r.reason,
-                    r.at,
-                ),
-            )
-            for r in rows
-        ]
+        return [(r.id, transition_of(r._mapping, r.sensor_serial, r.type)) for r in rows]
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:
         async with self._write() as conn:
