@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sensortasks.store import upgrade
+from sensortasks.testing import MosquittoBroker
 from tests.conftest import postgres_admin, postgres_url_of
 
 from .harness import BACKENDS, Backing, Harness, running
@@ -59,19 +60,26 @@ def postgres_database() -> Iterator[str]:
         asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="session")
+def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """One Mosquitto for the session's broker tests; each test gets topic prefixes of its own."""
+    with MosquittoBroker(workdir=tmp_path_factory.mktemp("behaviour-broker")) as broker:
+        yield broker
+
+
 @pytest.fixture
 def backing(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Backing:
     """What the backend runs on. A sync fixture that `start` depends on, so that the
-    session's databases are built outside the test's event loop, and the broker stops
-    after the dispatcher."""
+    session's databases and broker are built outside the test's event loop."""
     if backend == "memory":
         return Backing()
     if backend == "postgres":
         return Backing(str(request.getfixturevalue("postgres_database")))
     path = tmp_path / "behaviour.db"
     shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
-    broker = request.getfixturevalue("broker") if backend == "broker" else None
-    return Backing(f"sqlite+aiosqlite:///{path}", broker)
+    if backend != "broker":
+        return Backing(f"sqlite+aiosqlite:///{path}")
+    return Backing(f"sqlite+aiosqlite:///{path}", request.getfixturevalue("shared_broker"), f"t{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture

@@ -64,6 +64,20 @@ class Backing:
     #: A migrated database's URL (None for memory); PostgreSQL's is the session's, emptied per test.
     database: str | None = None
     broker: MosquittoBroker | None = None
+    #: On a shared broker, the test's own topic prefixes and instance name.
+    namespace: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        if self.broker is None or self.namespace is None:
+            return {}
+        ns = self.namespace
+        return {
+            "mqtt_url": self.broker.url,
+            "instance": f"behaviour-{ns}",
+            "topic_sensors": f"{ns}/sensors",
+            "topic_ops": f"{ns}/ops",
+            "topic_commands": f"{ns}/tasks/commands",
+        }
 
 
 class Sensors(Protocol):
@@ -269,7 +283,7 @@ async def running(backend: str, backing: Backing, **overrides: Any) -> AsyncIter
     async with contextlib.AsyncExitStack() as stack:
         broker = backing.broker
         url = backing.database or "sqlite+aiosqlite:///unused.db"
-        options = DEFAULTS | {"database_url": url} | ({"mqtt_url": broker.url} if broker else {}) | overrides
+        options = DEFAULTS | {"database_url": url} | backing.settings() | overrides
         settings = Settings(**options)
         policy = RetryPolicy(settings.retry_backoff_s, settings.retry_backoff_max_s)
         if backend == "memory":
@@ -289,7 +303,7 @@ async def running(backend: str, backing: Backing, **overrides: Any) -> AsyncIter
         else:
             observed = ObservedLink(dispatcher_link(settings))
             client = aiomqtt.Client(
-                broker.host, broker.port, identifier="behaviour-sensors", protocol=aiomqtt.ProtocolVersion.V5
+                broker.host, broker.port, identifier=f"{settings.instance}-sensors", protocol=aiomqtt.ProtocolVersion.V5
             )
             await stack.enter_async_context(client)
             topics = settings.topics
