@@ -28,16 +28,15 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path}/sensortasks.db"
 
 
-@contextlib.asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh database on the local PostgreSQL, dropped afterwards.
+async def postgres_admin() -> asyncpg.Connection:
+    """A connection to the local PostgreSQL's admin database.
 
     Skips with a visible reason when PostgreSQL is unreachable, and fails instead when
     ``SENSORTASKS_REQUIRE_POSTGRES=1`` (CI), so it cannot skip silently there.
     """
     admin = make_url(POSTGRES_URL)
     try:
-        conn = await asyncpg.connect(
+        return await asyncpg.connect(
             host=admin.host,
             port=admin.port,
             user=admin.username,
@@ -50,10 +49,20 @@ async def postgres_database() -> AsyncIterator[str]:
         if os.environ.get("SENSORTASKS_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason + " and SENSORTASKS_REQUIRE_POSTGRES=1")
         pytest.skip(reason)
+
+
+def postgres_url_of(name: str) -> str:
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    conn = await postgres_admin()
     name = f"sensortasks_test_{uuid.uuid4().hex[:12]}"
     await conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
+        yield postgres_url_of(name)
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()

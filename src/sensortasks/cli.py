@@ -249,6 +249,7 @@ def simulate(
             loop.add_signal_handler(sig, stop.set)
         if seconds is not None:
             loop.call_later(seconds, stop.set)
+
         def started(fleet: FleetStats) -> None:
             say(f"simulating {fleet.connected} sensor(s) from serial {first_serial}; Ctrl-C to stop")
 

@@ -27,7 +27,7 @@ from sensortasks.api.commands import install_commands
 from sensortasks.api.service import TaskService
 from sensortasks.broker_admin import DynsecAdmin
 from sensortasks.config import Settings, parse_mqtt_url
-from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.domain import RetryPolicy
 from sensortasks.errors import ConfigError
 from sensortasks.store import TaskStore, open_database, upgrade
@@ -95,7 +95,7 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
     await upgrade(settings.database_url)
     listening = _listen(settings.http_host, settings.http_port) if api else None
     store = build_store(settings)
-    service = Dispatcher(settings, store) if dispatcher else None
+    service = Dispatcher(settings, store, dispatcher_link(settings)) if dispatcher else None
     server = None
     accounts = build_accounts(settings)
     if service is not None and not api:

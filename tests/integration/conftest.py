@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 
 from sensortasks.api import create_app
 from sensortasks.config import Settings
-from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.sensor import Handler, Job, SensorClient
 from sensortasks.server import build_store
 from sensortasks.store import TaskStore, upgrade, utcnow
@@ -219,7 +219,7 @@ async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator
         settings = Settings(**(options | overrides))
         await upgrade(settings.database_url)
         store = build_store(settings)
-        dispatcher = Dispatcher(settings, store)
+        dispatcher = Dispatcher(settings, store, dispatcher_link(settings))
         app = create_app(settings, store, dispatcher=dispatcher)
         runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
         await asyncio.wait_for(dispatcher.link.connected.wait(), 10)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sensortasks.domain import TaskStatus
 from sensortasks.protocol import TaskMessage
 
 from .conftest import ServiceFactory, eventually
@@ -47,11 +48,19 @@ async def test_a_locked_database_slows_the_dispatcher_down_without_losing_work(
 
     holder = threading.Thread(target=hold_lock)
     holder.start()
-    await asyncio.to_thread(locked.wait, 10)
-    gate.set()
-    await asyncio.sleep(7)
-    release.set()
-    await asyncio.to_thread(holder.join, 10)
+    try:
+        await asyncio.to_thread(locked.wait, 10)
+        gate.set()
+
+        async def retried() -> bool:
+            return service.dispatcher.counters.db_retries > 0
+
+        # Held until the dispatcher's write has outlasted the busy timeout and failed.
+        await eventually(retried, timeout=30, what="the dispatcher to retry a failed write")
+        assert (await service.store.counts())[TaskStatus.COMPLETED] == 0  # nothing was lost or half-done
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
 
     for task_id in ids:
         await service.wait_status(task_id, "Completed", timeout=30)

@@ -11,7 +11,7 @@ import aiomqtt
 import pytest
 
 from sensortasks.protocol import CancelMessage, TaskMessage
-from sensortasks.sensor import Job, SensorClient, SimulationConfig, run_fleet
+from sensortasks.sensor import FleetStats, Job, SensorClient, SimulationConfig, run_fleet
 from sensortasks.testing import MosquittoBroker
 
 SERIAL = 12345678909789
@@ -115,10 +115,18 @@ async def test_presence_is_retained_with_a_last_will(broker: MosquittoBroker) ->
 
 
 async def test_a_fleet_connects_and_stops(broker: MosquittoBroker) -> None:
-    stop = asyncio.Event()
+    stop, started = asyncio.Event(), asyncio.Event()
+    connected_at_start: list[int] = []
+
+    def on_started(stats: FleetStats) -> None:
+        connected_at_start.append(stats.connected)
+        started.set()
+
     config = SimulationConfig(sensors=30, work_s=0, host=broker.host, port=broker.port, seed=1)
-    fleet = asyncio.create_task(run_fleet(config, stop=stop))
-    await asyncio.sleep(1.5)
+    fleet = asyncio.create_task(run_fleet(config, stop=stop, on_started=on_started))
+    await asyncio.wait_for(started.wait(), 20)
+    assert connected_at_start == [30]
+    assert not fleet.done()  # it runs until told to stop
     stop.set()
     stats = await asyncio.wait_for(fleet, 20)
     assert stats.connected == 30

@@ -21,6 +21,7 @@ from sensortasks.broker_accounts import SUBSCRIBE, AccountSpec
 from sensortasks.broker_admin import DynsecAdmin
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher.link import dispatcher_link
 from sensortasks.server import build_accounts, build_store
 from sensortasks.store import TaskStore, upgrade
 from sensortasks.store.keys import KeyStore
@@ -148,7 +149,7 @@ async def secure_service(secure_broker: SecureBroker, tmp_path: Path) -> AsyncIt
         store = build_store(settings)
         accounts = build_accounts(settings)
         assert accounts is not None
-        service = Dispatcher(settings, store) if dispatcher else None
+        service = Dispatcher(settings, store, dispatcher_link(settings)) if dispatcher else None
         app = create_app(settings, store, dispatcher=service, accounts=accounts)
         runner = asyncio.create_task(service.run()) if service else None
         running = SecureService(secure_broker, settings, store, app, accounts, service)

@@ -17,7 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from sensortasks.api import create_app
 from sensortasks.broker_admin import BrokerAdminError
 from sensortasks.config import Settings
-from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.sensor import Job, SensorClient
 from sensortasks.server import build_accounts, build_store
 from sensortasks.store import upgrade
@@ -160,7 +160,7 @@ async def test_registration_through_the_api_issues_working_credentials(
     )
     await upgrade(settings.database_url)
     store = build_store(settings)
-    dispatcher = Dispatcher(settings, store)
+    dispatcher = Dispatcher(settings, store, dispatcher_link(settings))
     accounts = build_accounts(settings)
     app = create_app(settings, store, dispatcher=dispatcher, accounts=accounts)
     runner = asyncio.create_task(dispatcher.run())

@@ -22,6 +22,7 @@ from sensortasks.api import create_app
 from sensortasks.broker_accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher.link import dispatcher_link
 from sensortasks.server import build_store
 from sensortasks.store import TaskStore, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
@@ -117,7 +118,7 @@ class Backend:
 
 @contextlib.asynccontextmanager
 async def dispatcher(settings: Settings, store: TaskStore) -> AsyncIterator[Dispatcher]:
-    running = Dispatcher(settings, store)
+    running = Dispatcher(settings, store, dispatcher_link(settings))
     create_app(settings, store, dispatcher=running)  # installs the command handler
     runner = asyncio.create_task(running.run())
     await asyncio.wait_for(running.link.connected.wait(), 10)

@@ -1,6 +1,7 @@
-"""The asyncio dispatcher service and its MQTT link."""
+"""The asyncio dispatcher service, its MQTT link and its clock."""
 
-from sensortasks.dispatcher.link import MqttLink
+from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock, SystemClock
+from sensortasks.dispatcher.link import Link, MqttLink, dispatcher_link
 from sensortasks.dispatcher.service import Counters, Dispatcher
 
-__all__ = ["Counters", "Dispatcher", "MqttLink"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "Counters", "Dispatcher", "Link", "MqttLink", "SystemClock", "dispatcher_link"]

@@ -6,7 +6,7 @@
   service has committed what they say (`ack`). A crash before that makes the broker
   deliver them again; they are idempotent.
 - No state of its own beyond the connection: after every (re)connect the service asks
-  the database what to re-send (`on_connect`).
+  the database what to re-send (the `on_connect` given to `run`).
 - Topics in ``retain_as_published`` are subscribed with MQTT 5's Retain As Published, so
   that a message a client published *retained* still says so when it reaches us live (by
   default the broker clears the flag on live delivery and sets it only when replaying
@@ -19,6 +19,9 @@
   ``max_concurrent_outgoing_calls``), and aiomqtt's "There are N pending publish calls."
   warning is set to that same bound: it fires above 10 by default, i.e. on every batch
   we publish on purpose (37,000 lines per 10,000 tasks measured under load).
+
+The dispatcher depends only on the `Link` protocol; `dispatcher_link` builds the real
+one, `sensortasks.testing.FakeLink` stands in for it in tests.
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from sensortasks.config import MqttTarget
+from sensortasks.config import MqttTarget, Settings
 from sensortasks.errors import InvalidInput, Unavailable
 from sensortasks.mqtt import reason, refusal, refused
+from sensortasks.protocol import DispatcherPresence
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +95,69 @@ def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
     )
 
 
+OnConnect = Callable[[], Awaitable[None]]
+
+
+class Link(Protocol):
+    """What the dispatcher needs of its broker connection."""
+
+    @property
+    def messages(self) -> asyncio.Queue[Incoming]:
+        """Received messages in arrival order; each is acknowledged with `ack` once handled."""
+        ...
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """Set while connected."""
+        ...
+
+    @property
+    def connects(self) -> int:
+        """Successful connections so far."""
+        ...
+
+    async def run(self, on_connect: OnConnect | None = None) -> None:
+        """Stay connected until cancelled; await `on_connect` after every (re)connect."""
+        ...
+
+    def ack(self, messages: Sequence[Incoming]) -> None: ...
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        expiry_s: int | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement; `Unavailable` when disconnected."""
+        ...
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]], *, limit: int = 500) -> int:
+        """Publish in order; returns how many the broker acknowledged."""
+        ...
+
+
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
+
+
+def dispatcher_link(settings: Settings) -> MqttLink:
+    """A dispatcher instance's link: its own client id, the (shared) subscriptions, an offline will."""
+    topics = settings.topics
+    share = f"$share/{settings.mqtt_share_group}/" if settings.mqtt_share_group else ""
+    offline = DispatcherPresence(instance=settings.instance, online=False).to_json()
+    return MqttLink(
+        settings.mqtt,
+        identifier=f"sensortasks-{settings.instance}",
+        subscriptions=[share + topics.all_status, share + topics.all_presence, share + topics.all_commands],
+        will=aiomqtt.Will(topics.ops_dispatcher(settings.instance), offline, qos=1, retain=True),
+        session_expiry_s=settings.session_expiry_s,
+        ca_file=settings.mqtt_ca_file,
+        retain_as_published=[share + topics.all_status],
+    )
 
 
 class MqttLink:
@@ -104,7 +170,6 @@ class MqttLink:
         will: aiomqtt.Will | None = None,
         session_expiry_s: int = 7 * 24 * 3600,
         ca_file: str | None = None,
-        on_connect: Callable[[], Awaitable[None]] | None = None,
         retain_as_published: Collection[str] = (),
     ) -> None:
         self.target = target
@@ -114,7 +179,6 @@ class MqttLink:
         self.will = will
         self.session_expiry_s = session_expiry_s
         self.ca_file = ca_file
-        self.on_connect = on_connect
         self.messages: asyncio.Queue[Incoming] = asyncio.Queue()
         self.connected = asyncio.Event()
         self.connects = 0
@@ -143,7 +207,7 @@ class MqttLink:
         client._client.manual_ack_set(True)
         return client
 
-    async def run(self) -> None:
+    async def run(self, on_connect: OnConnect | None = None) -> None:
         """Connect, subscribe and feed `messages` until cancelled, reconnecting with back off.
 
         Raises `BrokerRefused` when the broker refuses the login."""
@@ -163,8 +227,8 @@ class MqttLink:
                     self.connected.set()
                     log.info("mqtt connected to %s as %s", where, self.identifier, extra={"action": "connected"})
                     backoff = RECONNECT_BACKOFF_S
-                    if self.on_connect is not None:
-                        await self.on_connect()
+                    if on_connect is not None:
+                        await on_connect()
                     async for message in client.messages:
                         await self.messages.put(_incoming(message, generation))
             except aiomqtt.MqttError as exc:

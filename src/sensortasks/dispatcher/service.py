@@ -22,15 +22,14 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 
-import aiomqtt
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.config import Settings
+from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock
 from sensortasks.dispatcher.intake import Refused, isolate, sort_batch
-from sensortasks.dispatcher.link import Incoming, MqttLink
+from sensortasks.dispatcher.link import Incoming, Link
 from sensortasks.dispatcher.stats import StatsPublisher, account, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import SensortasksError, Unavailable
@@ -45,12 +44,10 @@ from sensortasks.protocol import (
 from sensortasks.store import (
     Dispatch,
     StaleBatch,
-    TaskStore,
     Transition,
     format_time,
-    utcnow,
 )
-from sensortasks.store.repository import CLAIM_BATCH
+from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +88,16 @@ class Counters:
 
 
 class Dispatcher:
+    """Store, link and clock are injected (`sensortasks.testing` has a fake of each);
+    `dispatcher_link(settings)` builds the production link."""
+
     def __init__(
         self,
         settings: Settings,
-        store: TaskStore,
+        store: DispatchStore,
+        link: Link,
         *,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = SYSTEM_CLOCK,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -106,25 +107,9 @@ class Dispatcher:
         self.clock = clock
         self.counters = Counters()
         self.instance = settings.instance
-        share = f"$share/{settings.mqtt_share_group}/" if settings.mqtt_share_group else ""
-        self.link = MqttLink(
-            settings.mqtt,
-            identifier=f"sensortasks-{settings.instance}",
-            subscriptions=[
-                share + self.topics.all_status,
-                share + self.topics.all_presence,
-                share + self.topics.all_commands,
-            ],
-            will=aiomqtt.Will(
-                self.topics.ops_dispatcher(self.instance), self._presence_payload(online=False), qos=1, retain=True
-            ),
-            session_expiry_s=settings.session_expiry_s,
-            ca_file=settings.mqtt_ca_file,
-            on_connect=self._on_connect,
-            retain_as_published=[share + self.topics.all_status],
-        )
+        self.link = link
         self.stats = StatsPublisher(
-            self.instance, self.topics.ops_stats, settings.stats_interval_s, store, self.link, self.counters, clock
+            self.instance, self.topics.ops_stats, settings.stats_interval_s, store, link, self.counters, clock.now
         )
         self._dirty: set[int] = set()
         self._sweep = True
@@ -157,7 +142,7 @@ class Dispatcher:
         """Run until `stop()` (or, with `until_idle`, until no task is Pending or Ongoing)."""
         self._loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as group:
-            link = group.create_task(self.link.run(), name="mqtt-link")
+            link = group.create_task(self.link.run(self._on_connect), name="mqtt-link")
             workers = [
                 group.create_task(coro, name=name)
                 for name, coro in (
@@ -210,7 +195,7 @@ class Dispatcher:
             except (SQLAlchemyError, StaleBatch, OSError) as exc:
                 self.counters.db_retries += 1
                 log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)
             delay = min(delay * 2, DB_RETRY_MAX_S)
 
     def _after(
@@ -222,9 +207,8 @@ class Dispatcher:
         if transitions:
             self._outbox_wake.set()
         self.kick(wake)
-        loop = asyncio.get_running_loop()
         for serial, delay in retries:
-            loop.call_later(delay, self.kick, (serial,))
+            self.clock.call_later(delay, self.kick, (serial,))
 
     async def _send(self, dispatches: Sequence[Dispatch]) -> None:
         messages = [
@@ -246,7 +230,7 @@ class Dispatcher:
 
     async def reject(self, rejections: Sequence[Refused]) -> None:
         """Count, log and publish refused messages on ``ops/rejected`` with a truncated copy."""
-        at = format_time(self.clock()) or ""
+        at = format_time(self.clock.now()) or ""
         messages = []
         for refused in rejections:
             self.counters.rejected[refused.code] += 1
@@ -290,7 +274,7 @@ class Dispatcher:
 
     async def _handle(self, batch: Sequence[Incoming]) -> None:
         intake = sort_batch(batch, self.topics, commands=self.on_command is not None)
-        now = self.clock()
+        now = self.clock.now()
         if intake.presence:
             await self._retrying("presence", self.store.record_presence, intake.presence, now=now)
         if intake.reports:
@@ -317,11 +301,11 @@ class Dispatcher:
     # -- dispatch ------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
         while True:
-            if not await _wait(self._wake, SWEEP_INTERVAL_S):
+            if not await self.clock.wait(self._wake, SWEEP_INTERVAL_S):
                 self._sweep = True
             self._wake.clear()
             await self.link.connected.wait()
-            now = self.clock()
+            now = self.clock.now()
             if self._resync:
                 self._resync = False
                 redelivered = await self._retrying(
@@ -352,10 +336,10 @@ class Dispatcher:
     # -- timers --------------------------------------------------------------
     async def _timers(self) -> None:
         while True:
-            await asyncio.sleep(TIMER_TICK_S)
+            await self.clock.sleep(TIMER_TICK_S)
             if not self.connected:
                 continue  # sensors cannot reach us: their clocks do not run either
-            now = self.clock()
+            now = self.clock.now()
             expiry = await self._retrying(
                 "timeouts", self.store.expire, now=now, ack_timeout_s=self.settings.ack_timeout_s
             )
@@ -366,8 +350,8 @@ class Dispatcher:
     # -- outbox --------------------------------------------------------------
     async def _outbox(self) -> None:
         while True:
-            if await _wait(self._outbox_wake, OUTBOX_POLL_S):
-                await asyncio.sleep(OUTBOX_COALESCE_S)
+            if await self.clock.wait(self._outbox_wake, OUTBOX_POLL_S):
+                await self.clock.sleep(OUTBOX_COALESCE_S)
             self._outbox_wake.clear()
             await self.link.connected.wait()
             pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
@@ -391,23 +375,12 @@ class Dispatcher:
 
     async def _stop_when_idle(self) -> None:
         while True:
-            await asyncio.sleep(IDLE_POLL_S)
+            await self.clock.sleep(IDLE_POLL_S)
             counts = await self.store.counts()
             active = counts[TaskStatus.PENDING] + counts[TaskStatus.ONGOING]
             if active == 0 and not await self.store.unpublished(limit=1):
                 self.stop()
                 return
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for `event` at most `timeout` seconds. (Not `asyncio.wait_for`: on Python 3.11 it
-    can swallow a cancellation that races with the event, and the worker never stops.)"""
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 def _event_json(t: Transition) -> bytes:

@@ -22,12 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.errors import Unavailable
 from sensortasks.protocol import OpsStats
-from sensortasks.store import TaskStore, format_time
+from sensortasks.store import format_time
 
 if TYPE_CHECKING:
-    from sensortasks.dispatcher.link import MqttLink
+    from sensortasks.dispatcher.link import Link
     from sensortasks.dispatcher.service import Counters
     from sensortasks.store import Dispatch, Transition
+    from sensortasks.store.interface import DispatchStore
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ class StatsPublisher:
         instance: str,
         topic: str,
         interval_s: float,
-        store: TaskStore,
-        link: MqttLink,
+        store: DispatchStore,
+        link: Link,
         counters: Counters,
         clock: Callable[[], datetime],
     ) -> None:

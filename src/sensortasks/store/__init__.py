@@ -1,6 +1,7 @@
-"""Persistence behind a small interface (`TaskStore`); SQLite by default, PostgreSQL at scale."""
+"""Persistence: `TaskStore` on SQLite by default, PostgreSQL at scale; the dispatcher sees only `DispatchStore`."""
 
 from sensortasks.store.engine import Database, open_database, upgrade
+from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
 from sensortasks.store.records import (
     Dispatch,
     Expiry,
@@ -19,8 +20,10 @@ from sensortasks.store.repository import StaleBatch, TaskStore
 from sensortasks.store.tables import MqttClient, Sensor, Task, TaskEvent
 
 __all__ = [
+    "CLAIM_BATCH",
     "Database",
     "Dispatch",
+    "DispatchStore",
     "Expiry",
     "IncomingReport",
     "MqttClient",

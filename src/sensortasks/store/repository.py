@@ -15,23 +15,23 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from sensortasks.domain import RetryPolicy, TaskState, TaskStatus
+from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.errors import Conflict, InvalidInput, NotFound, SensortasksError
+from sensortasks.store.changes import Changes, Work, created_event, task_row, transition_of
 from sensortasks.store.engine import Database
+from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.records import (
     Dispatch,
     Expiry,
     IncomingReport,
     NewTask,
-    Refusal,
     Remembered,
     ReportBatchResult,
     SensorInfo,
@@ -62,8 +62,6 @@ MUTABLE = (
     "not_before",
     "deadline_at",
 )
-#: Rows one dispatcher query claims or expires at a time.
-CLAIM_BATCH = 500
 #: Largest IN (...) list sent in one statement.
 IN_CHUNK = 500
 
@@ -87,123 +85,20 @@ def _chunks(items: Sequence[int], size: int = IN_CHUNK) -> Iterable[Sequence[int
         yield items[start : start + size]
 
 
-@dataclass
-class _Work:
-    """A task row being changed inside one transaction (its loaded values are the guard)."""
-
-    row: dict[str, Any]
-    guard_status: int
-    guard_attempt: int
-    changed: bool = False
-
-    @classmethod
-    def load(cls, row: Any) -> _Work:  # noqa: ANN401
-        values = dict(row._mapping)
-        return cls(values, values["status_id"], values["attempt_count"])
-
-    @property
-    def id(self) -> int:
-        return int(self.row["id"])
-
-    @property
-    def state(self) -> TaskState:
-        status = TaskStatus(self.row["status_id"])
-        in_flight = status is TaskStatus.ONGOING or (status is TaskStatus.PENDING and self.row["sent_at"] is not None)
-        return TaskState(status, self.row["attempt_count"], self.row["max_attempts"], in_flight)
-
-    def set(self, now: datetime, **values: Any) -> None:  # noqa: ANN401
-        self.row.update(values, updated_at=now)
-        self.changed = True
-
-    def dispatch(self) -> Dispatch:
-        r = self.row
-        return Dispatch(
-            r["id"], r["sensor_serial"], r["type"], r["file_id"], r["attempt_count"], r["timeout_s"], r["created_at"]
-        )
-
-
-@dataclass
-class _Changes:
-    """What one transaction writes: guarded row updates, events, and what to tell the caller."""
-
-    now: datetime
-    works: dict[int, _Work] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    transitions: list[Transition] = field(default_factory=list)
-    dispatches: list[Dispatch] = field(default_factory=list)
-    wake: set[int] = field(default_factory=set)
-    retries: list[tuple[int, float]] = field(default_factory=list)
-
-    def event(self, work: _Work, kind: str, attempt: int, reason: str | None, **extra: Any) -> None:  # noqa: ANN401
-        self.events.append(
-            {
-                "task_id": work.id,
-                "at": self.now,
-                "kind": kind,
-                "from_status": extra.get("from_status"),
-                "to_status": extra.get("to_status"),
-                "attempt": attempt,
-                "reason": reason[:1100] if reason else reason,
-                "published": extra.get("published", True),
-            }
-        )
-
-    def apply(self, work: _Work, outcome: lc.Outcome, *, report: IncomingReport | None = None) -> None:
-        """Write a domain outcome into the row, the event list and the transitions."""
-        now = self.now
-        if outcome.ignored is not None:
-            what = f"{report.status} report" if report else "request"
-            attempt = report.attempt if report else work.row["attempt_count"]
-            self.event(work, "ignored", attempt, f"{what} ignored: {outcome.ignored}")
-            return
-        if outcome.resend:
-            work.set(now, attempt_count=outcome.state.attempt_count, sent_at=now, not_before=None)
-            self.event(work, "sent", outcome.state.attempt_count, "acknowledgement timeout: new attempt")
-            self.dispatches.append(work.dispatch())
-        for step in outcome.steps:
-            self._step(work, step, outcome, report)
-        progress = None if report is None else report.progress
-        if progress is not None and work.row["status_id"] == TaskStatus.ONGOING and work.row["progress"] != progress:
-            work.set(now, progress=progress)
-
-    def _step(self, work: _Work, step: lc.Step, outcome: lc.Outcome, report: IncomingReport | None) -> None:
-        now, row = self.now, work.row
-        target = step.target
-        if target is TaskStatus.ONGOING:
-            deadline = now + timedelta(seconds=row["timeout_s"])
-            work.set(now, status_id=target, started_at=now, deadline_at=deadline, progress=0)
-        elif target is TaskStatus.COMPLETED:
-            result = report.result if report else None
-            work.set(now, status_id=target, completed_at=now, progress=100, result=result, error=None, deadline_at=None)
-        elif target is TaskStatus.PENDING:
-            delay_s = outcome.retry_delay_s or 0.0
-            not_before = now + timedelta(seconds=delay_s)
-            work.set(now, status_id=target, sent_at=None, not_before=not_before, deadline_at=None, error=step.reason)
-            self.retries.append((row["sensor_serial"], delay_s))
-        else:  # ERROR or CANCELLED
-            error = step.reason if target is TaskStatus.ERROR else row["error"]
-            work.set(now, status_id=target, completed_at=now, deadline_at=None, error=error)
-        if target.terminal or target is TaskStatus.PENDING:
-            self.wake.add(row["sensor_serial"])
-        attempt = row["attempt_count"]
-        self.event(work, "transition", attempt, step.reason, from_status=step.source, to_status=target, published=False)
-        self.transitions.append(
-            Transition(work.id, row["sensor_serial"], row["type"], step.source, target, attempt, step.reason, now)
-        )
-
-    async def write(self, conn: AsyncConnection) -> None:
-        changed = [w for w in self.works.values() if w.changed]
-        if changed:
-            params = [
-                {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
-                | {f"v_{name}": w.row[name] for name in MUTABLE}
-                for w in changed
-            ]
-            result = await conn.execute(_GUARDED_UPDATE, params)
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(changed):
-                raise StaleBatch(f"{len(changed) - result.rowcount} of {len(changed)} rows changed meanwhile")
-        if self.events:
-            await conn.execute(insert(E), self.events)
+async def _write_changes(conn: AsyncConnection, changes: Changes) -> None:
+    """Write changed rows with one guarded executemany, and the events; `StaleBatch` if a guard missed."""
+    changed = [w for w in changes.works.values() if w.changed]
+    if changed:
+        params = [
+            {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
+            | {f"v_{name}": w.row[name] for name in MUTABLE}
+            for w in changed
+        ]
+        result = await conn.execute(_GUARDED_UPDATE, params)
+        if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(changed):
+            raise StaleBatch(f"{len(changed) - result.rowcount} of {len(changed)} rows changed meanwhile")
+    if changes.events:
+        await conn.execute(insert(E), changes.events)
 
 
 class TaskStore:
@@ -235,11 +130,8 @@ class TaskStore:
     def _locked(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
         return query.with_for_update(skip_locked=skip_locked) if self._lock_rows else query
 
-    async def _load(self, conn: AsyncConnection, query: Select[Any], changes: _Changes) -> list[_Work]:
-        works = [_Work.load(row) for row in await conn.execute(query)]
-        for work in works:
-            changes.works.setdefault(work.id, work)
-        return [changes.works[w.id] for w in works]
+    async def _load(self, conn: AsyncConnection, query: Select[Any], changes: Changes) -> list[Work]:
+        return [changes.load(dict(row._mapping)) for row in await conn.execute(query)]
 
     async def ping(self) -> None:
         async with self._read() as conn:
@@ -248,40 +140,13 @@ class TaskStore:
     # -- customers ---------------------------------------------------------
     async def create(self, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime) -> list[Task]:
         """Insert tasks in one transaction, all or nothing."""
-        rows = [
-            {
-                "customer_id": customer_id,
-                "sensor_serial": t.sensor_serial,
-                "type": t.type,
-                "file_id": t.file_id,
-                "max_attempts": t.max_attempts,
-                "timeout_s": t.timeout_s,
-                "status_id": TaskStatus.PENDING,
-                "attempt_count": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for t in tasks
-        ]
+        rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
         async with self._write() as conn:
             if customer_id is not None:
                 await self._check_owned(conn, {t.sensor_serial for t in tasks}, customer_id)
             result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
             created = [Task.model_validate(dict(r._mapping)) for r in result]
-            events = [
-                {
-                    "task_id": t.id,
-                    "at": now,
-                    "kind": "transition",
-                    "from_status": None,
-                    "to_status": TaskStatus.PENDING,
-                    "attempt": 0,
-                    "reason": "created",
-                    "published": False,
-                }
-                for t in created
-            ]
-            await conn.execute(insert(E), events)
+            await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
         return created
 
     async def _check_owned(self, conn: AsyncConnection, serials: set[int], customer_id: int) -> None:
@@ -312,7 +177,7 @@ class TaskStore:
 
     async def unregister_sensor(self, serial: int, *, customer_id: int | None, now: datetime) -> int:
         """Release a sensor and cancel its Pending and Ongoing tasks; returns how many were cancelled."""
-        changes = _Changes(now)
+        changes = Changes(now)
         async with self._write() as conn:
             owner = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
             released = await conn.execute(
@@ -325,7 +190,7 @@ class TaskStore:
             active = self._locked(select(T).where(T.c.sensor_serial == serial, T.c.status_id.in_(ACTIVE)))
             for work in await self._load(conn, active, changes):
                 changes.apply(work, lc.cancel(work.state))
-            await changes.write(conn)
+            await _write_changes(conn, changes)
         return len(changes.transitions)
 
     def _owned(self, query: Select[Any], customer_id: int | None) -> Select[Any]:
@@ -422,21 +287,15 @@ class TaskStore:
 
     async def cancel(self, task_id: int, *, customer_id: int | None = None, now: datetime) -> Task:
         """Cancel a task; cancelling a Cancelled task again is a no-op, a finished one a Conflict."""
-        changes = _Changes(now)
+        changes = Changes(now)
         async with self._write() as conn:
             query = self._locked(self._owned(select(T).where(T.c.id == task_id), customer_id))
             works = await self._load(conn, query, changes)
             if not works:
                 raise NotFound(f"task {task_id} not found")
             work = works[0]
-            outcome = lc.cancel(work.state)
-            if outcome.ignored:
-                raise Conflict(
-                    f"task {task_id} is {work.state.status.label} and can no longer be cancelled",
-                    details={"status_id": work.state.status.value, "status_name": work.state.status.label},
-                )
-            changes.apply(work, outcome)
-            await changes.write(conn)
+            changes.cancel(work)
+            await _write_changes(conn, changes)
         return Task.model_validate(work.row)
 
     async def sensor(self, serial: int, *, customer_id: int | None = None) -> SensorInfo:
@@ -503,14 +362,11 @@ class TaskStore:
                 .order_by(T.c.id)
                 .limit(CLAIM_BATCH)
             )
-            changes = _Changes(now)
+            changes = Changes(now)
             async with self._write() as conn:
                 for work in await self._load(conn, self._locked(query, skip_locked=True), changes):
-                    attempt = work.row["attempt_count"] + 1
-                    work.set(now, attempt_count=attempt, sent_at=now, not_before=None)
-                    changes.event(work, "sent", attempt, "first attempt" if attempt == 1 else "retry")
-                    changes.dispatches.append(work.dispatch())
-                await changes.write(conn)
+                    changes.claim(work)
+                await _write_changes(conn, changes)
             dispatches += changes.dispatches
         return dispatches
 
@@ -533,15 +389,12 @@ class TaskStore:
                 if group is not None:
                     query = query.where(T.c.sensor_serial.in_(group))
                 query = query.order_by(T.c.id).limit(CLAIM_BATCH)
-                changes = _Changes(now)
+                changes = Changes(now)
                 async with self._write() as conn:
                     works = await self._load(conn, self._locked(query, skip_locked=True), changes)
                     for work in works:
-                        if work.row["status_id"] == TaskStatus.PENDING:
-                            work.set(now, sent_at=now)
-                        changes.event(work, "redelivered", work.row["attempt_count"], reason)
-                        changes.dispatches.append(work.dispatch())
-                    await changes.write(conn)
+                        changes.redeliver(work, reason)
+                    await _write_changes(conn, changes)
                 dispatches += changes.dispatches
                 if len(works) < CLAIM_BATCH:
                     break
@@ -550,36 +403,17 @@ class TaskStore:
 
     async def apply_reports(self, reports: Sequence[IncomingReport], *, now: datetime) -> ReportBatchResult:
         """Apply a burst of status reports in one transaction, in arrival order."""
-        changes = _Changes(now)
-        refused: list[Refusal] = []
-        ignored = 0
+        changes = Changes(now)
         ids = sorted({r.task_id for r in reports})
         async with self._write() as conn:
             for group in _chunks(ids):
                 await self._load(conn, self._locked(select(T).where(T.c.id.in_(group))), changes)
-            for report in reports:
-                work = changes.works.get(report.task_id)
-                if work is None:
-                    refused.append(Refusal(report, f"unknown task {report.task_id}", "unknown_task"))
-                    continue
-                if work.row["sensor_serial"] != report.serial:
-                    refused.append(Refusal(report, f"task {report.task_id} belongs to another sensor", "wrong_sensor"))
-                    continue
-                outcome = lc.apply_report(
-                    work.state,
-                    attempt=report.attempt,
-                    status=report.status,  # type: ignore[arg-type]
-                    error=report.error,
-                    retryable=report.retryable,
-                    policy=self.policy,
-                )
-                ignored += outcome.ignored is not None
-                changes.apply(work, outcome, report=report)
-            await changes.write(conn)
+            refused = [r for r in (changes.report(report, self.policy) for report in reports) if r is not None]
+            await _write_changes(conn, changes)
             # A status proves its sensor is connected: refresh what /v1/sensors shows.
             for group in _chunks(sorted({r.serial for r in reports})):
                 await conn.execute(update(S).where(S.c.serial.in_(group)).values(last_seen=now))
-        return ReportBatchResult(changes.transitions, refused, ignored, changes.wake, changes.retries)
+        return changes.report_result(refused)
 
     async def expire(self, *, now: datetime, ack_timeout_s: float) -> Expiry:
         """Apply acknowledgement and run timeouts that are due.
@@ -594,14 +428,13 @@ class TaskStore:
             self._not_offline(),
         )
         overdue = select(T).where(T.c.status_id == TaskStatus.ONGOING, T.c.deadline_at <= now)
-        changes = _Changes(now)
+        changes = Changes(now)
         async with self._write() as conn:
-            for work in await self._load(conn, self._locked(unacked.limit(CLAIM_BATCH), skip_locked=True), changes):
-                changes.apply(work, lc.ack_timeout(work.state))
-            for work in await self._load(conn, self._locked(overdue.limit(CLAIM_BATCH), skip_locked=True), changes):
-                changes.apply(work, lc.run_timeout(work.state, self.policy))
-            await changes.write(conn)
-        return Expiry(changes.dispatches, changes.transitions, changes.wake, changes.retries)
+            for query in (unacked, overdue):
+                for work in await self._load(conn, self._locked(query.limit(CLAIM_BATCH), skip_locked=True), changes):
+                    changes.expire(work, self.policy)
+            await _write_changes(conn, changes)
+        return changes.expiry()
 
     async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:
         """Store the latest presence of each sensor (last message wins)."""
@@ -633,22 +466,7 @@ class TaskStore:
         )
         async with self._read() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            (
-                r.id,
-                Transition(
-                    r.task_id,
-                    r.sensor_serial,
-                    r.type,
-                    None if r.from_status is None else TaskStatus(r.from_status),
-                    TaskStatus(r.to_status),
-                    r.attempt,
-                    r.reason,
-                    r.at,
-                ),
-            )
-            for r in rows
-        ]
+        return [(r.id, transition_of(r._mapping, r.sensor_serial, r.type)) for r in rows]
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:
         async with self._write() as conn:

@@ -1,4 +1,4 @@
-"""Helpers for tests and users: a throwaway Mosquitto broker on a free port."""
+"""A throwaway Mosquitto broker on a free port, for tests and benchmarks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,51 @@
+"""What the dispatcher needs of a store, and nothing more.
+
+`TaskStore` (SQLite/PostgreSQL) satisfies it structurally, and so does
+`sensortasks.testing.InMemoryStore`; the behaviour suite in tests/behaviour runs the
+dispatcher's rules against both. Every method takes the dispatcher's `now`, so a fake
+clock drives timeouts and back offs in either store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sensortasks.domain import TaskStatus
+from sensortasks.store.records import Dispatch, Expiry, IncomingReport, ReportBatchResult, Transition
+
+#: Rows one dispatcher query claims, expires or publishes at a time; a full batch means "ask again".
+CLAIM_BATCH = 500
+
+
+class DispatchStore(Protocol):
+    async def claim_next(self, serials: Sequence[int] | None, *, now: datetime) -> list[Dispatch]:
+        """Start the next attempt of each sensor's head task where one is due (None: every sensor)."""
+        ...
+
+    async def redeliver(self, serials: Sequence[int] | None, *, now: datetime, reason: str) -> list[Dispatch]:
+        """Re-send the current attempt of in-flight tasks, restarting their acknowledgement clock."""
+        ...
+
+    async def apply_reports(self, reports: Sequence[IncomingReport], *, now: datetime) -> ReportBatchResult:
+        """Apply status reports in arrival order, in one transaction."""
+        ...
+
+    async def expire(self, *, now: datetime, ack_timeout_s: float) -> Expiry:
+        """Apply the acknowledgement and run timeouts that are due."""
+        ...
+
+    async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:
+        """Store each sensor's latest presence (last message wins)."""
+        ...
+
+    async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
+        """The outbox: transitions not yet published, oldest first, with their event ids."""
+        ...
+
+    async def mark_published(self, event_ids: Sequence[int]) -> None: ...
+
+    async def counts(self) -> dict[TaskStatus, int]: ...
+
+    async def sensors_online(self) -> int: ...
