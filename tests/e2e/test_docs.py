@@ -15,7 +15,7 @@ import pytest
 
 from sensortasks.api import create_app
 from sensortasks.config import Settings
-from sensortasks.server import build_store
+from sensortasks.runtime import build_store
 from tests.e2e.conftest import ServeProcess
 from tests.npm_tools import npm_tool
 

@@ -21,8 +21,8 @@ from paho.mqtt.properties import Properties
 from sensortasks.api import create_app
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
+from sensortasks.runtime import build_store
 from sensortasks.sensor import Handler, Job, SensorClient
-from sensortasks.server import build_store
 from sensortasks.store import TaskStore, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.keys import KeyStore

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from sensortasks.api.commands import CommandHandler
-from sensortasks.ratelimit import FailureLimiter
+from sensortasks.commands.mqtt import CommandHandler
+from sensortasks.service.ratelimit import FailureLimiter
 
 from .conftest import (
     FILE_ID,

@@ -1,8 +1,8 @@
-"""The listing benchmark runs (small here; `python -m sensortasks.listbench` for 1,000,000 rows)."""
+"""The listing benchmark runs (small here; `python -m sensortasks.tools.listbench` for 1,000,000 rows)."""
 
 from __future__ import annotations
 
-from sensortasks.listbench import run
+from sensortasks.tools.listbench import run
 
 
 async def test_listbench_reports_every_query() -> None:

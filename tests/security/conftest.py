@@ -17,12 +17,12 @@ import pytest
 from fastapi import FastAPI
 
 from sensortasks.api import create_app
-from sensortasks.broker_accounts import SUBSCRIBE, AccountSpec
-from sensortasks.broker_admin import DynsecAdmin
+from sensortasks.broker.accounts import SUBSCRIBE, AccountSpec
+from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.link import dispatcher_link
-from sensortasks.server import build_accounts, build_store
+from sensortasks.runtime import build_accounts, build_store
 from sensortasks.store import TaskStore, upgrade
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import MosquittoBroker, free_port

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sensortasks.api import create_app
 from sensortasks.api.deps import AppState
 from sensortasks.config import Settings
-from sensortasks.server import build_store
+from sensortasks.runtime import build_store
 from sensortasks.store import TaskStore, upgrade
 from sensortasks.testing import free_port
 

@@ -20,11 +20,11 @@ from sqlalchemy import text
 from sensortasks.api import create_app
 from sensortasks.api.errors import RETRY_UNAVAILABLE_S
 from sensortasks.api.limits import MAX_BODY_BYTES
-from sensortasks.broker_accounts import AccountSpec
+from sensortasks.broker.accounts import AccountSpec
 from sensortasks.config import Settings
 from sensortasks.errors import Unavailable
-from sensortasks.ratelimit import MAX_FAILURES
-from sensortasks.server import build_store
+from sensortasks.runtime import build_store
+from sensortasks.service.ratelimit import MAX_FAILURES
 from sensortasks.store import open_database, upgrade
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import free_port
@@ -134,7 +134,7 @@ class BrokerAdminDown(Unavailable):
 
 
 class DownAccounts:
-    """Broker accounts (`sensortasks.api.accounts.BrokerAccounts`) whose broker is unreachable."""
+    """Broker accounts (`sensortasks.service.accounts.BrokerAccounts`) whose broker is unreachable."""
 
     async def issue(self, spec: AccountSpec) -> object:
         raise BrokerAdminDown(f"broker admin unreachable while adding {spec.username}")

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from sensortasks.broker_accounts import backend_account, ops_account
-from sensortasks.broker_admin import DynsecAdmin
+from sensortasks.broker.accounts import backend_account, ops_account
+from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.protocol import Topics
 from sensortasks.sensor import Job, SensorClient
 from sensortasks.testing import free_port
@@ -174,7 +174,7 @@ async def test_what_each_account_may_publish_and_read(secure_broker: SecureBroke
 
 def entry_point(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sensortasks.broker_admin", *args],
+        [sys.executable, "-m", "sensortasks.broker", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -183,7 +183,7 @@ def entry_point(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_dispatcher_account_entry_point(secure_broker: SecureBroker) -> None:
-    """``python -m sensortasks.broker_admin ADMIN_URL INSTANCE PASSWORD`` (used by ./scripts/run):
+    """``python -m sensortasks.broker ADMIN_URL INSTANCE PASSWORD`` (used by ./scripts/run):
     creates or updates ``sensortasks-INSTANCE``, bound to that client id; exit 1 and one line when
     the broker is unreachable or refuses."""
     url = secure_broker.admin_url

@@ -15,11 +15,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sensortasks.api import create_app
-from sensortasks.broker_admin import BrokerAdminError
+from sensortasks.broker.dynsec import BrokerAdminError
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
+from sensortasks.runtime import build_accounts, build_store
 from sensortasks.sensor import Job, SensorClient
-from sensortasks.server import build_accounts, build_store
 from sensortasks.store import upgrade
 from sensortasks.store.keys import KeyStore
 

@@ -19,11 +19,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sensortasks.api import create_app
-from sensortasks.broker_accounts import MqttCredentials
+from sensortasks.broker.accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.link import dispatcher_link
-from sensortasks.server import build_store
+from sensortasks.runtime import build_store
 from sensortasks.store import TaskStore, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.keys import KeyStore

@@ -14,9 +14,9 @@ from typing import Any
 
 from sensortasks.api import create_app
 from sensortasks.config import Settings
-from sensortasks.server import build_store
+from sensortasks.ops.watch import Link, WatchState, _follow
+from sensortasks.runtime import build_store
 from sensortasks.store import upgrade
-from sensortasks.watch import Link, WatchState, _follow
 from tests.integration.conftest import FILE_ID, eventually
 
 from .conftest import INSTANCE, SecureBroker, SecureService, ServiceFactory

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from sensortasks.api.commands import CommandCreate, CommandTarget
 from sensortasks.api.models import TaskPublic
+from sensortasks.commands.mqtt import CommandCreate, CommandTarget
 from sensortasks.config import Settings
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,

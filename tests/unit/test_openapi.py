@@ -23,7 +23,7 @@ from sensortasks.api.errors import HTTP_CODES
 from sensortasks.api.models import ErrorCode
 from sensortasks.config import Settings
 from sensortasks.errors import SensortasksError
-from sensortasks.server import build_store
+from sensortasks.runtime import build_store
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 #: Every route of /v1 can answer these (no or a bad key, a body over the limit, the auth limiter, a database down).

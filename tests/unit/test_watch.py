@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
+from sensortasks.ops.watch import Link, WatchState, render
 from sensortasks.protocol import DispatcherPresence, OpsEvent, OpsStats, Rejection
-from sensortasks.watch import Link, WatchState, render
 
 
 def test_state_folds_every_ops_topic_and_ignores_garbage() -> None:

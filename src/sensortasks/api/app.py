@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from sensortasks.api import errors
-from sensortasks.api.accounts import BrokerAccounts
-from sensortasks.api.commands import install_commands
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
 from sensortasks.api.openapi import METADATA, DocumentedAPI, install_docs
 from sensortasks.api.routes import health, mqtt_clients, sensors, tasks
-from sensortasks.api.service import TaskService
+from sensortasks.commands.mqtt import install_commands
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
-from sensortasks.metrics import HttpMetrics, Metrics
+from sensortasks.ops.metrics import HttpMetrics, Metrics
+from sensortasks.service.accounts import BrokerAccounts
+from sensortasks.service.tasks import TaskService
 from sensortasks.store import TaskStore
 
 DESCRIPTION = """Create, follow and cancel firmware and configuration tasks for sensors.

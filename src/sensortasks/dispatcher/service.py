@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,7 +31,7 @@ from sensortasks.dispatcher.link import Incoming, Link
 from sensortasks.dispatcher.stats import StatsPublisher, account, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import SensortasksError, Unavailable
-from sensortasks.metrics import Metrics
+from sensortasks.ops.metrics import Counters, Metrics
 from sensortasks.protocol import (
     CancelMessage,
     DispatcherPresence,
@@ -69,22 +67,6 @@ QUOTED_TOPIC_CHARS = 256
 IDLE_POLL_S = 0.2
 
 _R = TypeVar("_R")
-
-
-@dataclass
-class Counters:
-    """Monotonic counters, read by ``ops/stats`` and ``/metrics``."""
-
-    dispatched: int = 0
-    redelivered: int = 0
-    reports: int = 0
-    transitions: int = 0
-    completed: int = 0
-    #: Refused messages per reason code (`protocol.messages.REJECT_CODES`); ``.total()`` for all.
-    rejected: Counter[str] = field(default_factory=Counter)
-    db_retries: int = 0
-    #: Applied transitions by (from, to) status name; "none" for a task's creation.
-    transitions_by: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Dispatcher:

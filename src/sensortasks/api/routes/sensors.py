@@ -10,7 +10,7 @@ from sensortasks.api import examples
 from sensortasks.api.deps import CustomerId, State
 from sensortasks.api.models import MqttAccount, SensorCreate, SensorPublic, SensorRegistered
 from sensortasks.api.responses import V1, error, errors, ok
-from sensortasks.api.service import checked_id
+from sensortasks.service.tasks import checked_id
 
 router = APIRouter(prefix="/v1/sensors", tags=["sensors"])
 

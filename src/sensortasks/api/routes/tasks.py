@@ -28,9 +28,9 @@ from sensortasks.api.models import (
 )
 from sensortasks.api.params import FORMATS_HELP, parse_time
 from sensortasks.api.responses import V1, error, errors, ok
-from sensortasks.api.service import MAX_ID, checked_id
 from sensortasks.domain import TaskStatus, TaskType
 from sensortasks.errors import InvalidInput, NotFound
+from sensortasks.service.tasks import MAX_ID, checked_id
 from sensortasks.store import TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])

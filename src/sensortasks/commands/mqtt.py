@@ -39,7 +39,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.api.models import TaskCreate, TaskPublic
-from sensortasks.api.service import MAX_ID, TaskService
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.intake import Refused, summary
 from sensortasks.dispatcher.link import Incoming
@@ -48,7 +47,8 @@ from sensortasks.protocol import MAX_PAYLOAD_BYTES, CommandReply
 from sensortasks.protocol.messages import CommandError, RejectCode
 from sensortasks.protocol.properties import is_under
 from sensortasks.protocol.topics import COMMAND_NAMES
-from sensortasks.ratelimit import FailureLimiter
+from sensortasks.service.ratelimit import FailureLimiter
+from sensortasks.service.tasks import MAX_ID, TaskService
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from typing import Any, Self
 
 import aiomqtt
 
-from sensortasks.broker_accounts import (
+from sensortasks.broker.accounts import (
     AccountSpec,
     MqttCredentials,
     dispatcher_account,
@@ -346,7 +346,7 @@ class DynsecAdmin:
         return await self.ensure(dispatcher_account(self.topics, instance), password)
 
 
-USAGE = "usage: python -m sensortasks.broker_admin ADMIN_URL INSTANCE PASSWORD"
+USAGE = "usage: python -m sensortasks.broker.dynsec ADMIN_URL INSTANCE PASSWORD"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,7 +388,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"broker_admin: cannot create the account {spec.username}: {exc.message}", file=sys.stderr)  # noqa: T201
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

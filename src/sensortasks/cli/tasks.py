@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from sensortasks.clikit import AsJson, console, err, fail
+from sensortasks.cli.common import AsJson, console, err, fail
 from sensortasks.config import get_settings
 
 tasks_app = typer.Typer(help="Tasks, through the REST API of a running server.", no_args_is_help=True)

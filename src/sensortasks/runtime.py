@@ -23,13 +23,13 @@ from typing import Any
 import uvicorn
 
 from sensortasks.api import create_app
-from sensortasks.api.commands import install_commands
-from sensortasks.api.service import TaskService
-from sensortasks.broker_admin import DynsecAdmin
+from sensortasks.broker.dynsec import DynsecAdmin
+from sensortasks.commands.mqtt import install_commands
 from sensortasks.config import Settings, parse_mqtt_url
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.domain import RetryPolicy
 from sensortasks.errors import ConfigError
+from sensortasks.service.tasks import TaskService
 from sensortasks.store import TaskStore, open_database, upgrade
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from sensortasks.bench import FILE_ID, spawn_cli, wait_healthy
 from sensortasks.domain import TaskStatus
 from sensortasks.sensor import Job, SensorClient, TaskFailed
 from sensortasks.store import Task, TaskEvent, open_database
 from sensortasks.testing import MosquittoBroker, free_port
+from sensortasks.tools.bench import FILE_ID, spawn_cli, wait_healthy
 
 FIRST_SERIAL = 600_000_000_000_000
 #: Seconds between two faults, drawn uniformly.

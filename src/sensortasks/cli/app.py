@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from sensortasks.cli_accounts import account_service, mqtt_clients_app
-from sensortasks.cli_tasks import tasks_app
-from sensortasks.clikit import (
+from sensortasks.cli.accounts import account_service, mqtt_clients_app
+from sensortasks.cli.common import (
     AsJson,  # noqa: F401  (re-exported for the commands added to this module)
     Commands,
     DatabaseUrl,
@@ -27,13 +26,14 @@ from sensortasks.clikit import (
     say,
     setup_logging,
 )
-from sensortasks.clikit import settings as _settings
+from sensortasks.cli.common import settings as _settings
+from sensortasks.cli.tasks import tasks_app
 from sensortasks.errors import SensortasksError
 
 if TYPE_CHECKING:
+    from sensortasks.ops.watch import WatchState
     from sensortasks.sensor.simulator import FleetStats
     from sensortasks.store.keys import KeyStore
-    from sensortasks.watch import WatchState
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ def serve(
 
     Exits 1 with one line when the database cannot be used or the broker refuses the login;
     a broker that is down is waited for (reconnecting with back off)."""
-    from sensortasks.server import serve as run_server  # noqa: PLC0415
+    from sensortasks.runtime import serve as run_server  # noqa: PLC0415
 
     if api_only and dispatcher_only:
         fail("--api-only and --dispatcher-only exclude each other", 2)
@@ -296,7 +296,7 @@ def watch(
 
     Exits 1 with one line when the broker refuses the login, or when it is not connected at the end."""
     from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
-    from sensortasks.watch import watch as run_watch  # noqa: PLC0415
+    from sensortasks.ops.watch import watch as run_watch  # noqa: PLC0415
 
     settings = _settings(mqtt_url=mqtt_url)
     target = settings.mqtt
@@ -331,7 +331,7 @@ def soak(
     workdir: Annotated[Path | None, typer.Option(help="Keep logs and the database here.")] = None,
 ) -> None:
     """Mixed faults (SIGKILLed dispatcher and broker, sensor reboots and outages) then an audit table."""
-    from sensortasks.soak import soak as run_soak  # noqa: PLC0415
+    from sensortasks.tools.soak import soak as run_soak  # noqa: PLC0415
 
     report = run_soak(minutes=minutes, sensors=sensors, seed=seed, workdir=workdir, say=err.print)
     for line in report.lines():
@@ -347,8 +347,8 @@ def bench_command(
     mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Use this broker instead of starting one.")] = None,
 ) -> None:
     """Lifecycles per second and latency, with the raw MQTT baseline of the same run."""
-    from sensortasks.bench import bench, summary  # noqa: PLC0415
     from sensortasks.config import parse_mqtt_url  # noqa: PLC0415
+    from sensortasks.tools.bench import bench, summary  # noqa: PLC0415
 
     target = parse_mqtt_url(mqtt_url) if mqtt_url else None
     if target is not None:

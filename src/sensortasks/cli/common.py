@@ -19,7 +19,7 @@ from rich.markup import escape
 from typer._click import Context
 from typer.core import TyperGroup
 
-from sensortasks import logs
+from sensortasks.ops import logs
 from sensortasks.config import Settings, get_settings
 from sensortasks.errors import SensortasksError
 

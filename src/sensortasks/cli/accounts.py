@@ -22,7 +22,7 @@ from sensortasks.config import Settings, get_settings
 from sensortasks.errors import SensortasksError
 
 if TYPE_CHECKING:  # the API layer is imported only by the commands that need it
-    from sensortasks.api.accounts import AccountService, IssuedClient
+    from sensortasks.service.accounts import AccountService, IssuedClient
     from sensortasks.store.accounts import ClientAccount
 
 mqtt_clients_app = typer.Typer(
@@ -45,8 +45,8 @@ def settings_with(database_url: str | None) -> Settings:
 @asynccontextmanager
 async def account_service(settings: Settings) -> AsyncIterator[AccountService]:
     """The accounts of the configured database and broker, closed afterwards."""
-    from sensortasks.api.accounts import AccountService  # noqa: PLC0415
-    from sensortasks.server import build_accounts, build_store  # noqa: PLC0415
+    from sensortasks.runtime import build_accounts, build_store  # noqa: PLC0415
+    from sensortasks.service.accounts import AccountService  # noqa: PLC0415
     from sensortasks.store import upgrade  # noqa: PLC0415
 
     await upgrade(settings.database_url)

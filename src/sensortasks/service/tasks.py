@@ -9,12 +9,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sensortasks.api.accounts import AccountService, BrokerAccounts
 from sensortasks.api.models import TaskCreate, TaskPublic
-from sensortasks.broker_accounts import MqttCredentials
+from sensortasks.broker.accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.errors import Conflict, InvalidInput, NotFound
+from sensortasks.service.accounts import AccountService, BrokerAccounts
 from sensortasks.store import NewTask, Remembered, Task, TaskStore, utcnow
 from sensortasks.store.keys import KeyStore
 
