@@ -1,4 +1,7 @@
-"""What an MQTT failure means for whoever runs us: a broker that is down, or one that refuses us.
+"""The one place that knows how we talk to a broker: where it is (`MqttTarget`, parsed from
+``mqtt://`` and ``mqtts://`` URLs), TLS, the CONNECT properties of a persistent session, the
+back-off between reconnects (`Backoff`, with jitter), and what a failure means: a broker that is
+down, or one that refuses us.
 
 A broker that is down or restarting is worth waiting for (reconnect with back off). A broker
 that answers CONNECT with "bad user name or password" or "not authorized" will say the same
@@ -8,14 +11,80 @@ on every retry: that is a configuration error, reported once and clearly.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sensortasks.errors import ConfigError, Unavailable
+
+
+@dataclass(frozen=True, slots=True)
+class MqttTarget:
+    """A parsed ``mqtt://`` or ``mqtts://`` URL."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL has no host: {url!r}")
+    tls = parts.scheme == "mqtts"
+    return MqttTarget(
+        host=parts.hostname,
+        port=parts.port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+    )
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client TLS context: the system's trust store, or the CA bundle `ca_file`."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def session_properties(session_expiry_s: int) -> Properties:
+    """CONNECT properties of a persistent MQTT 5 session: with ``clean_start=False`` the broker
+    keeps subscriptions and queued QoS 1 messages for `session_expiry_s` after a disconnect
+    (NOTES.md: without the property the session ends at every disconnect)."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = session_expiry_s
+    return properties
+
+
+class Backoff:
+    """Waits between reconnects: doubling from `first_s` up to `max_s`, each drawn uniformly
+    from its upper half (jitter), so that a fleet that lost its broker does not come back in one
+    wave. `reset()` after a successful connect."""
+
+    def __init__(self, first_s: float = 0.2, max_s: float = 10.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self._next_s = first_s
+
+    def next(self) -> float:
+        delay = self._next_s * random.uniform(0.5, 1.0)
+        self._next_s = min(self._next_s * 2, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        self._next_s = self.first_s
+
 
 #: CONNACK reason codes that no retry can fix. MQTT 5: 133 client identifier not valid,
 #: 134 bad user name or password, 135 not authorized, 138 banned, 140 bad authentication

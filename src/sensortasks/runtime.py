@@ -25,10 +25,11 @@ import uvicorn
 from sensortasks.api import create_app
 from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.commands.mqtt import install_commands
-from sensortasks.config import Settings, parse_mqtt_url
+from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.domain import RetryPolicy
 from sensortasks.errors import ConfigError
+from sensortasks.mqtt import parse_mqtt_url
 from sensortasks.service.tasks import TaskService
 from sensortasks.store import TaskStore, open_database, upgrade
 
@@ -46,7 +47,7 @@ def build_accounts(settings: Settings) -> DynsecAdmin | None:
     Build it inside the running event loop, and close it."""
     if settings.broker_admin_url is None:
         return None
-    from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
+    from sensortasks.mqtt import tls_context  # noqa: PLC0415
 
     admin = parse_mqtt_url(settings.broker_admin_url)
     return DynsecAdmin(

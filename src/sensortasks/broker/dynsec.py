@@ -354,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client id) with PASSWORD, as the admin of ADMIN_URL; used by ./scripts/run. Idempotent."""
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from sensortasks.config import Settings, parse_mqtt_url  # noqa: PLC0415
+    from sensortasks.config import Settings  # noqa: PLC0415
+    from sensortasks.mqtt import parse_mqtt_url  # noqa: PLC0415
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3:  # noqa: PLR2004

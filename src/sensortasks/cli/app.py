@@ -207,9 +207,14 @@ def simulate(
     """Run a fleet of simulated sensors (the sensor SDK) against the broker."""
     import aiomqtt  # noqa: PLC0415
 
-    from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
     from sensortasks.errors import Unavailable  # noqa: PLC0415
-    from sensortasks.mqtt import probe, reason, refusal, refused  # noqa: PLC0415
+    from sensortasks.mqtt import (  # noqa: PLC0415
+        probe,
+        reason,
+        refusal,
+        refused,
+        tls_context,
+    )
     from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
 
     setup_logging(log_level, log_format)
@@ -295,7 +300,7 @@ def watch(
     """Live view of ops/#: connection state, tasks by status, transitions, rejections, dispatchers.
 
     Exits 1 with one line when the broker refuses the login, or when it is not connected at the end."""
-    from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
+    from sensortasks.mqtt import tls_context  # noqa: PLC0415
     from sensortasks.ops.watch import watch as run_watch  # noqa: PLC0415
 
     settings = _settings(mqtt_url=mqtt_url)
@@ -347,7 +352,7 @@ def bench_command(
     mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Use this broker instead of starting one.")] = None,
 ) -> None:
     """Lifecycles per second and latency, with the raw MQTT baseline of the same run."""
-    from sensortasks.config import parse_mqtt_url  # noqa: PLC0415
+    from sensortasks.mqtt import parse_mqtt_url  # noqa: PLC0415
     from sensortasks.tools.bench import bench, summary  # noqa: PLC0415
 
     target = parse_mqtt_url(mqtt_url) if mqtt_url else None

@@ -19,9 +19,9 @@ from rich.markup import escape
 from typer._click import Context
 from typer.core import TyperGroup
 
-from sensortasks.ops import logs
 from sensortasks.config import Settings, get_settings
 from sensortasks.errors import SensortasksError
+from sensortasks.ops import logs
 
 #: Piped output is not cut to 80 columns (scripts should still prefer --json).
 console = Console(width=None if sys.stdout.isatty() else 250)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,9 +37,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from sensortasks.config import MqttTarget, Settings
+from sensortasks.config import Settings
 from sensortasks.errors import InvalidInput, Unavailable
-from sensortasks.mqtt import reason, refusal, refused
+from sensortasks.mqtt import MqttTarget, reason, refusal, refused, tls_context
 from sensortasks.protocol import DispatcherPresence
 
 log = logging.getLogger(__name__)
@@ -138,10 +137,6 @@ class Link(Protocol):
     async def publish_many(self, messages: Sequence[tuple[str, bytes]], *, limit: int = 500) -> int:
         """Publish in order; returns how many the broker acknowledged."""
         ...
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca_file)
 
 
 def dispatcher_link(settings: Settings) -> MqttLink:
