@@ -14,7 +14,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.ops.metrics import UNMATCHED
 from sensortasks.testing import MosquittoBroker
 
@@ -113,7 +113,7 @@ async def test_a_vanished_instance_stats_expire(make_service: ServiceFactory) ->
     """No final copy (as after kill -9): the retained live copy disappears on its own."""
     service = await make_service(stats_interval_s=3600)  # this one stays quiet
     settings = service.settings.model_copy(update={"instance": "vanishing", "stats_interval_s": 0.2})
-    runner = asyncio.create_task(Dispatcher(settings, service.store).run())
+    runner = asyncio.create_task(Dispatcher(settings, service.store, dispatcher_link(settings)).run())
 
     async def live() -> bool:
         got = await retained_stats(service.broker)
