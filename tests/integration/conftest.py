@@ -22,11 +22,12 @@ from sensortasks.api import create_app
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.runtime import build_store
-from sensortasks.sensor import Handler, Job, SensorClient
+from sensortasks.sensor import Handler, Job, SensorOptions
 from sensortasks.store import TaskStore, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import MosquittoBroker
+from sensortasks.testing.sensors import RecordingSensor, SilentRecordingSensor
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 
@@ -61,7 +62,7 @@ class Service:
     dispatcher: Dispatcher
     api: httpx.AsyncClient
     broker: MosquittoBroker
-    sensors: list[SensorClient] = field(default_factory=list)
+    sensors: list[RecordingSensor] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
@@ -103,10 +104,14 @@ class Service:
             raise AssertionError(f"{exc}; task is {last}") from None
         return last
 
-    async def sensor(self, serial: int, handler: Handler = complete, **options: Any) -> SensorClient:
-        """Start an SDK sensor and wait until the dispatcher has seen it come online, so
-        that its presence cannot race the first task (that would be a legitimate re-delivery)."""
-        client = SensorClient(serial, handler, host=self.broker.host, port=self.broker.port, **options)
+    async def sensor(
+        self, serial: int, handler: Handler = complete, *, silent: bool = False, **options: Any
+    ) -> RecordingSensor:
+        """Start an SDK sensor (`silent`: one that never reports) and wait until the dispatcher has
+        seen it come online, so that its presence cannot race the first task (that would be a
+        legitimate re-delivery)."""
+        kind = SilentRecordingSensor if silent else RecordingSensor
+        client = kind(serial, handler, SensorOptions(host=self.broker.host, port=self.broker.port, **options))
         await client.start()
         self.sensors.append(client)
 

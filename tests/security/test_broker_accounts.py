@@ -16,7 +16,7 @@ import pytest
 from sensortasks.broker.accounts import backend_account, ops_account
 from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.protocol import Topics
-from sensortasks.sensor import Job, SensorClient
+from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import free_port
 from tests.integration.conftest import FILE_ID, eventually
 
@@ -75,7 +75,7 @@ async def test_a_sensor_cannot_hijack_the_dispatcher_session(secure_service: Ser
     ]
     for attempt in attempts:
         assert await asyncio.to_thread(attempt.connect) in REFUSED
-    async with SensorClient(A, complete, host=service.broker.host, port=service.broker.port, **mqtt):
+    async with SensorClient(A, complete, SensorOptions(host=service.broker.host, port=service.broker.port, **mqtt)):
         task = await api.post("/v1/tasks", json={"sensor_serial": A, "file_id": FILE_ID, "type": "update_firmware"})
         task_id = task.json()["id"]
 

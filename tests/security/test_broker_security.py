@@ -19,7 +19,7 @@ from sensortasks.broker.dynsec import BrokerAdminError
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.runtime import build_accounts, build_store
-from sensortasks.sensor import Job, SensorClient
+from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.store import upgrade
 from sensortasks.store.keys import KeyStore
 
@@ -178,9 +178,8 @@ async def test_registration_through_the_api_issues_working_credentials(
                 return {"ok": "yes"}
 
             tls_context = secure_broker.client_tls() if tls else None
-            sensor = SensorClient(
-                A, work, host=host, port=dispatcher_port, tls_context=tls_context, **registered["mqtt"]
-            )
+            options = SensorOptions(host=host, port=dispatcher_port, tls_context=tls_context, **registered["mqtt"])
+            sensor = SensorClient(A, work, options)
             await sensor.start(timeout=10)
             body = {"sensor_serial": A, "file_id": "a3e4aed2-b091-41a6-8265-2185040e2c32", "type": "update_firmware"}
             task = (await api.post("/v1/tasks", json=body)).json()

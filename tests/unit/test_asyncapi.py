@@ -39,7 +39,7 @@ from sensortasks.protocol import (
     TaskMessage,
     Topics,
 )
-from sensortasks.sensor import SensorClient
+from sensortasks.sensor import SensorOptions
 from tests.node import CACHE, node, npm_ci
 
 PATH = Path(__file__).parents[2] / "docs" / "asyncapi.yaml"
@@ -264,7 +264,7 @@ def test_the_sessions_are_those_of_the_sdk_and_the_dispatcher() -> None:
         sensor = server["bindings"]["mqtt"]
         assert sensor["clientId"] == "sensor-{serial}"
         assert sensor["cleanSession"] is False
-        assert sensor["sessionExpiryInterval"] == _default(SensorClient, "session_expiry_s")
+        assert sensor["sessionExpiryInterval"] == SensorOptions().session_expiry_s
         assert sensor["keepAlive"] == keepalive
         assert sensor["lastWill"]["topic"] == topics.presence(0).replace("/0/", "/{serial}/")
         assert (json.loads(sensor["lastWill"]["message"]), sensor["lastWill"]["qos"]) == (will, 1)

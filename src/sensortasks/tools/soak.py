@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import select
 
 from sensortasks.domain import TaskStatus
-from sensortasks.sensor import Job, SensorClient, TaskFailed
+from sensortasks.sensor import Job, SensorClient, SensorOptions, TaskFailed
 from sensortasks.store import Task, TaskEvent, open_database
 from sensortasks.testing import MosquittoBroker, free_port
 from sensortasks.tools.bench import FILE_ID, spawn_cli, wait_healthy
@@ -94,9 +94,8 @@ class _Fleet:
         return {"task": job.task_id}
 
     async def start(self, serial: int) -> None:
-        client = SensorClient(
-            serial, self._work, host=self.broker.host, port=self.broker.port, reconnect_backoff_max_s=2.0, record=False
-        )
+        options = SensorOptions(host=self.broker.host, port=self.broker.port, reconnect_backoff_max_s=2.0)
+        client = SensorClient(serial, self._work, options)
         self.clients[serial] = client
         await client.start(timeout=None)
 
