@@ -13,8 +13,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
-from sensortasks.cli.app import app, fleet_summary
+from sensortasks.cli.app import app
 from sensortasks.cli.common import explain
+from sensortasks.cli.fleet import fleet_summary
 from sensortasks.cli.tasks import CsvRows, columns
 from sensortasks.errors import Unavailable
 from sensortasks.mqtt import refusal
