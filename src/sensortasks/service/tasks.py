@@ -60,12 +60,21 @@ class TaskService:
         try:
             tasks = await self.store.create([self._new(b) for b in bodies], customer_id=customer_id, now=utcnow())
         except InvalidInput as exc:
-            missing = set((exc.details or {}).get("unregistered_serials", ()))
-            if len(bodies) > 1 and missing:
-                fields = [f"tasks.{i}.sensor_serial" for i, b in enumerate(bodies) if b.sensor_serial in missing]
-                exc.message = f"{fields[0]}: {exc.message.partition(': ')[2]}"
-                exc.details = {"fields": fields[:100], "unregistered_serials": sorted(missing)[:100]}
-            raise
+            missing: list[int] = (exc.details or {}).get("unregistered_serials", [])
+            if not missing:
+                raise
+            # Name the request's field (an index into a bulk body) and say how to fix it.
+            unregistered = set(missing)
+            at = [i for i, b in enumerate(bodies) if b.sensor_serial in unregistered]
+            fields = ["sensor_serial"] if len(bodies) == 1 else [f"tasks.{i}.sensor_serial" for i in at]
+            details: dict[str, Any] = {"unregistered_serials": missing[:100]}
+            if len(bodies) > 1:
+                details = {"fields": fields[:100]} | details
+            raise InvalidInput(
+                f"{fields[0]}: sensor {bodies[at[0]].sensor_serial} is not registered to you;"
+                " register it with POST /v1/sensors",
+                details=details,
+            ) from exc
         if self.dispatcher is not None:
             self.dispatcher.kick({t.sensor_serial for t in tasks})
             self.dispatcher.notify_outbox()

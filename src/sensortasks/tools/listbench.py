@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import sys
 import tempfile
 import time
@@ -20,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sensortasks.domain import TaskStatus
-from sensortasks.store import TaskFilter, TaskStore, open_database, upgrade
+from sensortasks.store import NewTask, PastTask, TaskFilter, TaskStore, open_database, upgrade
 
 SENSORS = 20_000
+FIRST_SERIAL = 100_000_000_000_000
 CUSTOMERS = 3
 DAYS = 90
 #: Status shares of a fleet that has been running for a while.
@@ -33,39 +33,27 @@ STATUS_WEIGHTS = {
     TaskStatus.PENDING: 0.05,
     TaskStatus.ONGOING: 0.02,
 }
+#: Tasks per `TaskStore.bulk_insert` transaction.
 CHUNK = 50_000
-SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+TYPES = ("update_firmware", "update_configuration")
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 
 
-def _fill(path: Path, rows: int, now: datetime, rng: random.Random) -> None:
-    """Insert with the stdlib driver in large executemany chunks: minutes otherwise."""
+async def _fill(store: TaskStore, rows: int, now: datetime, rng: random.Random) -> None:
+    """Load `rows` tasks of a 90-day history through `TaskStore.bulk_insert`, a chunk per transaction."""
     statuses, weights = list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values())
     start = now - timedelta(days=DAYS)
     step = timedelta(days=DAYS) / rows
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=OFF")
     for offset in range(0, rows, CHUNK):
         batch = []
         for i in range(offset, min(rows, offset + CHUNK)):
-            serial = 100_000_000_000_000 + rng.randrange(SENSORS)
+            serial = FIRST_SERIAL + rng.randrange(SENSORS)
             created = start + step * i
             status = rng.choices(statuses, weights)[0]
             updated = created + timedelta(seconds=rng.randrange(1, 3600))
-            batch.append(
-                (
-                    serial % CUSTOMERS + 1, serial, rng.choice(("update_firmware", "update_configuration")),
-                    int(status), 1, 3, 3600, "a3e4aed2-b091-41a6-8265-2185040e2c32",
-                    created.strftime(SQLITE_TIME), updated.strftime(SQLITE_TIME),
-                )
-            )  # fmt: skip
-        conn.executemany(
-            "INSERT INTO tasks (customer_id, sensor_serial, type, status_id, attempt_count, max_attempts,"
-            " timeout_s, file_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            batch,
-        )
-        conn.commit()
-    conn.close()
+            task = NewTask(serial, rng.choice(TYPES), FILE_ID, max_attempts=3, timeout_s=3600)
+            batch.append(PastTask(task, serial % CUSTOMERS + 1, status, 1, created, updated))
+        await store.bulk_insert(batch)
 
 
 def _one_day(start: datetime) -> TaskFilter:
@@ -90,63 +78,67 @@ async def _time(
     return samples
 
 
+async def _measure(store: TaskStore, rows: int, now: datetime, samples: int, say: Callable[[str], None]) -> list[str]:
+    """The p50/p99 of each list query and the export rate, as the lines to print."""
+
+    def serial(rng: random.Random) -> int:
+        return FIRST_SERIAL + rng.randrange(SENSORS)
+
+    def day(rng: random.Random) -> datetime:
+        return now - timedelta(days=rng.randrange(1, DAYS))
+
+    queries: dict[str, Callable[[random.Random], tuple[TaskFilter, int | None]]] = {
+        "newest page": lambda _r: (TaskFilter(), None),
+        "one sensor": lambda r: (TaskFilter(sensor_serial=serial(r)), None),
+        "status=Error (rare)": lambda _r: (TaskFilter(statuses=(TaskStatus.ERROR,)), None),
+        "status=Pending,Ongoing": lambda _r: (TaskFilter(statuses=(TaskStatus.PENDING, TaskStatus.ONGOING)), None),
+        "type": lambda _r: (TaskFilter(type="update_configuration"), None),
+        "created in one day": lambda r: (_one_day(day(r)), None),
+        "updated in the last hour": lambda _r: (TaskFilter(updated_since=now - timedelta(hours=1)), None),
+        "customer + one day": lambda r: (
+            replace(_one_day(day(r)), customer_id=r.randrange(1, CUSTOMERS + 1)),
+            None,
+        ),
+        "customer + updated last 5 min": lambda r: (
+            TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), updated_since=now - timedelta(minutes=5)),
+            None,
+        ),
+        "sensor + status": lambda r: (TaskFilter(sensor_serial=serial(r), statuses=(TaskStatus.COMPLETED,)), None),
+        "customer": lambda r: (TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1)), None),
+        "customer + status=Error": lambda r: (
+            TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), statuses=(TaskStatus.ERROR,)),
+            None,
+        ),
+        "deep page (cursor)": lambda r: (TaskFilter(), r.randrange(100, rows)),
+        "customer, deep page": lambda r: (TaskFilter(customer_id=1), r.randrange(100, rows)),
+    }
+    lines = [f"{'query (limit 100)':<28} {'p50 ms':>8} {'p99 ms':>8}"]
+    for name, make in queries.items():
+        p50, p99 = _percentiles(await _time(store, make, samples))
+        lines.append(f"{name:<28} {p50:>8.2f} {p99:>8.2f}")
+        say(lines[-1])
+    started = time.perf_counter()
+    exported = 0
+    async for page in store.iter_tasks(TaskFilter(statuses=(TaskStatus.PENDING,))):
+        exported += len(page)
+    elapsed = time.perf_counter() - started
+    lines.append(f"export of Pending: {exported:,} rows in {elapsed:.2f} s ({exported / elapsed:,.0f} rows/s)")
+    return lines
+
+
 async def run(rows: int = 1_000_000, *, samples: int = 200, say: Callable[[str], None] = print) -> list[str]:
     now = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="sensortasks-listbench-") as tmp:
-        path = Path(tmp) / "list.db"
-        url = f"sqlite+aiosqlite:///{path}"
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'list.db'}"
         await upgrade(url)
-        started = time.perf_counter()
-        _fill(path, rows, now, random.Random(7))
-        lines = [f"{rows:,} tasks inserted in {time.perf_counter() - started:.1f} s", ""]
         store = TaskStore(open_database(url))
-
-        def serial(rng: random.Random) -> int:
-            return 100_000_000_000_000 + rng.randrange(SENSORS)
-
-        def day(rng: random.Random) -> datetime:
-            return now - timedelta(days=rng.randrange(1, DAYS))
-
-        queries: dict[str, Callable[[random.Random], tuple[TaskFilter, int | None]]] = {
-            "newest page": lambda _r: (TaskFilter(), None),
-            "one sensor": lambda r: (TaskFilter(sensor_serial=serial(r)), None),
-            "status=Error (rare)": lambda _r: (TaskFilter(statuses=(TaskStatus.ERROR,)), None),
-            "status=Pending,Ongoing": lambda _r: (TaskFilter(statuses=(TaskStatus.PENDING, TaskStatus.ONGOING)), None),
-            "type": lambda _r: (TaskFilter(type="update_configuration"), None),
-            "created in one day": lambda r: (_one_day(day(r)), None),
-            "updated in the last hour": lambda _r: (TaskFilter(updated_since=now - timedelta(hours=1)), None),
-            "customer + one day": lambda r: (
-                replace(_one_day(day(r)), customer_id=r.randrange(1, CUSTOMERS + 1)),
-                None,
-            ),
-            "customer + updated last 5 min": lambda r: (
-                TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), updated_since=now - timedelta(minutes=5)),
-                None,
-            ),
-            "sensor + status": lambda r: (TaskFilter(sensor_serial=serial(r), statuses=(TaskStatus.COMPLETED,)), None),
-            "customer": lambda r: (TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1)), None),
-            "customer + status=Error": lambda r: (
-                TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), statuses=(TaskStatus.ERROR,)),
-                None,
-            ),
-            "deep page (cursor)": lambda r: (TaskFilter(), r.randrange(100, rows)),
-            "customer, deep page": lambda r: (TaskFilter(customer_id=1), r.randrange(100, rows)),
-        }
-        lines.append(f"{'query (limit 100)':<28} {'p50 ms':>8} {'p99 ms':>8}")
         try:
-            for name, make in queries.items():
-                p50, p99 = _percentiles(await _time(store, make, samples))
-                lines.append(f"{name:<28} {p50:>8.2f} {p99:>8.2f}")
-                say(lines[-1])
             started = time.perf_counter()
-            exported = 0
-            async for page in store.iter_tasks(TaskFilter(statuses=(TaskStatus.PENDING,))):
-                exported += len(page)
-            elapsed = time.perf_counter() - started
-            lines.append(f"export of Pending: {exported:,} rows in {elapsed:.2f} s ({exported / elapsed:,.0f} rows/s)")
+            await _fill(store, rows, now, random.Random(7))
+            lines = [f"{rows:,} tasks inserted in {time.perf_counter() - started:.1f} s", ""]
+            return lines + await _measure(store, rows, now, samples, say)
         finally:
             await store.db.dispose()
-    return lines
 
 
 def main() -> None:
