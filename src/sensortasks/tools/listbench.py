@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sensortasks.domain import TaskStatus
 from sensortasks.store import TaskFilter, TaskStore, open_database, upgrade
+from sensortasks.tools.stats import percentile
 
 SENSORS = 20_000
 CUSTOMERS = 3
@@ -70,11 +71,6 @@ def _fill(path: Path, rows: int, now: datetime, rng: random.Random) -> None:
 
 def _one_day(start: datetime) -> TaskFilter:
     return TaskFilter(created_since=start, created_until=start + timedelta(days=1))
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
 async def _time(
@@ -135,7 +131,8 @@ async def run(rows: int = 1_000_000, *, samples: int = 200, say: Callable[[str],
         lines.append(f"{'query (limit 100)':<28} {'p50 ms':>8} {'p99 ms':>8}")
         try:
             for name, make in queries.items():
-                p50, p99 = _percentiles(await _time(store, make, samples))
+                timings = await _time(store, make, samples)
+                p50, p99 = percentile(timings, 50) * 1000, percentile(timings, 99) * 1000
                 lines.append(f"{name:<28} {p50:>8.2f} {p99:>8.2f}")
                 say(lines[-1])
             started = time.perf_counter()
