@@ -1,7 +1,7 @@
 """The one place that knows how we talk to a broker: where it is (`MqttTarget`, parsed from
-``mqtt://`` and ``mqtts://`` URLs), TLS, the CONNECT properties of a persistent session, the
-back-off between reconnects (`Backoff`, with jitter), and what a failure means: a broker that is
-down, or one that refuses us.
+``mqtt://`` and ``mqtts://`` URLs), the client we connect with (`new_client`: MQTT 5, TLS, the
+CONNECT properties of a persistent session, will, timeouts), the back-off between reconnects
+(`Backoff`, with jitter), and what a failure means: a broker that is down, or one that refuses us.
 
 A broker that is down or restarting is worth waiting for (reconnect with back off). A broker
 that answers CONNECT with "bad user name or password" or "not authorized" will say the same
@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt import client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -65,6 +66,54 @@ def session_properties(session_expiry_s: int) -> Properties:
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = session_expiry_s
     return properties
+
+
+def unique_identifier(prefix: str, digits: int = 8) -> str:
+    """A client id of our own for a connection no account is bound to (``prefix-1a2b3c4d``)."""
+    return f"{prefix}-{uuid.uuid4().hex[:digits]}"
+
+
+def new_client(
+    target: MqttTarget,
+    *,
+    identifier: str | None,
+    ssl_context: ssl.SSLContext | None = None,
+    session_expiry_s: int | None = None,
+    will: aiomqtt.Will | None = None,
+    timeout: float | None = None,
+    max_inflight: int | None = None,
+    max_outgoing_calls: int | None = None,
+) -> aiomqtt.Client:
+    """An MQTT 5 client for `target`, not yet connected (enter it with ``async with``; a client
+    can be entered again after a loss, but a fresh one per attempt is simpler).
+
+    - TLS when the target is ``mqtts://``: `ssl_context`, else the system's trust store.
+    - `session_expiry_s`: a persistent session (``clean_start=False`` and `session_properties`);
+      without it, a session that ends with the connection.
+    - `timeout`: how long connect, subscribe and publish wait for the broker.
+    - `max_inflight`: QoS 1 messages paho keeps in flight (its default is 20).
+    - `max_outgoing_calls`: the bound on concurrent publish/subscribe calls; aiomqtt's "There are
+      N pending publish calls." warning is set to the same bound (it fires above 10 otherwise).
+    """
+    persistent = session_expiry_s is not None
+    client = aiomqtt.Client(
+        target.host,
+        target.port,
+        username=target.username,
+        password=target.password,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False if persistent else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
+        properties=session_properties(session_expiry_s) if session_expiry_s is not None else None,
+        will=will,
+        timeout=timeout,
+        max_inflight_messages=max_inflight,
+        max_concurrent_outgoing_calls=max_outgoing_calls,
+        tls_context=(ssl_context or tls_context(None)) if target.tls else None,
+    )
+    if max_outgoing_calls is not None:
+        client.pending_calls_threshold = max_outgoing_calls
+    return client
 
 
 class Backoff:
@@ -134,15 +183,9 @@ async def probe(
 ) -> None:
     """Connect once and disconnect: `BrokerRefused` if the login is refused, `Unavailable` if
     the broker cannot be reached in `timeout` seconds."""
-    client = aiomqtt.Client(
-        host,
-        port,
-        username=username,
-        password=password,
-        identifier=f"sensortasks-probe-{uuid.uuid4().hex[:8]}",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        tls_context=tls_context,
-        timeout=timeout,
+    target = MqttTarget(host, port, username, password, tls=tls_context is not None)
+    client = new_client(
+        target, identifier=unique_identifier("sensortasks-probe"), ssl_context=tls_context, timeout=timeout
     )
     try:
         async with asyncio.timeout(timeout), client:

@@ -26,6 +26,14 @@ class SensorTopic:
 
 
 @dataclass(frozen=True, slots=True)
+class OpsTopic:
+    """A parsed ``ops/...`` topic: what it carries, and the dispatcher instance it names."""
+
+    kind: Literal["stats", "event", "rejected", "dispatcher"]
+    instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Topics:
     """Topic names under configurable prefixes."""
 
@@ -100,6 +108,10 @@ class Topics:
         return f"{self.ops}/events/{serial}/{task_id}"
 
     @property
+    def all_ops_events(self) -> str:
+        return f"{self.ops}/events/+/+"
+
+    @property
     def ops_stats(self) -> str:
         return f"{self.ops}/stats"
 
@@ -113,3 +125,19 @@ class Topics:
     @property
     def ops_all(self) -> str:
         return f"{self.ops}/#"
+
+    def parse_ops(self, topic: str) -> OpsTopic | None:
+        """Which ``ops/...`` topic `topic` is, or None if it is none of ours."""
+        prefix = self.ops + "/"
+        if not topic.startswith(prefix):
+            return None
+        match topic[len(prefix) :].split("/"):
+            case ["stats"]:
+                return OpsTopic("stats")
+            case ["rejected"]:
+                return OpsTopic("rejected")
+            case ["events", _, _]:
+                return OpsTopic("event")
+            case ["dispatchers", instance]:
+                return OpsTopic("dispatcher", instance)
+        return None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sensortasks.domain import TaskStatus
 from sensortasks.store import NewTask, PastTask, TaskFilter, TaskStore, open_database, upgrade
+from sensortasks.tools.stats import percentile
 
 SENSORS = 20_000
 FIRST_SERIAL = 100_000_000_000_000
@@ -58,11 +59,6 @@ async def _fill(store: TaskStore, rows: int, now: datetime, rng: random.Random) 
 
 def _one_day(start: datetime) -> TaskFilter:
     return TaskFilter(created_since=start, created_until=start + timedelta(days=1))
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
 async def _time(
@@ -114,7 +110,8 @@ async def _measure(store: TaskStore, rows: int, now: datetime, samples: int, say
     }
     lines = [f"{'query (limit 100)':<28} {'p50 ms':>8} {'p99 ms':>8}"]
     for name, make in queries.items():
-        p50, p99 = _percentiles(await _time(store, make, samples))
+        timings = await _time(store, make, samples)
+        p50, p99 = percentile(timings, 50) * 1000, percentile(timings, 99) * 1000
         lines.append(f"{name:<28} {p50:>8.2f} {p99:>8.2f}")
         say(lines[-1])
     started = time.perf_counter()
