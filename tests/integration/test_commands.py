@@ -157,7 +157,7 @@ async def test_repeated_bad_keys_are_slowed_down_per_reply_account(
 ) -> None:
     service = await make_service(auth="required")
     alice, bob = await add_backend(service, "alice"), await add_backend(service, "bob")
-    handler = service.dispatcher.on_command
+    handler = service.dispatcher.commands
     assert isinstance(handler, CommandHandler)
     now = [1000.0]
     handler.limiter = FailureLimiter(max_failures=3, window_s=60, clock=lambda: now[0])

@@ -36,13 +36,12 @@ import logging
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.api.models import TaskCreate, TaskPublic
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.intake import Refused, summary
 from sensortasks.dispatcher.link import Incoming
-from sensortasks.errors import InvalidInput, SensortasksError, Unavailable
+from sensortasks.errors import InvalidInput, SensortasksError
 from sensortasks.protocol import MAX_PAYLOAD_BYTES, CommandReply
 from sensortasks.protocol.messages import CommandError, RejectCode
 from sensortasks.protocol.properties import is_under
@@ -50,6 +49,7 @@ from sensortasks.protocol.topics import COMMAND_NAMES
 from sensortasks.service.ratelimit import FailureLimiter
 from sensortasks.service.tasks import MAX_ID, TaskService
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
+from sensortasks.store.engine import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,10 @@ class CommandHandler:
             return "", exc.message, exc.reject
         if isinstance(exc, ValidationError):
             return InvalidInput.code, summary(exc), "malformed"
-        if isinstance(exc, SQLAlchemyError):  # never let a database failure stop the dispatcher
-            log.warning("command %s failed: %s", verb, exc)
-            return Unavailable.code, "database unavailable; retry the request", None
+        down = unavailable(exc)
+        if down is not None:  # answered: the caller may retry
+            log.warning("command %s: unavailable: %s", verb, exc)
+            return down.code, down.message, None
         if not isinstance(exc, SensortasksError):
             log.error("command %s raised; refusing it", verb, exc_info=exc)
             return "internal_error", "internal error; the operators can see it on ops/rejected", "internal_error"
@@ -175,7 +176,9 @@ class CommandHandler:
             return topic, None
         try:
             backends = await self.clients.accounts(kind="backend")
-        except SQLAlchemyError as exc:
+        except Exception as exc:
+            if unavailable(exc) is None:
+                raise
             raise Unanswered("unavailable", "database unavailable while checking the response topic") from exc
         holding = [a for a in backends if a.reply_topic_prefix and is_under(topic, a.reply_topic_prefix)]
         if not holding:
@@ -239,7 +242,3 @@ class CommandHandler:
         else:
             task = await self.service.get(target.task_id, customer_id)
         return TaskPublic.of(task).model_dump(mode="json")
-
-
-def install_commands(dispatcher: Dispatcher, service: TaskService) -> None:
-    dispatcher.on_command = CommandHandler(service, dispatcher)
