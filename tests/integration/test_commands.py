@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sensortasks.commands.mqtt import CommandHandler
 from sensortasks.service.ratelimit import FailureLimiter
@@ -120,6 +120,25 @@ async def test_a_database_failure_gets_an_error_reply_and_the_dispatcher_keeps_r
     assert reply["error"]["code"] == "unavailable"
     service.store.create = original  # type: ignore[method-assign]
     assert (await request(service, "create", body))["ok"] is True
+    assert service.dispatcher.link.connected.is_set()
+
+
+async def test_a_database_bug_is_an_internal_error_as_over_rest_not_unavailable(
+    make_service: ServiceFactory, ops: OpsWatcher
+) -> None:
+    """Only what `store.engine.unavailable` calls down is ``unavailable`` (REST: 503); a
+    constraint violation is a bug (REST: 500): answered ``internal_error`` and refused."""
+    service = await make_service()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+
+    service.store.create = broken  # type: ignore[method-assign]
+    body = {"v": 1, "sensor_serial": SERIAL, "file_id": FILE_ID, "type": "update_firmware"}
+    reply = await request(service, "create", body)
+    assert reply["error"]["code"] == "internal_error"
+    await eventually(lambda: _rejected(ops, 1), what="the refusal on ops/rejected")
+    assert service.dispatcher.counters.rejected == {"internal_error": 1}
     assert service.dispatcher.link.connected.is_set()
 
 

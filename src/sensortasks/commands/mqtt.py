@@ -31,23 +31,22 @@ authentications are logged with at most the key's first 8 characters.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from sensortasks.api.models import TaskCreate, TaskPublic
+from sensortasks.api.models import TaskPublic
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.intake import Refused, summary
 from sensortasks.dispatcher.link import Incoming
 from sensortasks.errors import InvalidInput, SensortasksError
-from sensortasks.protocol import MAX_PAYLOAD_BYTES, CommandReply
-from sensortasks.protocol.messages import CommandError, RejectCode
+from sensortasks.protocol import MAX_PAYLOAD_BYTES
+from sensortasks.protocol.commands import CommandCreate, CommandError, CommandReply, CommandTarget, Task
+from sensortasks.protocol.messages import RejectCode
 from sensortasks.protocol.properties import is_under
 from sensortasks.protocol.topics import COMMAND_NAMES
 from sensortasks.service.ratelimit import FailureLimiter
-from sensortasks.service.tasks import MAX_ID, TaskService
+from sensortasks.service.tasks import TaskService
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.engine import unavailable
 
@@ -57,23 +56,6 @@ log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 #: Characters of an API key that may appear in logs.
 LOGGED_KEY_CHARS = 8
-
-Version = Annotated[int, Field(ge=1, le=1, strict=True)]
-
-
-class CommandCreate(TaskCreate):
-    """The REST create body, with ``"v": 1`` as on every protocol message."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    v: Version
-
-
-class CommandTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    v: Version
-    task_id: Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
 
 
 class CommandRefused(SensortasksError):
@@ -220,7 +202,7 @@ class CommandHandler:
             key[:LOGGED_KEY_CHARS],
         )
 
-    async def _run(self, verb: str, message: Incoming, customer_id: int | None) -> dict[str, Any]:
+    async def _run(self, verb: str, message: Incoming, customer_id: int | None) -> Task:
         if len(message.payload) > MAX_PAYLOAD_BYTES:
             raise PayloadTooLarge(f"payload too large ({len(message.payload)} > {MAX_PAYLOAD_BYTES} bytes)")
         if verb == "create":
@@ -235,10 +217,10 @@ class CommandHandler:
 
             request = {"path": "tasks/commands/create", "body": body.model_dump(mode="json")}
             _, created = await self.service.create_once(key, customer_id, request, create)
-            return dict(json.loads(created))
+            return Task.model_validate_json(created)
         target = CommandTarget.model_validate_json(message.payload)
         if verb == "cancel":
             task = await self.service.cancel(target.task_id, customer_id)
         else:
             task = await self.service.get(target.task_id, customer_id)
-        return TaskPublic.of(task).model_dump(mode="json")
+        return TaskPublic.of(task)

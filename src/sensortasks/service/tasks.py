@@ -9,17 +9,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sensortasks.api.models import TaskCreate, TaskPublic
 from sensortasks.broker.accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import Conflict, InvalidInput, NotFound
+from sensortasks.protocol.commands import TaskCreate
+from sensortasks.protocol.topics import MAX_ID
 from sensortasks.service.accounts import AccountService, BrokerAccounts
 from sensortasks.store import NewTask, Remembered, SensorInfo, Task, TaskEvent, TaskFilter, TaskStore, utcnow
 from sensortasks.store.keys import KeyStore
 
-MAX_ID = 2**63 - 1
 #: How long an Idempotency-Key is remembered (at least the 24 hours promised).
 IDEMPOTENCY_KEEP = timedelta(hours=48)
 
@@ -145,7 +145,3 @@ class TaskService:
                 details={"header": "Idempotency-Key"},
             )
         return known.status_code, known.response
-
-
-def public(task: Task) -> dict[str, Any]:
-    return TaskPublic.of(task).model_dump(mode="json")

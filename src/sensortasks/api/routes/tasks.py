@@ -16,11 +16,9 @@ from sensortasks.api import examples
 from sensortasks.api.deps import CustomerId, State
 from sensortasks.api.models import (
     CSV_COLUMNS,
-    STATUS_IDS,
     EventPublic,
     EventsPublic,
     ResultPublic,
-    TaskCreate,
     TaskPublic,
     TasksBulkCreate,
     TasksBulkCreated,
@@ -28,9 +26,10 @@ from sensortasks.api.models import (
 )
 from sensortasks.api.params import FORMATS_HELP, parse_time
 from sensortasks.api.responses import V1, error, errors, ok
-from sensortasks.domain import TaskStatus, TaskType
+from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
-from sensortasks.service.tasks import MAX_ID
+from sensortasks.protocol.commands import STATUS_IDS, TaskCreate, TaskType
+from sensortasks.protocol.topics import MAX_ID
 from sensortasks.store import TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
