@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 from sensortasks.api import create_app
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
-from sensortasks.runtime import build_store
+from sensortasks.runtime import build_service, build_store
 from sensortasks.sensor import Handler, Job, SensorOptions
 from sensortasks.store import TaskStore, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
@@ -225,7 +225,7 @@ async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator
         await upgrade(settings.database_url)
         store = build_store(settings)
         dispatcher = Dispatcher(settings, store, dispatcher_link(settings))
-        app = create_app(settings, store, dispatcher=dispatcher)
+        app = create_app(build_service(settings, store, dispatcher))
         runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
         await asyncio.wait_for(dispatcher.link.connected.wait(), 10)
         api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sensortasks.test")

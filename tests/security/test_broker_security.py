@@ -18,7 +18,7 @@ from sensortasks.api import create_app
 from sensortasks.broker.dynsec import BrokerAdminError
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
-from sensortasks.runtime import build_accounts, build_store
+from sensortasks.runtime import build_accounts, build_service, build_store
 from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.store import upgrade
 from sensortasks.store.keys import KeyStore
@@ -162,7 +162,7 @@ async def test_registration_through_the_api_issues_working_credentials(
     store = build_store(settings)
     dispatcher = Dispatcher(settings, store, dispatcher_link(settings))
     accounts = build_accounts(settings)
-    app = create_app(settings, store, dispatcher=dispatcher, accounts=accounts)
+    app = create_app(build_service(settings, store, dispatcher, accounts))
     runner = asyncio.create_task(dispatcher.run())
     key = await KeyStore(store.db).create_key("acme")
     headers = {"Authorization": f"Bearer {key}"}

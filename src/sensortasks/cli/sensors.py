@@ -10,14 +10,14 @@ import typer
 
 from sensortasks.cli.accounts import account_service
 from sensortasks.cli.common import DatabaseUrl, err, run_or_exit, settings
-from sensortasks.protocol.topics import MAX_SERIAL
+from sensortasks.protocol.topics import MAX_ID
 
 sensors_app = typer.Typer(help="Sensors and their broker credentials.", no_args_is_help=True)
 
 
 @sensors_app.command("add")
 def sensors_add(
-    serial: Annotated[int, typer.Argument(min=1, max=MAX_SERIAL)],
+    serial: Annotated[int, typer.Argument(min=1, max=MAX_ID)],
     customer: Annotated[str, typer.Option(help="The customer the sensor belongs to (created if new).")],
     database_url: DatabaseUrl = None,
 ) -> None:

@@ -13,8 +13,9 @@ SensorChannel = Literal["tasks", "status", "presence"]
 _CHANNELS: frozenset[str] = frozenset(("tasks", "status", "presence"))
 COMMAND_NAMES: tuple[str, ...] = ("create", "cancel", "get")
 #: Serials fit a signed 64-bit column, like the API's (the seeds use 14-15 digits).
-MAX_SERIAL = 2**63 - 1
-MAX_SERIAL_DIGITS = len(str(MAX_SERIAL))
+#: The largest task id and sensor serial (a signed 64-bit column): the one definition.
+MAX_ID = 2**63 - 1
+MAX_SERIAL_DIGITS = len(str(MAX_ID))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ class Topics:
         if not serial_text.isascii() or not serial_text.isdigit() or len(serial_text) > MAX_SERIAL_DIGITS:
             return None
         serial = int(serial_text)
-        if not 0 < serial <= MAX_SERIAL or str(serial) != serial_text:
+        if not 0 < serial <= MAX_ID or str(serial) != serial_text:
             return None
         return SensorTopic(serial, channel)  # type: ignore[arg-type]
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sensortasks.api.models import TaskCreate, TaskPublic
 from sensortasks.broker.accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
+from sensortasks.domain import TaskStatus
 from sensortasks.errors import Conflict, InvalidInput, NotFound
+from sensortasks.protocol.commands import TaskCreate
+from sensortasks.protocol.topics import MAX_ID
 from sensortasks.service.accounts import AccountService, BrokerAccounts
-from sensortasks.store import NewTask, Remembered, Task, TaskStore, utcnow
+from sensortasks.store import NewTask, Remembered, SensorInfo, Task, TaskEvent, TaskFilter, TaskStore, utcnow
 from sensortasks.store.keys import KeyStore
 
-MAX_ID = 2**63 - 1
 #: How long an Idempotency-Key is remembered (at least the 24 hours promised).
 IDEMPOTENCY_KEEP = timedelta(hours=48)
 
@@ -89,6 +90,32 @@ class TaskService:
             self.dispatcher.notify_outbox()
         return task
 
+    # -- reads: what REST, the commands and the CLI show ---------------------------
+    async def page(self, where: TaskFilter, *, before_id: int | None, limit: int) -> tuple[list[Task], bool]:
+        """A page of the matching tasks, newest first (`before_id`: the keyset cursor), and whether more follow."""
+        return await self.store.list_tasks(where, before_id=before_id, limit=limit)
+
+    def pages(self, where: TaskFilter) -> AsyncIterator[list[Task]]:
+        """Every matching task, newest first, a page at a time (constant memory for exports)."""
+        return self.store.iter_tasks(where)
+
+    async def count(self, where: TaskFilter) -> int:
+        return await self.store.count_tasks(where)
+
+    async def events(self, task_id: int, customer_id: int | None) -> list[TaskEvent]:
+        return await self.store.events(checked_id(task_id), customer_id=customer_id)
+
+    async def sensor(self, serial: int, customer_id: int | None) -> SensorInfo:
+        return await self.store.sensor(checked_id(serial, "sensor"), customer_id=customer_id)
+
+    async def counts(self) -> tuple[dict[TaskStatus, int], int]:
+        """Tasks per status and sensors online, for ``/metrics``."""
+        return await self.store.counts(), await self.store.sensors_online()
+
+    async def ping(self) -> None:
+        """Raises (a database failure, see `store.engine.unavailable`) unless the database answers."""
+        await self.store.ping()
+
     async def register_sensor(self, serial: int, customer_id: int | None) -> tuple[bool, MqttCredentials | None]:
         """Register a sensor and issue (or rotate) its broker credentials."""
         return await self.accounts.register_sensor(checked_id(serial, "sensor"), customer_id)
@@ -127,7 +154,3 @@ class TaskService:
                 details={"header": "Idempotency-Key"},
             )
         return known.status_code, known.response
-
-
-def public(task: Task) -> dict[str, Any]:
-    return TaskPublic.of(task).model_dump(mode="json")
