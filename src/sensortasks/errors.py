@@ -19,11 +19,11 @@
     │   ├── UnknownCommand
     │   ├── TooManyRequests
     │   └── PayloadTooLarge
-    └── Unanswered              (commands.mqtt) a command refused with nowhere to answer
+    ├── Unanswered              (commands.mqtt) a command refused with nowhere to answer
+    └── TaskFailed              (sensor.job) raised by a device handler to report an error
 
 The API maps these to HTTP in one exception handler; the MQTT command topics map them
-to ``{"ok": false, "error": {"code", "message"}}``. The sensor SDK (`sensor/`, which imports
-only `protocol/`) keeps its own `TaskFailed`, raised by a job to report an error.
+to ``{"ok": false, "error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
