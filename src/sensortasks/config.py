@@ -3,42 +3,14 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sensortasks.mqtt import MqttTarget, parse_mqtt_url
 from sensortasks.protocol.topics import Topics
-
-
-@dataclass(frozen=True, slots=True)
-class MqttTarget:
-    """A parsed ``mqtt://`` or ``mqtts://`` URL."""
-
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-
-def parse_mqtt_url(url: str) -> MqttTarget:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"MQTT URL has no host: {url!r}")
-    tls = parts.scheme == "mqtts"
-    return MqttTarget(
-        host=parts.hostname,
-        port=parts.port or (8883 if tls else 1883),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls=tls,
-    )
 
 
 class Settings(BaseSettings):

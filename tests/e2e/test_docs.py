@@ -15,7 +15,7 @@ import pytest
 
 from sensortasks.api import create_app
 from sensortasks.config import Settings
-from sensortasks.server import build_store
+from sensortasks.runtime import build_service, build_store
 from tests.e2e.conftest import ServeProcess
 from tests.npm_tools import npm_tool
 
@@ -32,7 +32,7 @@ def test_redocly_recommended_rules_pass(tmp_path: Path) -> None:
     redocly = npm_tool(*REDOCLY, "redocly")
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/lint.db")
     document = tmp_path / "openapi.json"
-    document.write_text(json.dumps(create_app(settings, build_store(settings)).openapi()))
+    document.write_text(json.dumps(create_app(build_service(settings, build_store(settings))).openapi()))
     linted = subprocess.run(
         [str(redocly), "lint", "--config", str(ROOT / "redocly.yaml"), "--format=json", str(document)],
         check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,

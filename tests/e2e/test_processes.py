@@ -10,7 +10,7 @@ from pathlib import Path
 import aiomqtt
 import httpx
 
-from sensortasks.sensor import Job, SensorClient
+from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import MosquittoBroker
 
 from .conftest import ServeProcess
@@ -28,7 +28,7 @@ async def test_kill_9_and_restart_loses_nothing(serve: ServeProcess, broker: Mos
         await asyncio.sleep(0.15)
         return {"task": job.task_id}
 
-    sensors = [SensorClient(s, work, host=broker.host, port=broker.port) for s in serials]
+    sensors = [SensorClient(s, work, SensorOptions(host=broker.host, port=broker.port)) for s in serials]
     await asyncio.gather(*(s.start() for s in sensors))
     try:
         async with httpx.AsyncClient(base_url=serve.url, timeout=10) as api:

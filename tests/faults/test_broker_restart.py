@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sensortasks.sensor import Job, SensorClient
+from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import MosquittoBroker
 from tests.e2e.conftest import ServeProcess
 
@@ -52,10 +52,8 @@ async def test_broker_sigkill_and_restart(persistent_broker: MosquittoBroker, tm
         await asyncio.sleep(0.1)
         return {"task": job.task_id}
 
-    sensors = [
-        SensorClient(s, work, host=persistent_broker.host, port=persistent_broker.port, reconnect_backoff_max_s=1.0)
-        for s in serials
-    ]
+    options = SensorOptions(host=persistent_broker.host, port=persistent_broker.port, reconnect_backoff_max_s=1.0)
+    sensors = [SensorClient(s, work, options) for s in serials]
     await asyncio.gather(*(s.start() for s in sensors))
     try:
         async with httpx.AsyncClient(base_url=serve.url, timeout=10) as api:

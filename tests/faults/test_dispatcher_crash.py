@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from sensortasks.protocol import StatusReport
-from sensortasks.sensor import Job, SensorClient
+from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import MosquittoBroker
 from tests.e2e.conftest import ServeProcess
 
@@ -46,7 +46,7 @@ async def test_sigkill_during_2000_tasks(broker: MosquittoBroker, tmp_path: Path
         return {"task": job.task_id}
 
     CountingSensor.completed_sent.clear()
-    sensors = [CountingSensor(s, work, host=broker.host, port=broker.port, record=False) for s in serials]
+    sensors = [CountingSensor(s, work, SensorOptions(host=broker.host, port=broker.port)) for s in serials]
     await asyncio.gather(*(s.start() for s in sensors))
     try:
         async with httpx.AsyncClient(base_url=serve.url, timeout=30) as api:

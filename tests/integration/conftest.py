@@ -21,12 +21,13 @@ from paho.mqtt.properties import Properties
 from sensortasks.api import create_app
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
-from sensortasks.sensor import Handler, Job, SensorClient
-from sensortasks.server import build_store
+from sensortasks.runtime import build_service, build_store
+from sensortasks.sensor import Handler, Job, SensorOptions
 from sensortasks.store import TaskStore, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import MosquittoBroker
+from sensortasks.testing.sensors import RecordingSensor, SilentRecordingSensor
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 
@@ -61,7 +62,7 @@ class Service:
     dispatcher: Dispatcher
     api: httpx.AsyncClient
     broker: MosquittoBroker
-    sensors: list[SensorClient] = field(default_factory=list)
+    sensors: list[RecordingSensor] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
@@ -103,10 +104,14 @@ class Service:
             raise AssertionError(f"{exc}; task is {last}") from None
         return last
 
-    async def sensor(self, serial: int, handler: Handler = complete, **options: Any) -> SensorClient:
-        """Start an SDK sensor and wait until the dispatcher has seen it come online, so
-        that its presence cannot race the first task (that would be a legitimate re-delivery)."""
-        client = SensorClient(serial, handler, host=self.broker.host, port=self.broker.port, **options)
+    async def sensor(
+        self, serial: int, handler: Handler = complete, *, silent: bool = False, **options: Any
+    ) -> RecordingSensor:
+        """Start an SDK sensor (`silent`: one that never reports) and wait until the dispatcher has
+        seen it come online, so that its presence cannot race the first task (that would be a
+        legitimate re-delivery)."""
+        kind = SilentRecordingSensor if silent else RecordingSensor
+        client = kind(serial, handler, SensorOptions(host=self.broker.host, port=self.broker.port, **options))
         await client.start()
         self.sensors.append(client)
 
@@ -220,7 +225,7 @@ async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator
         await upgrade(settings.database_url)
         store = build_store(settings)
         dispatcher = Dispatcher(settings, store, dispatcher_link(settings))
-        app = create_app(settings, store, dispatcher=dispatcher)
+        app = create_app(build_service(settings, store, dispatcher))
         runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
         await asyncio.wait_for(dispatcher.link.connected.wait(), 10)
         api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sensortasks.test")

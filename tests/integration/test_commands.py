@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from sensortasks.api.commands import CommandHandler
-from sensortasks.ratelimit import FailureLimiter
+from sensortasks.commands.mqtt import CommandHandler
+from sensortasks.service.ratelimit import FailureLimiter
 
 from .conftest import (
     FILE_ID,
     OpsWatcher,
+    Service,
     ServiceFactory,
     Wiretap,
     add_backend,
@@ -104,22 +105,46 @@ async def _rejected(ops: OpsWatcher, n: int) -> bool:
     return len(ops.on("ops/rejected")) >= n
 
 
+CREATE = {"v": 1, "sensor_serial": SERIAL, "file_id": FILE_ID, "type": "update_firmware"}
+
+
+async def _create_while_the_store_raises(service: Service, exc: Exception) -> dict[str, Any]:
+    """The reply to a create while the store's `create` raises `exc` (restored after)."""
+    original = service.store.create
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    service.store.create = broken  # type: ignore[method-assign]
+    try:
+        return await request(service, "create", CREATE)
+    finally:
+        service.store.create = original  # type: ignore[method-assign]
+
+
 async def test_a_database_failure_gets_an_error_reply_and_the_dispatcher_keeps_running(
     make_service: ServiceFactory,
 ) -> None:
     service = await make_service()
     await service.store.db.writer.dispose()
-    original = service.store.create
-
-    async def broken(*args: Any, **kwargs: Any) -> Any:
-        raise OperationalError("INSERT", {}, Exception("database is locked"))
-
-    service.store.create = broken  # type: ignore[method-assign]
-    body = {"v": 1, "sensor_serial": SERIAL, "file_id": FILE_ID, "type": "update_firmware"}
-    reply = await request(service, "create", body)
+    locked = OperationalError("INSERT", {}, Exception("database is locked"))
+    reply = await _create_while_the_store_raises(service, locked)
     assert reply["error"]["code"] == "unavailable"
-    service.store.create = original  # type: ignore[method-assign]
-    assert (await request(service, "create", body))["ok"] is True
+    assert (await request(service, "create", CREATE))["ok"] is True
+    assert service.dispatcher.link.connected.is_set()
+
+
+async def test_a_database_bug_is_an_internal_error_as_over_rest_not_unavailable(
+    make_service: ServiceFactory, ops: OpsWatcher
+) -> None:
+    """Only what `store.engine.unavailable` calls down is ``unavailable`` (REST: 503); a
+    constraint violation is a bug (REST: 500): answered ``internal_error`` and refused."""
+    service = await make_service()
+    bug = IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
+    reply = await _create_while_the_store_raises(service, bug)
+    assert reply["error"]["code"] == "internal_error"
+    await eventually(lambda: _rejected(ops, 1), what="the refusal on ops/rejected")
+    assert service.dispatcher.counters.rejected == {"internal_error": 1}
     assert service.dispatcher.link.connected.is_set()
 
 
@@ -157,7 +182,7 @@ async def test_repeated_bad_keys_are_slowed_down_per_reply_account(
 ) -> None:
     service = await make_service(auth="required")
     alice, bob = await add_backend(service, "alice"), await add_backend(service, "bob")
-    handler = service.dispatcher.on_command
+    handler = service.dispatcher.commands
     assert isinstance(handler, CommandHandler)
     now = [1000.0]
     handler.limiter = FailureLimiter(max_failures=3, window_s=60, clock=lambda: now[0])

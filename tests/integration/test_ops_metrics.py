@@ -15,7 +15,7 @@ import aiomqtt
 import pytest
 
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
-from sensortasks.metrics import UNMATCHED
+from sensortasks.ops.metrics import UNMATCHED
 from sensortasks.testing import MosquittoBroker
 
 from .conftest import Service, ServiceFactory, eventually

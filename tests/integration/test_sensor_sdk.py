@@ -11,7 +11,7 @@ import aiomqtt
 import pytest
 
 from sensortasks.protocol import CancelMessage, TaskMessage
-from sensortasks.sensor import FleetStats, Job, SensorClient, SimulationConfig, run_fleet
+from sensortasks.sensor import FleetStats, Job, SensorClient, SensorOptions, SimulationConfig, run_fleet
 from sensortasks.testing import MosquittoBroker
 
 SERIAL = 12345678909789
@@ -57,7 +57,7 @@ async def test_a_resent_finished_task_gets_its_final_status_again(broker: Mosqui
         runs.append(job.attempt)
         return {"version": "2.4.1"}
 
-    async with SensorClient(SERIAL, work, host=broker.host, port=broker.port):
+    async with SensorClient(SERIAL, work, SensorOptions(host=broker.host, port=broker.port)):
         await raw.send(task_message())
         assert [(await raw.next())["status"] for _ in range(2)] == ["ongoing", "completed"]
         await raw.send(task_message())  # re-delivery of the same attempt
@@ -77,7 +77,7 @@ async def test_cancel_stops_the_work_and_silences_the_task(broker: MosquittoBrok
         finally:
             stopped.set()
 
-    async with SensorClient(SERIAL, work, host=broker.host, port=broker.port):
+    async with SensorClient(SERIAL, work, SensorOptions(host=broker.host, port=broker.port)):
         await raw.send(task_message())
         assert (await raw.next())["status"] == "ongoing"
         await raw.send(CancelMessage(task_id=7))
@@ -91,7 +91,7 @@ async def test_malformed_task_messages_do_not_stop_the_sensor(broker: MosquittoB
     async def work(job: Job) -> None:
         return None
 
-    async with SensorClient(SERIAL, work, host=broker.host, port=broker.port):
+    async with SensorClient(SERIAL, work, SensorOptions(host=broker.host, port=broker.port)):
         await raw.client.publish(f"sensors/{SERIAL}/tasks", b"\xff{not json", qos=1)
         await raw.send(task_message())
         assert [(await raw.next())["status"] for _ in range(2)] == ["ongoing", "completed"]
@@ -109,7 +109,7 @@ async def test_presence_is_retained_with_a_last_will(broker: MosquittoBroker) ->
                     return dict(json.loads(message.payload))  # type: ignore[arg-type]
         raise AssertionError("no presence")
 
-    async with SensorClient(SERIAL, work, host=broker.host, port=broker.port):
+    async with SensorClient(SERIAL, work, SensorOptions(host=broker.host, port=broker.port)):
         assert await presence() == {"v": 1, "online": True}
     assert await presence() == {"v": 1, "online": False}
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
 from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.errors import Conflict, InvalidInput, NotFound
-from sensortasks.store import IncomingReport, NewTask, TaskStore, open_database, upgrade, utcnow
+from sensortasks.store import (
+    IncomingReport,
+    NewTask,
+    PastTask,
+    TaskFilter,
+    TaskStore,
+    open_database,
+    upgrade,
+    utcnow,
+)
 from tests.conftest import postgres_database
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
@@ -84,6 +94,40 @@ async def test_cancel_rules_and_tenancy(store: TaskStore) -> None:
     await store.apply_reports([IncomingReport(8, done.id or 0, 1, "completed")], now=utcnow())
     with pytest.raises(Conflict):
         await store.cancel(done.id or 0, customer_id=1, now=utcnow())
+
+
+async def test_unregistered_sensors_are_data_not_wording(store: TaskStore) -> None:
+    """The store names every unregistered serial in the details (the service words it for its
+    caller, HTTP or MQTT), and creates nothing."""
+    await store.register_sensor(5, customer_id=1, now=utcnow())
+    tasks = [t for s in (5, *range(300, 100, -1), 9, 7) for t in new(s)]
+    with pytest.raises(InvalidInput) as refused:
+        await store.create(tasks, customer_id=1, now=utcnow())
+    assert refused.value.details == {"unregistered_serials": [7, 9, *range(101, 301)]}
+    assert "POST" not in refused.value.message
+    assert "/v1/" not in refused.value.message
+    assert await store.count_tasks(TaskFilter()) == 0
+
+
+async def test_bulk_insert_writes_a_history_as_given(store: TaskStore) -> None:
+    at = utcnow() - timedelta(days=3)
+    history = [
+        PastTask(new(serial)[0], serial % 2 + 1, status, 1, at + timedelta(hours=serial), at + timedelta(days=1))
+        for serial, status in ((1, TaskStatus.COMPLETED), (2, TaskStatus.ERROR), (3, TaskStatus.COMPLETED))
+    ]
+    await store.bulk_insert(history)
+    await store.bulk_insert([])
+    listed, more = await store.list_tasks(TaskFilter(customer_id=2, statuses=(TaskStatus.COMPLETED,)))
+    assert not more
+    assert [(t.sensor_serial, t.attempt_count, t.created_at, t.updated_at) for t in listed] == [
+        (3, 1, at + timedelta(hours=3), at + timedelta(days=1)),
+        (1, 1, at + timedelta(hours=1), at + timedelta(days=1)),
+    ]
+    assert (await store.counts())[TaskStatus.ERROR] == 1
+    assert await store.count_tasks(TaskFilter(created_since=at + timedelta(hours=2))) == 2
+    assert await store.events(listed[0].id or 0) == []  # a history, not transitions to publish
+    assert await store.unpublished() == []
+    assert await store.claim_next(None, now=utcnow()) == []
 
 
 async def test_timeouts_skip_offline_sensors(store: TaskStore) -> None:

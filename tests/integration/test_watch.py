@@ -7,9 +7,9 @@ import io
 import aiomqtt
 from rich.console import Console
 
+from sensortasks.ops.watch import watch
 from sensortasks.protocol import DispatcherPresence
 from sensortasks.testing import MosquittoBroker
-from sensortasks.watch import watch
 
 
 async def test_watch_shows_retained_and_live_ops_messages(broker: MosquittoBroker) -> None:

@@ -17,12 +17,12 @@ import pytest
 from fastapi import FastAPI
 
 from sensortasks.api import create_app
-from sensortasks.broker_accounts import SUBSCRIBE, AccountSpec
-from sensortasks.broker_admin import DynsecAdmin
+from sensortasks.broker.accounts import SUBSCRIBE, AccountSpec
+from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.link import dispatcher_link
-from sensortasks.server import build_accounts, build_store
+from sensortasks.runtime import build_accounts, build_service, build_store
 from sensortasks.store import TaskStore, upgrade
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import MosquittoBroker, free_port
@@ -150,7 +150,7 @@ async def secure_service(secure_broker: SecureBroker, tmp_path: Path) -> AsyncIt
         accounts = build_accounts(settings)
         assert accounts is not None
         service = Dispatcher(settings, store, dispatcher_link(settings)) if dispatcher else None
-        app = create_app(settings, store, dispatcher=service, accounts=accounts)
+        app = create_app(build_service(settings, store, service, accounts))
         runner = asyncio.create_task(service.run()) if service else None
         running = SecureService(secure_broker, settings, store, app, accounts, service)
         started.append((running, runner))

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sensortasks.api import create_app
 from sensortasks.api.deps import AppState
 from sensortasks.config import Settings
-from sensortasks.server import build_store
+from sensortasks.runtime import build_service, build_store
 from sensortasks.store import TaskStore, upgrade
 from sensortasks.testing import free_port
 
@@ -138,7 +138,7 @@ async def live_api(tmp_path: Path, **overrides: Any) -> AsyncIterator[LiveApi]:
     settings = Settings(**(options | overrides))
     await upgrade(settings.database_url)
     store = build_store(settings)
-    app = create_app(settings, store)
+    app = create_app(build_service(settings, store))
     try:
         async with serving(app) as url:
             yield LiveApi(app, store, url)

@@ -20,11 +20,11 @@ from sqlalchemy import text
 from sensortasks.api import create_app
 from sensortasks.api.errors import RETRY_UNAVAILABLE_S
 from sensortasks.api.limits import MAX_BODY_BYTES
-from sensortasks.broker_accounts import AccountSpec
+from sensortasks.broker.accounts import AccountSpec
 from sensortasks.config import Settings
 from sensortasks.errors import Unavailable
-from sensortasks.ratelimit import MAX_FAILURES
-from sensortasks.server import build_store
+from sensortasks.runtime import build_service, build_store
+from sensortasks.service.ratelimit import MAX_FAILURES
 from sensortasks.store import open_database, upgrade
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import free_port
@@ -84,7 +84,10 @@ async def test_an_unreachable_database_is_503_unavailable_not_a_bug(
     settings = Settings(database_url=closed_port_url, auth=auth)
     store = build_store(settings)
     try:
-        async with serving(create_app(settings, store)) as url, httpx.AsyncClient(base_url=url) as client:
+        async with (
+            serving(create_app(build_service(settings, store))) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
             headers = {"Authorization": "Bearer stk_" + "x" * 43}
             answers = [await client.get("/v1/tasks", headers=headers) for _ in range(MAX_FAILURES + 5)]
             answers.append(await client.post("/v1/tasks", json=TASK, headers=headers))
@@ -134,7 +137,7 @@ class BrokerAdminDown(Unavailable):
 
 
 class DownAccounts:
-    """Broker accounts (`sensortasks.api.accounts.BrokerAccounts`) whose broker is unreachable."""
+    """Broker accounts (`sensortasks.service.accounts.BrokerAccounts`) whose broker is unreachable."""
 
     async def issue(self, spec: AccountSpec) -> object:
         raise BrokerAdminDown(f"broker admin unreachable while adding {spec.username}")
@@ -149,7 +152,7 @@ async def test_any_unavailable_dependency_is_503_in_the_error_format(tmp_path: P
     store = build_store(settings)
     key = await KeyStore(store.db).create_key("acme")
     try:
-        app = create_app(settings, store, accounts=DownAccounts())  # type: ignore[arg-type]
+        app = create_app(build_service(settings, store, accounts=DownAccounts()))  # type: ignore[arg-type]
         async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
             added = await client.post("/v1/sensors", json={"serial": 42}, headers={"Authorization": f"Bearer {key}"})
     finally:

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from sensortasks.broker_accounts import backend_account, ops_account
-from sensortasks.broker_admin import DynsecAdmin
+from sensortasks.broker.accounts import backend_account, ops_account
+from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.protocol import Topics
-from sensortasks.sensor import Job, SensorClient
+from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import free_port
 from tests.integration.conftest import FILE_ID, eventually
 
@@ -75,7 +75,7 @@ async def test_a_sensor_cannot_hijack_the_dispatcher_session(secure_service: Ser
     ]
     for attempt in attempts:
         assert await asyncio.to_thread(attempt.connect) in REFUSED
-    async with SensorClient(A, complete, host=service.broker.host, port=service.broker.port, **mqtt):
+    async with SensorClient(A, complete, SensorOptions(host=service.broker.host, port=service.broker.port, **mqtt)):
         task = await api.post("/v1/tasks", json={"sensor_serial": A, "file_id": FILE_ID, "type": "update_firmware"})
         task_id = task.json()["id"]
 
@@ -174,7 +174,7 @@ async def test_what_each_account_may_publish_and_read(secure_broker: SecureBroke
 
 def entry_point(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sensortasks.broker_admin", *args],
+        [sys.executable, "-m", "sensortasks.broker", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -183,7 +183,7 @@ def entry_point(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_dispatcher_account_entry_point(secure_broker: SecureBroker) -> None:
-    """``python -m sensortasks.broker_admin ADMIN_URL INSTANCE PASSWORD`` (used by ./scripts/run):
+    """``python -m sensortasks.broker ADMIN_URL INSTANCE PASSWORD`` (used by ./scripts/run):
     creates or updates ``sensortasks-INSTANCE``, bound to that client id; exit 1 and one line when
     the broker is unreachable or refuses."""
     url = secure_broker.admin_url

@@ -15,11 +15,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sensortasks.api import create_app
-from sensortasks.broker_admin import BrokerAdminError
+from sensortasks.broker.dynsec import BrokerAdminError
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
-from sensortasks.sensor import Job, SensorClient
-from sensortasks.server import build_accounts, build_store
+from sensortasks.runtime import build_accounts, build_service, build_store
+from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.store import upgrade
 from sensortasks.store.keys import KeyStore
 
@@ -162,7 +162,7 @@ async def test_registration_through_the_api_issues_working_credentials(
     store = build_store(settings)
     dispatcher = Dispatcher(settings, store, dispatcher_link(settings))
     accounts = build_accounts(settings)
-    app = create_app(settings, store, dispatcher=dispatcher, accounts=accounts)
+    app = create_app(build_service(settings, store, dispatcher, accounts))
     runner = asyncio.create_task(dispatcher.run())
     key = await KeyStore(store.db).create_key("acme")
     headers = {"Authorization": f"Bearer {key}"}
@@ -178,9 +178,8 @@ async def test_registration_through_the_api_issues_working_credentials(
                 return {"ok": "yes"}
 
             tls_context = secure_broker.client_tls() if tls else None
-            sensor = SensorClient(
-                A, work, host=host, port=dispatcher_port, tls_context=tls_context, **registered["mqtt"]
-            )
+            options = SensorOptions(host=host, port=dispatcher_port, tls_context=tls_context, **registered["mqtt"])
+            sensor = SensorClient(A, work, options)
             await sensor.start(timeout=10)
             body = {"sensor_serial": A, "file_id": "a3e4aed2-b091-41a6-8265-2185040e2c32", "type": "update_firmware"}
             task = (await api.post("/v1/tasks", json=body)).json()

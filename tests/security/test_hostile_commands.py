@@ -18,12 +18,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from sensortasks.api import create_app
-from sensortasks.broker_accounts import MqttCredentials
+from sensortasks.broker.accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.link import dispatcher_link
-from sensortasks.server import build_store
+from sensortasks.runtime import build_service, build_store
 from sensortasks.store import TaskStore, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.keys import KeyStore
@@ -119,7 +118,7 @@ class Backend:
 @contextlib.asynccontextmanager
 async def dispatcher(settings: Settings, store: TaskStore) -> AsyncIterator[Dispatcher]:
     running = Dispatcher(settings, store, dispatcher_link(settings))
-    create_app(settings, store, dispatcher=running)  # installs the command handler
+    build_service(settings, store, running)  # registers the command handler
     runner = asyncio.create_task(running.run())
     await asyncio.wait_for(running.link.connected.wait(), 10)
     try:

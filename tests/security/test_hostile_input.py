@@ -26,8 +26,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ValidationError
 
-from sensortasks.api.commands import CommandCreate, CommandTarget
 from sensortasks.protocol import MAX_PAYLOAD_BYTES, Presence, Topics
+from sensortasks.protocol.commands import CommandCreate, CommandTarget
 from sensortasks.protocol.properties import is_under, properties_problem
 from sensortasks.testing import MosquittoBroker
 from tests.e2e.conftest import ServeProcess

@@ -14,9 +14,9 @@ from typing import Any
 
 from sensortasks.api import create_app
 from sensortasks.config import Settings
-from sensortasks.server import build_store
+from sensortasks.ops.watch import Link, WatchState, _follow
+from sensortasks.runtime import build_service, build_store
 from sensortasks.store import upgrade
-from sensortasks.watch import Link, WatchState, _follow
 from tests.integration.conftest import FILE_ID, eventually
 
 from .conftest import INSTANCE, SecureBroker, SecureService, ServiceFactory
@@ -78,7 +78,7 @@ async def test_without_a_broker_admin_accounts_cannot_be_issued(tmp_path: Path) 
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/plain.db", auth="disabled")
     await upgrade(settings.database_url)
     store = build_store(settings)
-    app = create_app(settings, store)
+    app = create_app(build_service(settings, store))
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api:
             refused = await api.post("/v1/mqtt-clients")

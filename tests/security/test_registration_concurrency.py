@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from sensortasks.broker_accounts import backend_account
-from sensortasks.broker_admin import DynsecAdmin
+from sensortasks.broker.accounts import backend_account
+from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.protocol import Topics
 
 from .conftest import ADMIN, SecureBroker, ServiceFactory

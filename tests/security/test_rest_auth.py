@@ -19,7 +19,7 @@ from sqlalchemy import event, update
 from typer.testing import CliRunner
 
 from sensortasks.cli import app as cli_app
-from sensortasks.ratelimit import MAX_FAILURES, WINDOW_S
+from sensortasks.service.ratelimit import MAX_FAILURES, WINDOW_S
 from sensortasks.store import utcnow
 from sensortasks.store.keys import K, KeyStore
 from tests.security.live_api import LiveApi, RawHttp, live_api

@@ -23,8 +23,6 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from sensortasks.api.commands import CommandCreate, CommandTarget
-from sensortasks.api.models import TaskPublic
 from sensortasks.config import Settings
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
@@ -39,7 +37,8 @@ from sensortasks.protocol import (
     TaskMessage,
     Topics,
 )
-from sensortasks.sensor import SensorClient
+from sensortasks.protocol.commands import CommandCreate, CommandTarget, Task
+from sensortasks.sensor import SensorOptions
 from tests.node import CACHE, node, npm_ci
 
 PATH = Path(__file__).parents[2] / "docs" / "asyncapi.yaml"
@@ -61,11 +60,9 @@ READ: dict[str, type[BaseModel]] = {
 }  # fmt: skip
 PUBLISHED: dict[str, type[BaseModel]] = {
     "TaskMessage": TaskMessage, "CancelMessage": CancelMessage, "CommandReply": CommandReply, "OpsEvent": OpsEvent,
-    "OpsStats": OpsStats, "DispatcherPresence": DispatcherPresence, "Rejection": Rejection, "Task": TaskPublic,
+    "OpsStats": OpsStats, "DispatcherPresence": DispatcherPresence, "Rejection": Rejection, "Task": Task,
 }  # fmt: skip
 MODELS = READ | PUBLISHED
-#: Where the document says more than the model: the reply's task is the REST task resource.
-REFINED = {("CommandReply", "task"): {"anyOf": [{"$ref": "#/components/schemas/Task"}, {"type": "null"}]}}
 #: Schemas that no model describes (MQTT 5 user properties), kept as written.
 HAND_WRITTEN = ("CommandUserProperties",)
 #: Descriptions for fields the models are about to gain (used once the field exists).
@@ -102,10 +99,8 @@ def generated() -> dict[str, Any]:
     for name, model in MODELS.items():
         mode = "validation" if name in READ else "serialization"
         schema = model.model_json_schema(by_alias=True, mode=mode, ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        for (owner, field), refined in REFINED.items():
-            if owner == name:
-                schema["properties"][field] = refined
+        # A model's own entry (the reply's `Task`) keeps its place, where MODELS lists it.
+        schemas.update({k: v for k, v in schema.pop("$defs", {}).items() if k not in MODELS})
         schemas[name] = schema
     return {name: _drop(schema, ("title", "examples")) for name, schema in schemas.items()}
 
@@ -202,8 +197,8 @@ def test_every_message_example_is_valid(name: str) -> None:
     assert message["examples"]
     for example in message["examples"]:
         parsed = MODELS[name].model_validate(example["payload"])
-        if isinstance(parsed, CommandReply) and parsed.task is not None:
-            TaskPublic.model_validate(parsed.task)
+        if isinstance(parsed, CommandReply) and parsed.task is not None:  # typed: validated as a Task
+            assert parsed.task.model_dump(mode="json") == example["payload"]["task"]
         if "headers" in message:
             properties = SCHEMAS["CommandUserProperties"]["properties"]
             assert set(example["headers"]) <= set(properties)
@@ -264,7 +259,7 @@ def test_the_sessions_are_those_of_the_sdk_and_the_dispatcher() -> None:
         sensor = server["bindings"]["mqtt"]
         assert sensor["clientId"] == "sensor-{serial}"
         assert sensor["cleanSession"] is False
-        assert sensor["sessionExpiryInterval"] == _default(SensorClient, "session_expiry_s")
+        assert sensor["sessionExpiryInterval"] == SensorOptions().session_expiry_s
         assert sensor["keepAlive"] == keepalive
         assert sensor["lastWill"]["topic"] == topics.presence(0).replace("/0/", "/{serial}/")
         assert (json.loads(sensor["lastWill"]["message"]), sensor["lastWill"]["qos"]) == (will, 1)

@@ -13,12 +13,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
-from sensortasks import logs
-from sensortasks.cli import app, fleet_summary
-from sensortasks.cli_tasks import CsvRows, columns
-from sensortasks.clikit import explain
+from sensortasks.cli.app import app
+from sensortasks.cli.common import explain
+from sensortasks.cli.fleet import fleet_summary
+from sensortasks.cli.tasks import CsvRows, columns
 from sensortasks.errors import Unavailable
 from sensortasks.mqtt import refusal
+from sensortasks.ops import logs
 from sensortasks.sensor.simulator import FleetStats
 
 

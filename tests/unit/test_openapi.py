@@ -23,7 +23,7 @@ from sensortasks.api.errors import HTTP_CODES
 from sensortasks.api.models import ErrorCode
 from sensortasks.config import Settings
 from sensortasks.errors import SensortasksError
-from sensortasks.server import build_store
+from sensortasks.runtime import build_service, build_store
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 #: Every route of /v1 can answer these (no or a bad key, a body over the limit, the auth limiter, a database down).
@@ -34,7 +34,7 @@ V1_ERRORS = {"401", "413", "422", "429", "503"}
 async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/docs.db", auth="disabled")
     store = build_store(settings)
-    app = create_app(settings, store)
+    app = create_app(build_service(settings, store))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
         yield client
     await store.db.dispose()

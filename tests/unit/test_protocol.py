@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from sensortasks.protocol import Presence, StatusReport, Topics, parse_sensor_command
 from sensortasks.protocol.messages import CancelMessage, TaskMessage
+from sensortasks.protocol.topics import OpsTopic
 
 TOPICS = Topics()
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
@@ -48,6 +49,17 @@ def test_prefixes_are_configurable() -> None:
     assert topics.status(5) == "fleet/a/5/status"
     assert topics.parse_sensor("fleet/a/5/status") is not None
     assert topics.ops_event(5, 9) == "mon/events/5/9"
+    assert topics.all_ops_events == "mon/events/+/+"
+
+
+def test_ops_topics_parse_under_any_prefix() -> None:
+    topics = Topics(ops="mon/x")
+    assert topics.parse_ops(topics.ops_stats) == OpsTopic("stats")
+    assert topics.parse_ops(topics.ops_rejected) == OpsTopic("rejected")
+    assert topics.parse_ops(topics.ops_event(5, 9)) == OpsTopic("event")
+    assert topics.parse_ops(topics.ops_dispatcher("d1")) == OpsTopic("dispatcher", "d1")
+    for other in ("ops/stats", "mon/x/events/5", "mon/x/dispatchers/a/b", "mon/x/stats/more", "mon/xstats"):
+        assert topics.parse_ops(other) is None
 
 
 def test_status_report_accepts_the_spec_examples_and_ignores_extra_fields() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sensortasks.ratelimit import FailureLimiter
+from sensortasks.service.ratelimit import FailureLimiter
 
 
 class Clock:

@@ -6,8 +6,9 @@ import io
 
 from rich.console import Console
 
-from sensortasks.protocol import DispatcherPresence, OpsEvent, OpsStats, Rejection
-from sensortasks.watch import Link, WatchState, render
+from sensortasks.domain import TaskStatus
+from sensortasks.ops.watch import STATUSES, Link, WatchState, render
+from sensortasks.protocol import DispatcherPresence, OpsEvent, OpsStats, Rejection, Topics
 
 
 def test_state_folds_every_ops_topic_and_ignores_garbage() -> None:
@@ -80,3 +81,18 @@ def test_stats_of_a_stopped_dispatcher_are_shown_as_such() -> None:
     state.apply("ops/stats", b'{"v":1,"tasks":{"Pending":1}}')  # an older dispatcher: no instance, no online
     assert state.stats_online is None
     assert "stopped" not in _text(state)
+
+
+def test_a_custom_ops_prefix_is_followed_and_the_default_one_ignored() -> None:
+    topics = Topics(ops="fleet-a/ops")
+    state = WatchState(topics=topics)
+    state.apply(topics.ops_dispatcher("a"), DispatcherPresence(instance="a", online=True).to_json())
+    state.apply(topics.ops_stats, b'{"v":1,"tasks":{"Completed":7}}')
+    state.apply("ops/dispatchers/b", DispatcherPresence(instance="b", online=True).to_json())
+    assert state.dispatchers == {"a": True}
+    assert state.tasks == {"Completed": 7}
+
+
+def test_the_status_columns_are_every_status_in_lifecycle_order() -> None:
+    assert sorted(STATUSES) == sorted(s.label for s in TaskStatus)
+    assert STATUSES[:2] == (TaskStatus.PENDING.label, TaskStatus.ONGOING.label)

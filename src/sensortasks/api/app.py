@@ -5,17 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from sensortasks.api import errors
-from sensortasks.api.accounts import BrokerAccounts
-from sensortasks.api.commands import install_commands
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
 from sensortasks.api.openapi import METADATA, DocumentedAPI, install_docs
 from sensortasks.api.routes import health, mqtt_clients, sensors, tasks
-from sensortasks.api.service import TaskService
-from sensortasks.config import Settings
-from sensortasks.dispatcher import Dispatcher
-from sensortasks.metrics import HttpMetrics, Metrics
-from sensortasks.store import TaskStore
+from sensortasks.ops.metrics import HttpMetrics, Metrics
+from sensortasks.service.tasks import TaskService
 
 DESCRIPTION = """Create, follow and cancel firmware and configuration tasks for sensors.
 
@@ -25,20 +20,13 @@ Every error is `{"error": {"code", "message", "details"}}`, `code` one of `Error
 Task statuses: 1 Pending, 2 Completed, 3 Error, 4 Ongoing, 5 Cancelled."""
 
 
-def create_app(
-    settings: Settings,
-    store: TaskStore,
-    *,
-    dispatcher: Dispatcher | None = None,
-    accounts: BrokerAccounts | None = None,
-) -> FastAPI:
-    """`accounts` issues broker credentials (a `DynsecAdmin`); the caller owns and closes it."""
+def create_app(service: TaskService) -> FastAPI:
+    """HTTP over the application layer (`sensortasks.runtime.build_service` builds it, wired
+    to the process's dispatcher, if any); whoever built it owns and closes what it holds."""
     app = DocumentedAPI(title="sensortasks", version="1", description=DESCRIPTION, **METADATA)
+    dispatcher = service.dispatcher
     metrics = dispatcher.metrics if dispatcher else Metrics()
-    service = TaskService(settings, store, dispatcher, accounts)
-    app.state.sensortasks = AppState(settings, service, metrics)
-    if dispatcher is not None:
-        install_commands(dispatcher, service)
+    app.state.sensortasks = AppState(service.settings, service, metrics)
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: it sees 413s and 500s too

@@ -1,6 +1,6 @@
 """Request dependencies as ``Annotated`` aliases; shared objects live on ``app.state``.
 
-Authentication failures are budgeted per client address (`sensortasks.ratelimit`): past the
+Authentication failures are budgeted per client address (`sensortasks.service.ratelimit`): past the
 budget a client gets 429 with ``Retry-After`` and its key is not even looked at. The address is
 the TCP peer as uvicorn reports it. Behind a reverse proxy that is the proxy's address, so all
 clients would share one budget (and one attacker could lock everyone out): let uvicorn take the
@@ -20,11 +20,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sensortasks.api.errors import ApiError, route_of
-from sensortasks.api.service import TaskService
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
-from sensortasks.metrics import Metrics
-from sensortasks.ratelimit import FailureLimiter
+from sensortasks.ops.metrics import Metrics
+from sensortasks.service.ratelimit import FailureLimiter
+from sensortasks.service.tasks import TaskService
 from sensortasks.store import TaskStore
 from sensortasks.store.keys import KEY_PREFIX, Principal
 

@@ -1,8 +1,9 @@
 """Every failure as ``{"error": {"code", "message", "details"}}``, mapped in one place.
 
 A dependency that is down is a 503 ``unavailable`` with ``Retry-After``, never a 500: an
-`Unavailable` (the broker, its admin) or a database error that says the database cannot take
-the request now (`sensortasks.store.engine.database_down`). Only what is left is a bug.
+`Unavailable` (the broker, its admin), or a database error translated into one at the store's
+boundary (`sensortasks.store.engine.unavailable`, as the MQTT commands and ``/healthz`` do).
+Only what is left is a bug.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sensortasks.api.models import ErrorResponse
 from sensortasks.errors import Conflict, InvalidInput, NotFound, SensortasksError, Unavailable
-from sensortasks.store.engine import DATABASE_DOWN, database_down
+from sensortasks.store.engine import DATABASE_DOWN, unavailable
 
 log = logging.getLogger(__name__)
 #: Seconds a client is asked to wait before retrying after a 503: outages this answers
@@ -97,17 +98,22 @@ def route_of(request: Request) -> str:
     return f"{request.method} {path}"
 
 
+def _answer(exc: SensortasksError) -> JSONResponse:
+    status = status_of(exc)
+    headers = dict(exc.headers) if isinstance(exc, ApiError) else {}
+    if status == 401:  # noqa: PLR2004
+        headers["WWW-Authenticate"] = "Bearer"
+    elif status == 503:  # noqa: PLR2004
+        headers.setdefault("Retry-After", str(RETRY_UNAVAILABLE_S))
+    return error_response(status, exc.code, exc.message, exc.details, **headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(SensortasksError)
     async def _domain(request: Request, exc: SensortasksError) -> JSONResponse:
-        status = status_of(exc)
-        headers = dict(exc.headers) if isinstance(exc, ApiError) else {}
-        if status == 401:  # noqa: PLR2004
-            headers["WWW-Authenticate"] = "Bearer"
-        elif status == 503:  # noqa: PLR2004
+        if isinstance(exc, Unavailable):
             log.warning("%s: unavailable: %s", route_of(request), exc.message)
-            headers.setdefault("Retry-After", str(RETRY_UNAVAILABLE_S))
-        return error_response(status, exc.code, exc.message, exc.details, **headers)
+        return _answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,15 +133,11 @@ def install(app: FastAPI) -> None:
         return error_response(500, "internal_error", "internal error (this is a bug; it has been logged)")
 
     async def _database(request: Request, exc: Exception) -> JSONResponse:
-        if not database_down(exc):
+        translated = unavailable(exc)
+        if translated is None:
             return await _bug(request, exc)
         log.warning("%s: database unavailable: %s", route_of(request), exc)
-        return error_response(
-            503,
-            Unavailable.code,
-            "database unavailable; retry the request",
-            **{"Retry-After": str(RETRY_UNAVAILABLE_S)},
-        )
+        return _answer(translated)
 
     for kind in (*DATABASE_DOWN, DBAPIError):  # DBAPIError: a connection lost mid-request
         app.add_exception_handler(kind, _database)

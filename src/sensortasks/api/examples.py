@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
-SERIAL = 12345678909789
+from sensortasks.protocol.commands import FILE_ID_EXAMPLE, SERIAL_EXAMPLE, TASK_CREATE_EXAMPLE
+
+FILE_ID = FILE_ID_EXAMPLE
+SERIAL = SERIAL_EXAMPLE
+TASK_CREATE = TASK_CREATE_EXAMPLE
 
 #: Seed 000's task, field for field, with the extensions.
 TASK_COMPLETED: dict[str, Any] = {
@@ -54,7 +57,6 @@ TASK_CANCELLED: dict[str, Any] = TASK_PENDING | {
     "updated_at": "2022-10-17 16:02:30",
     "completed_at": "2022-10-17 16:02:30",
 }
-TASK_CREATE: dict[str, Any] = {"sensor_serial": SERIAL, "file_id": FILE_ID, "type": "update_configuration"}
 TASK_LIST: dict[str, Any] = {
     "data": [TASK_PENDING, TASK_COMPLETED],
     "has_more": True,

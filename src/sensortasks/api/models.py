@@ -9,50 +9,28 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, Any, Literal
-from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sensortasks.api import examples
-from sensortasks.domain import TaskStatus, TaskType
+from sensortasks.domain import TaskStatus
+from sensortasks.protocol.commands import (
+    Serial,
+    StatusId,
+    StatusName,
+    TaskCreate,
+    TaskType,
+    Timestamp,
+    status_field,
+    time_field,
+)
+from sensortasks.protocol.commands import Task as TaskWire
 from sensortasks.store import SensorInfo, Task, TaskEvent, format_time
 from sensortasks.store.accounts import ClientAccount
 
-MAX_SERIAL = 2**63 - 1
 MAX_BULK = 10_000
-STATUS_IDS = ", ".join(f"{s.value} {s.label}" for s in sorted(TaskStatus))
-
-TIME = "UTC, in the seed's format `YYYY-MM-DD HH:MM:SS`"
-#: The schemas below are documentation only (no validation), so that nothing we emit can fail them.
-Timestamp = Annotated[
-    str,
-    Field(json_schema_extra={"pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "examples": ["2022-10-17 16:00:07"]}),
-]
-StatusId = Annotated[int, Field(json_schema_extra={"enum": [s.value for s in sorted(TaskStatus)]})]
-StatusName = Annotated[str, Field(json_schema_extra={"enum": [s.label for s in sorted(TaskStatus)]})]
-
-
-def _time(what: str, null: str | None = None) -> Any:  # noqa: ANN401
-    """The description of a timestamp: `what` it is, and what null means when it can be null."""
-    return Field(description=f"{what} ({TIME})." + (f" Null {null}." if null else ""))
-
-
-def _status(what: str) -> Any:  # noqa: ANN401
-    return Field(description=f"{what}: {STATUS_IDS}.")
-
-
-Serial = Annotated[
-    int,
-    Field(
-        gt=0,
-        le=MAX_SERIAL,
-        strict=True,
-        description="The sensor's serial number: a positive integer up to 2^63-1 (the seeds use 14-15 digits).",
-        examples=[examples.SERIAL],
-    ),
-]
-TaskTypeField = Annotated[TaskType, Field(description="`update_firmware` or `update_configuration`.")]
-FileId = Field(description="UUID of the firmware or configuration file the sensor is to apply.")
+_time = time_field
+_status = status_field
 
 
 class ErrorCode(StrEnum):
@@ -95,26 +73,6 @@ class ErrorCode(StrEnum):
     ERROR = "error"
 
 
-class TaskCreate(BaseModel):
-    """Seed 000's create body, plus optional per-task retry settings."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.TASK_CREATE]})
-
-    sensor_serial: Annotated[Serial, Field(description="The sensor to update (registered to you).")]
-    file_id: UUID = FileId
-    type: TaskTypeField
-    max_attempts: Annotated[int, Field(ge=1, le=10, strict=True)] | None = Field(
-        default=None,
-        description="Attempts allowed (the first send and each retry) before the task ends in Error, 1-10. "
-        "Absent or null: the server's default (3 unless configured).",
-    )
-    timeout_s: Annotated[int, Field(ge=10, le=86400, strict=True)] | None = Field(
-        default=None,
-        description="Seconds an Ongoing task may run before it is timed out (then retried or Error), 10-86400. "
-        "Absent or null: the server's default (3600 unless configured).",
-    )
-
-
 class TasksBulkCreate(BaseModel):
     """Up to 10,000 tasks, created all or none."""
 
@@ -133,37 +91,10 @@ class TasksBulkCreated(BaseModel):
     ids: list[int] = Field(description="One id per task of the request, in its order.")
 
 
-class TaskPublic(BaseModel):
+class TaskPublic(TaskWire):
     """A task in the seed's shape (field for field), followed by the extensions."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [examples.TASK_COMPLETED, examples.TASK_PENDING]})
-
-    id: int = Field(description="Assigned by the server; a newer task has a larger id.")
-    sensor_serial: int = Field(description="The sensor the task is for.")
-    type: TaskTypeField
-    status_id: StatusId = _status("The status")
-    status_name: StatusName = Field(description="The name of `status_id`.")
-    attempt_count: int = Field(
-        description="Attempts started: 0 until the task is first sent to the sensor, +1 for each retry. "
-        "Re-sending the current attempt (the sensor came back online, the dispatcher restarted) does not count."
-    )
-    created_at: Timestamp = _time("When the task was created")
-    updated_at: Timestamp = _time("When the task last changed")
-    file_id: str = Field(description="UUID of the file the sensor is to apply.", json_schema_extra={"format": "uuid"})
-    max_attempts: int = Field(description="Attempts allowed before the task ends in Error (1-10).")
-    timeout_s: int = Field(description="Seconds an Ongoing attempt may run before it is timed out (10-86400).")
-    progress: int | None = Field(
-        description="Percent done (0-100) as the sensor last reported it: 0 when it picks the task up, "
-        "100 once Completed. Null until the sensor first picks the task up."
-    )
-    started_at: Timestamp | None = _time("When the sensor last picked the task up", "until it first does")
-    completed_at: Timestamp | None = _time(
-        "When the task ended (Completed, Error or Cancelled)", "while it is Pending or Ongoing"
-    )
-    error: str | None = Field(
-        description="Why the last attempt failed (kept while a retry waits) or why the task ended in Error. "
-        "Null when nothing failed, and always once Completed."
-    )
 
     @classmethod
     def of(cls, task: Task) -> TaskPublic:

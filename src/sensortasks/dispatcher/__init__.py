@@ -2,6 +2,6 @@
 
 from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock, SystemClock
 from sensortasks.dispatcher.link import Link, MqttLink, dispatcher_link
-from sensortasks.dispatcher.service import Counters, Dispatcher
+from sensortasks.dispatcher.service import Dispatcher
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "Counters", "Dispatcher", "Link", "MqttLink", "SystemClock", "dispatcher_link"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "Dispatcher", "Link", "MqttLink", "SystemClock", "dispatcher_link"]

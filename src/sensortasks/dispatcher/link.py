@@ -13,7 +13,7 @@
   stored retained messages on subscribe), and with Retain Handling 1: stored retained
   messages are replayed only when the subscription is new, not again at every reconnect of
   the persistent session (which has had the live copy queued already).
-- A broker that is down is retried with back off for ever; one that refuses the login
+- A broker that is down is retried with back off (`Backoff`: doubling, jittered) for ever; one that refuses the login
   (bad credentials, not authorized) raises `BrokerRefused`: retrying cannot fix that.
 - Concurrent publishes are bounded (`MAX_INFLIGHT`, through aiomqtt's
   ``max_concurrent_outgoing_calls``), and aiomqtt's "There are N pending publish calls."
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,9 +37,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from sensortasks.config import MqttTarget, Settings
+from sensortasks.config import Settings
 from sensortasks.errors import InvalidInput, Unavailable
-from sensortasks.mqtt import reason, refusal, refused
+from sensortasks.mqtt import Backoff, MqttTarget, new_client, reason, refusal, refused, tls_context
 from sensortasks.protocol import DispatcherPresence
 
 log = logging.getLogger(__name__)
@@ -140,10 +139,6 @@ class Link(Protocol):
         ...
 
 
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca_file)
-
-
 def dispatcher_link(settings: Settings) -> MqttLink:
     """A dispatcher instance's link: its own client id, the (shared) subscriptions, an offline will."""
     topics = settings.topics
@@ -186,24 +181,16 @@ class MqttLink:
         self._generation = 0
 
     def _build(self) -> aiomqtt.Client:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.session_expiry_s
-        client = aiomqtt.Client(
-            self.target.host,
-            self.target.port,
-            username=self.target.username,
-            password=self.target.password,
+        client = new_client(
+            self.target,
             identifier=self.identifier,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=properties,
+            ssl_context=tls_context(self.ca_file) if self.target.tls else None,
+            session_expiry_s=self.session_expiry_s,
             will=self.will,
-            max_inflight_messages=MAX_INFLIGHT,
-            tls_context=tls_context(self.ca_file) if self.target.tls else None,
             timeout=PUBLISH_TIMEOUT_S,
-            max_concurrent_outgoing_calls=MAX_INFLIGHT,
+            max_inflight=MAX_INFLIGHT,
+            max_outgoing_calls=MAX_INFLIGHT,
         )
-        client.pending_calls_threshold = MAX_INFLIGHT
         client._client.manual_ack_set(True)
         return client
 
@@ -211,7 +198,7 @@ class MqttLink:
         """Connect, subscribe and feed `messages` until cancelled, reconnecting with back off.
 
         Raises `BrokerRefused` when the broker refuses the login."""
-        backoff = RECONNECT_BACKOFF_S
+        backoff = Backoff(RECONNECT_BACKOFF_S, RECONNECT_BACKOFF_MAX_S)
         where = f"{self.target.host}:{self.target.port}"
         while True:
             client = self._build()
@@ -226,7 +213,7 @@ class MqttLink:
                     self.connects += 1
                     self.connected.set()
                     log.info("mqtt connected to %s as %s", where, self.identifier, extra={"action": "connected"})
-                    backoff = RECONNECT_BACKOFF_S
+                    backoff.reset()
                     if on_connect is not None:
                         await on_connect()
                     async for message in client.messages:
@@ -236,15 +223,15 @@ class MqttLink:
                 if why is not None:
                     raise refused(self.target.host, self.target.port, self.target.username, why) from None
                 what = "lost the connection to" if self._client is client else "cannot connect to"
-                log.warning(
-                    "mqtt %s %s (%s); retrying in %.1f s", what, where, reason(exc), backoff,
-                    extra={"action": "disconnected"},
-                )  # fmt: skip
+                problem = f"{what} {where} ({reason(exc)})"
+            else:
+                problem = f"lost the connection to {where} (the session ended)"
             finally:
                 self.connected.clear()
                 self._client = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
+            delay = backoff.next()
+            log.warning("mqtt %s; retrying in %.1f s", problem, delay, extra={"action": "disconnected"})
+            await asyncio.sleep(delay)
 
     @staticmethod
     def _options(flag_retained: bool) -> SubscribeOptions:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,8 +30,8 @@ from sensortasks.dispatcher.intake import Refused, isolate, sort_batch
 from sensortasks.dispatcher.link import Incoming, Link
 from sensortasks.dispatcher.stats import StatsPublisher, account, log_sent
 from sensortasks.domain import TaskStatus
-from sensortasks.errors import SensortasksError, Unavailable
-from sensortasks.metrics import Metrics
+from sensortasks.errors import ConfigError, SensortasksError, Unavailable
+from sensortasks.ops.metrics import Counters, Metrics
 from sensortasks.protocol import (
     CancelMessage,
     DispatcherPresence,
@@ -71,22 +69,6 @@ IDLE_POLL_S = 0.2
 _R = TypeVar("_R")
 
 
-@dataclass
-class Counters:
-    """Monotonic counters, read by ``ops/stats`` and ``/metrics``."""
-
-    dispatched: int = 0
-    redelivered: int = 0
-    reports: int = 0
-    transitions: int = 0
-    completed: int = 0
-    #: Refused messages per reason code (`protocol.messages.REJECT_CODES`); ``.total()`` for all.
-    rejected: Counter[str] = field(default_factory=Counter)
-    db_retries: int = 0
-    #: Applied transitions by (from, to) status name; "none" for a task's creation.
-    transitions_by: dict[tuple[str, str], int] = field(default_factory=dict)
-
-
 class Dispatcher:
     """Store, link and clock are injected (`sensortasks.testing` has a fake of each);
     `dispatcher_link(settings)` builds the production link."""
@@ -118,13 +100,24 @@ class Dispatcher:
         self._outbox_wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Serves ``tasks/commands/*`` (installed by the API layer, which owns the rules).
-        self.on_command: Callable[[Incoming], Awaitable[None]] | None = None
+        self._commands: Callable[[Incoming], Awaitable[None]] | None = None
 
     # -- public --------------------------------------------------------------
     @property
     def connected(self) -> bool:
         return self.link.connected.is_set()
+
+    @property
+    def commands(self) -> Callable[[Incoming], Awaitable[None]] | None:
+        """What answers ``tasks/commands/*``; None: the topics are not served (messages refused)."""
+        return self._commands
+
+    def serve_commands(self, handler: Callable[[Incoming], Awaitable[None]]) -> None:
+        """Answer ``tasks/commands/*`` with `handler` (`commands.mqtt.CommandHandler`, which owns
+        the rules). Registered once, by the process's composition root (`sensortasks.runtime`)."""
+        if self._commands is not None:
+            raise ConfigError("the command topics already have a handler")
+        self._commands = handler
 
     def kick(self, serials: Iterable[int]) -> None:
         """These sensors' queues may move on (new task, finished task, sensor back)."""
@@ -192,7 +185,9 @@ class Dispatcher:
         while True:
             try:
                 return await action(*args, **kwargs)
-            except (SQLAlchemyError, StaleBatch, OSError) as exc:
+            except (SQLAlchemyError, StaleBatch, Unavailable, OSError) as exc:
+                # Not only the failures that mean `Unavailable` (store.engine.unavailable: a 503
+                # over REST): the dispatcher has nobody to answer, and dropping the work loses it.
                 self.counters.db_retries += 1
                 log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
             await self.clock.sleep(delay)
@@ -262,7 +257,8 @@ class Dispatcher:
 
     async def _command(self, message: Incoming) -> None:
         try:
-            await self.on_command(message)  # type: ignore[misc]
+            assert self._commands is not None  # noqa: S101  (sort_batch sorts none out otherwise)
+            await self._commands(message)
         except Exception as exc:
             await self._internal_error(message, exc)
 
@@ -273,7 +269,7 @@ class Dispatcher:
             log.warning("could not clear the retained message on %s: %s", topic[:QUOTED_TOPIC_CHARS], exc)
 
     async def _handle(self, batch: Sequence[Incoming]) -> None:
-        intake = sort_batch(batch, self.topics, commands=self.on_command is not None)
+        intake = sort_batch(batch, self.topics, commands=self._commands is not None)
         now = self.clock.now()
         if intake.presence:
             await self._retrying("presence", self.store.record_presence, intake.presence, now=now)

@@ -26,7 +26,7 @@ from sensortasks.store import format_time
 
 if TYPE_CHECKING:
     from sensortasks.dispatcher.link import Link
-    from sensortasks.dispatcher.service import Counters
+    from sensortasks.ops.metrics import Counters
     from sensortasks.store import Dispatch, Transition
     from sensortasks.store.interface import DispatchStore
 

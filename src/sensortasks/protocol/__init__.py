@@ -3,11 +3,11 @@
 Nothing here imports the rest of sensortasks, so a device-side install stays small.
 """
 
+from sensortasks.protocol.commands import CommandError, CommandReply
 from sensortasks.protocol.messages import (
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
     CancelMessage,
-    CommandReply,
     DispatcherPresence,
     OpsEvent,
     OpsStats,
@@ -24,6 +24,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "PROTOCOL_VERSION",
     "CancelMessage",
+    "CommandError",
     "CommandReply",
     "DispatcherPresence",
     "OpsEvent",

@@ -25,14 +25,17 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from sensortasks.protocol.topics import MAX_ID
+
 PROTOCOL_VERSION = 1
 #: Largest payload the dispatcher parses on any topic; larger ones are rejected unread.
 MAX_PAYLOAD_BYTES = 16 * 1024
-MAX_TASK_ID = 2**63 - 1
 MAX_ERROR_CHARS = 1000
 
 TaskTypeName = Literal["update_firmware", "update_configuration"]
 StatusName = Literal["ongoing", "completed", "error"]
+#: A task's status as events name it (the REST `status_name`), in id order 1-5.
+TaskStatusName = Literal["Pending", "Completed", "Error", "Ongoing", "Cancelled"]
 #: A task's run timeout on the wire: positive and at most a day. (The REST API's floor is
 #: 10 s, a product rule; the store and the tests use shorter ones, which sensors must take.)
 MIN_TIMEOUT_S = 1
@@ -58,7 +61,7 @@ RejectCode = Literal[
 ]
 REJECT_CODES: tuple[RejectCode, ...] = get_args(RejectCode)
 
-TaskId = Annotated[int, Field(gt=0, le=MAX_TASK_ID, strict=True)]
+TaskId = Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
 Attempt = Annotated[int, Field(ge=1, le=1000, strict=True)]
 StrictBool = Annotated[bool, Field(strict=True)]
 
@@ -167,8 +170,8 @@ class OpsEvent(_Message):
     task_id: int
     sensor_serial: int
     type: str
-    from_: str | None = Field(alias="from", serialization_alias="from")
-    to: str
+    from_: TaskStatusName | None = Field(alias="from", serialization_alias="from")
+    to: TaskStatusName
     attempt: int
     reason: str | None
     at: str
@@ -210,16 +213,3 @@ class Rejection(_Message):
     at: str
     #: One of `REJECT_CODES` (optional: older dispatchers did not send it).
     code: str | None = None
-
-
-class CommandError(BaseModel):
-    code: str
-    message: str
-
-
-class CommandReply(_Message):
-    """Reply to a backend command on `tasks/commands/*` (MQTT 5 request/response)."""
-
-    ok: bool
-    task: dict[str, Any] | None = None
-    error: CommandError | None = None

@@ -13,8 +13,9 @@ SensorChannel = Literal["tasks", "status", "presence"]
 _CHANNELS: frozenset[str] = frozenset(("tasks", "status", "presence"))
 COMMAND_NAMES: tuple[str, ...] = ("create", "cancel", "get")
 #: Serials fit a signed 64-bit column, like the API's (the seeds use 14-15 digits).
-MAX_SERIAL = 2**63 - 1
-MAX_SERIAL_DIGITS = len(str(MAX_SERIAL))
+#: The largest task id and sensor serial (a signed 64-bit column): the one definition.
+MAX_ID = 2**63 - 1
+MAX_SERIAL_DIGITS = len(str(MAX_ID))
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,14 @@ class SensorTopic:
 
     serial: int
     channel: SensorChannel
+
+
+@dataclass(frozen=True, slots=True)
+class OpsTopic:
+    """A parsed ``ops/...`` topic: what it carries, and the dispatcher instance it names."""
+
+    kind: Literal["stats", "event", "rejected", "dispatcher"]
+    instance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +78,7 @@ class Topics:
         if not serial_text.isascii() or not serial_text.isdigit() or len(serial_text) > MAX_SERIAL_DIGITS:
             return None
         serial = int(serial_text)
-        if not 0 < serial <= MAX_SERIAL or str(serial) != serial_text:
+        if not 0 < serial <= MAX_ID or str(serial) != serial_text:
             return None
         return SensorTopic(serial, channel)  # type: ignore[arg-type]
 
@@ -100,6 +109,10 @@ class Topics:
         return f"{self.ops}/events/{serial}/{task_id}"
 
     @property
+    def all_ops_events(self) -> str:
+        return f"{self.ops}/events/+/+"
+
+    @property
     def ops_stats(self) -> str:
         return f"{self.ops}/stats"
 
@@ -113,3 +126,19 @@ class Topics:
     @property
     def ops_all(self) -> str:
         return f"{self.ops}/#"
+
+    def parse_ops(self, topic: str) -> OpsTopic | None:
+        """Which ``ops/...`` topic `topic` is, or None if it is none of ours."""
+        prefix = self.ops + "/"
+        if not topic.startswith(prefix):
+            return None
+        match topic[len(prefix) :].split("/"):
+            case ["stats"]:
+                return OpsTopic("stats")
+            case ["rejected"]:
+                return OpsTopic("rejected")
+            case ["events", _, _]:
+                return OpsTopic("event")
+            case ["dispatchers", instance]:
+                return OpsTopic("dispatcher", instance)
+        return None

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from sensortasks.mqtt import refusal
+from sensortasks.mqtt import Backoff, refusal, session_properties
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
     CancelMessage,
@@ -32,79 +28,48 @@ from sensortasks.protocol import (
     parse_sensor_command,
 )
 from sensortasks.protocol.messages import MAX_ERROR_CHARS
+from sensortasks.sensor.job import Handler, Job, TaskFailed
+from sensortasks.sensor.ledger import Decision, Ledger, Verdict
 
 logger = logging.getLogger(__name__)
-
-#: What a device handler returns: the task's result, reported with status "completed".
-Handler = Callable[["Job"], Awaitable[dict[str, Any] | None]]
 
 _PRESENCE_TIMEOUT_S = 5.0
 _PUBLISH_RETRY_PAUSE_S = 0.2
 #: A publish caught by a disconnection waits for its PUBACK until this timeout, so keep it short.
 _PUBLISH_ATTEMPT_TIMEOUT_S = 10.0
-_DEFAULT_TOPICS = Topics()
-
-
-class TaskFailed(Exception):
-    """Raised by a handler to report an error; `retryable=False` asks for no retry."""
-
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
-
-
-class Job:
-    """One attempt of a task, as handed to the device handler."""
-
-    def __init__(self, message: TaskMessage, client: SensorClient) -> None:
-        self.message = message
-        self.task_id = message.task_id
-        self.type = message.type
-        self.file_id = message.file_id
-        self.attempt = message.attempt
-        self.timeout_s = message.timeout_s
-        #: Set when the dispatcher cancels the task or a newer attempt replaces this one.
-        self.cancelled = asyncio.Event()
-        #: The last progress reported, repeated when the dispatcher re-sends the task.
-        self.last_progress = 0
-        self._client = client
-
-    async def progress(self, pct: int) -> None:
-        """Report progress (0-100) as status "ongoing"; waits until the broker has it."""
-        if not 0 <= pct <= 100:  # noqa: PLR2004
-            msg = f"progress must be within 0..100, got {pct}"
-            raise ValueError(msg)
-        if self.cancelled.is_set():
-            return
-        self.last_progress = pct
-        await self._client.publish_status(self.ongoing_report())
-
-    def ongoing_report(self) -> StatusReport:
-        return StatusReport(
-            task_id=self.task_id,
-            attempt=self.attempt,
-            status="ongoing",
-            progress=self.last_progress,
-        )
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
-    """How a task ended: the final report of its last attempt, or None once cancelled."""
+class SensorOptions:
+    """Where the broker is and how patient the sensor is; the defaults suit a local Mosquitto.
 
-    attempt: int
-    report: StatusReport | None
+    `client_id` is the MQTT client identifier; the default, ``sensor-<serial>``, is the one
+    registration binds the sensor's broker account to (the broker refuses any other).
+    `publish_wait_s` bounds how long a report waits for a reconnection before it is dropped
+    (the dispatcher's re-send recovers it). `remember` is how many finished tasks keep their
+    final status for re-sends.
+    """
 
-
-#: A cancelled task is terminal (SPEC 2.2): no later message may start any attempt of it.
-_CANCELLED = _Outcome(attempt=0, report=None)
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    tls_context: ssl.SSLContext | None = None
+    topics: Topics = field(default_factory=Topics)
+    reconnect_backoff_s: float = 0.5
+    reconnect_backoff_max_s: float = 10.0
+    session_expiry_s: int = 3600
+    publish_wait_s: float = 60.0
+    remember: int = 1000
 
 
 @dataclass(slots=True)
 class _Run:
+    """A run in progress, as the ledger keeps it: the job and the asyncio task running it."""
+
     job: Job
-    task: asyncio.Task[None]
+    task: asyncio.Task[None] | None = None
 
 
 class SensorClient:
@@ -115,66 +80,25 @@ class SensorClient:
     known status again.
     """
 
-    def __init__(
-        self,
-        serial: int,
-        handler: Handler,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 1883,
-        username: str | None = None,
-        password: str | None = None,
-        client_id: str | None = None,
-        tls_context: ssl.SSLContext | None = None,
-        topics: Topics = _DEFAULT_TOPICS,
-        reconnect_backoff_s: float = 0.5,
-        reconnect_backoff_max_s: float = 10.0,
-        session_expiry_s: int = 3600,
-        publish_wait_s: float = 60.0,
-        remember: int = 1000,
-        silent: bool = False,
-        record: bool = True,
-    ) -> None:
-        """Configure the sensor; nothing connects until `run()` or `start()`.
-
-        `client_id` is the MQTT client identifier; the default, ``sensor-<serial>``, is the one
-        registration binds the sensor's broker account to (the broker refuses any other).
-        `publish_wait_s` bounds how long a report waits for a reconnection before it is
-        dropped (the dispatcher's re-send recovers it). `remember` is how many finished tasks
-        keep their final status for re-sends. `silent` receives tasks but never reports
-        (an unresponsive device, for tests). `record=False` keeps `received` empty for
-        long-running fleets; `received_count` still counts.
-        """
+    def __init__(self, serial: int, handler: Handler, options: SensorOptions | None = None) -> None:
+        """Configure the sensor; nothing connects until `run()` or `start()`."""
         if serial <= 0:
             msg = f"serial must be positive, got {serial}"
             raise ValueError(msg)
         self.serial = serial
-        self.silent = silent
+        self.options = options = options or SensorOptions()
+        self.client_id = options.client_id or f"sensor-{serial}"
         self._handler = handler
-        self._host = host
-        self._port = port
-        self._username = username
-        self._password = password
-        self.client_id = client_id or f"sensor-{serial}"
-        self._tls_context = tls_context
-        self._topics = topics
-        self._backoff_min_s = reconnect_backoff_s
-        self._backoff_max_s = reconnect_backoff_max_s
-        self._backoff_s = reconnect_backoff_s
-        self._session_expiry_s = session_expiry_s
-        self._publish_wait_s = publish_wait_s
-        self._remember = remember
-        self._record = record
+        self._topics = options.topics
+        self._backoff = Backoff(options.reconnect_backoff_s, options.reconnect_backoff_max_s)
 
         #: Set while subscribed and announced online; cleared on any disconnection.
         self.connected = asyncio.Event()
-        #: Every valid command received on the task topic, in order (if `record`).
-        self.received: list[TaskMessage | CancelMessage] = []
+        #: Valid commands received on the task topic (tasks, re-sends and cancels).
         self.received_count = 0
 
         self._client: aiomqtt.Client | None = None
-        self._runs: dict[int, _Run] = {}
-        self._outcomes: OrderedDict[int, _Outcome] = OrderedDict()
+        self._ledger: Ledger[_Run] = Ledger(options.remember)
         self._replies: set[asyncio.Task[Any]] = set()
         self._stop_requested = asyncio.Event()
         self._active = False
@@ -192,7 +116,7 @@ class SensorClient:
         self._active = True
         self._idle.clear()
         self._stop_requested.clear()
-        self._backoff_s = self._backoff_min_s
+        self._backoff.reset()
         try:
             while not self._stop_requested.is_set():
                 try:
@@ -202,8 +126,7 @@ class SensorClient:
                         break
                     if not self._connected_once and refusal(exc) is not None:
                         raise  # wrong credentials or client id: no retry fixes that (start() says so)
-                    delay = self._backoff_s * random.uniform(0.5, 1.0)
-                    self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
+                    delay = self._backoff.next()
                     logger.warning(
                         "sensor %s: connection lost (%s), reconnecting in %.1f s",
                         self.serial,
@@ -247,7 +170,7 @@ class SensorClient:
         if self.connected.is_set():
             return
         await self.stop()  # re-raises whatever ended run() early
-        msg = f"sensor {self.serial} could not connect to {self._host}:{self._port} in {timeout} s"
+        msg = f"sensor {self.serial} could not connect to {self.options.host}:{self.options.port} in {timeout} s"
         raise TimeoutError(msg)
 
     async def __aenter__(self) -> Self:
@@ -266,15 +189,13 @@ class SensorClient:
     async def publish_status(self, report: StatusReport) -> bool:
         """Publish a status report at QoS 1, waiting (bounded) for a connection.
 
-        Returns False if it was not confirmed within `publish_wait_s` (or the sensor is silent).
+        Returns False if it was not confirmed within `publish_wait_s`.
         """
-        if self.silent:
-            return False
         return await self._publish(self._topics.status(self.serial), report.to_json())
 
     async def _publish(self, topic: str, payload: bytes) -> bool:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._publish_wait_s
+        deadline = loop.time() + self.options.publish_wait_s
         while (remaining := deadline - loop.time()) > 0:
             try:
                 async with asyncio.timeout(remaining):
@@ -297,19 +218,18 @@ class SensorClient:
             "sensor %s: gave up publishing to %s after %.0f s",
             self.serial,
             topic,
-            self._publish_wait_s,
+            self.options.publish_wait_s,
         )
         return False
 
     # -- connection --------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self._session_expiry_s
+        options = self.options
         return aiomqtt.Client(
-            self._host,
-            self._port,
-            username=self._username,
-            password=self._password,
+            options.host,
+            options.port,
+            username=options.username,
+            password=options.password,
             identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(
@@ -319,8 +239,8 @@ class SensorClient:
                 retain=True,
             ),
             clean_start=False,
-            properties=properties,
-            tls_context=self._tls_context,
+            properties=session_properties(options.session_expiry_s),
+            tls_context=options.tls_context,
         )
 
     async def _session(self) -> None:
@@ -332,10 +252,10 @@ class SensorClient:
             try:
                 await client.subscribe(self._topics.tasks(self.serial), qos=1)
                 await client.publish(presence, Presence(online=True).to_json(), qos=1, retain=True)
-                self._backoff_s = self._backoff_min_s
+                self._backoff.reset()
                 self.connected.set()
                 self._connected_once = True
-                logger.info("sensor %s: connected to %s:%s", self.serial, self._host, self._port)
+                logger.info("sensor %s: connected to %s:%s", self.serial, self.options.host, self.options.port)
                 reader = asyncio.create_task(self._read(client))
                 stopper = asyncio.create_task(self._stop_requested.wait())
                 try:
@@ -399,10 +319,11 @@ class SensorClient:
             )
             return
         self.received_count += 1
-        if self._record:
-            self.received.append(command)
-        if self.silent:
-            return
+        self._on_command(command)
+
+    def _on_command(self, command: TaskMessage | CancelMessage) -> None:
+        """Apply one valid command (a hook: the simulator's silent sensors and the tests' recording
+        ones override it)."""
         if isinstance(command, CancelMessage):
             self._on_cancel(command)
         else:
@@ -410,47 +331,45 @@ class SensorClient:
 
     def _on_task(self, message: TaskMessage) -> None:
         task_id, attempt = message.task_id, message.attempt
-        outcome = self._outcomes.get(task_id)
-        if outcome is not None:
-            if outcome.report is None:
+        decision = self._ledger.on_task(task_id, attempt)
+        match decision:
+            case Decision(verdict=Verdict.CANCELLED):
                 logger.info("sensor %s: task %s was cancelled, ignoring it", self.serial, task_id)
                 return
-            if attempt == outcome.attempt:
-                self._reply(outcome.report)  # a re-send: the dispatcher missed our final status
-                return
-            if attempt < outcome.attempt:
+            case Decision(verdict=Verdict.STALE):
                 logger.info("sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id)
                 return
-        run = self._runs.get(task_id)
-        if run is not None:
-            if attempt == run.job.attempt:
-                self._reply(run.job.ongoing_report())
+            case Decision(verdict=Verdict.FINAL_AGAIN, report=StatusReport() as report):
+                self._reply(report)  # a re-send: the dispatcher missed our final status
                 return
-            if attempt < run.job.attempt:
-                logger.info("sensor %s: stale attempt %s of task %s ignored", self.serial, attempt, task_id)
+            case Decision(verdict=Verdict.ONGOING_AGAIN, run=_Run() as running):
+                self._reply(running.job.ongoing_report())
                 return
-            logger.info(
-                "sensor %s: attempt %s of task %s replaces attempt %s",
-                self.serial,
-                attempt,
-                task_id,
-                run.job.attempt,
-            )
-            self._abort(run)
-        job = Job(message, self)
-        task = asyncio.create_task(self._execute(job), name=f"sensor-{self.serial}-task-{task_id}")
-        self._runs[task_id] = _Run(job, task)
+            case Decision(verdict=Verdict.REPLACE, run=_Run() as old):
+                logger.info(
+                    "sensor %s: attempt %s of task %s replaces attempt %s",
+                    self.serial,
+                    attempt,
+                    task_id,
+                    old.job.attempt,
+                )
+                self._abort(old)
+        run = _Run(Job(message, self.publish_status))
+        run.task = asyncio.create_task(self._execute(run), name=f"sensor-{self.serial}-task-{task_id}")
+        self._ledger.start(task_id, attempt, run)
 
     def _on_cancel(self, message: CancelMessage) -> None:
-        run = self._runs.pop(message.task_id, None)
+        run = self._ledger.on_cancel(message.task_id)
         if run is not None:
             self._abort(run)
             logger.info("sensor %s: task %s cancelled while running", self.serial, message.task_id)
-        self._store(message.task_id, _CANCELLED)
 
-    def _abort(self, run: _Run) -> None:
+    @staticmethod
+    def _abort(run: _Run) -> asyncio.Task[None] | None:
         run.job.cancelled.set()
-        run.task.cancel()
+        if run.task is not None:
+            run.task.cancel()
+        return run.task
 
     def _reply(self, report: StatusReport) -> None:
         self._spawn(self.publish_status(report))
@@ -460,17 +379,12 @@ class SensorClient:
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
-    def _store(self, task_id: int, outcome: _Outcome) -> None:
-        self._outcomes[task_id] = outcome
-        self._outcomes.move_to_end(task_id)
-        while len(self._outcomes) > self._remember:
-            self._outcomes.popitem(last=False)
-
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, run: _Run) -> None:
         """Acknowledge, run the handler, then report its outcome (nothing if cancelled)."""
+        job = run.job
+        report: StatusReport | None = None
         try:
             await self.publish_status(job.ongoing_report())
-            report: StatusReport
             try:
                 result = await self._handler(job)
                 report = StatusReport(task_id=job.task_id, attempt=job.attempt, status="completed", result=result)
@@ -481,12 +395,9 @@ class SensorClient:
                 logger.exception("sensor %s: handler failed on task %s", self.serial, job.task_id)
                 report = self._error_report(job, str(exc) or type(exc).__name__, retryable=True)
         finally:
-            run = self._runs.get(job.task_id)
-            if run is not None and run.job is job:
-                del self._runs[job.task_id]
-        if job.cancelled.is_set():
-            return  # the handler swallowed its cancellation; the dispatcher has moved on
-        self._store(job.task_id, _Outcome(job.attempt, report))
+            current = self._ledger.finish(job.task_id, run, report)
+        if not current or report is None:
+            return  # replaced or cancelled (the handler swallowed it): the dispatcher has moved on
         await self.publish_status(report)
 
     @staticmethod
@@ -502,10 +413,9 @@ class SensorClient:
     async def _cancel_all(self) -> None:
         """Stop device work and pending replies; the dispatcher re-sends when we return."""
         tasks: list[asyncio.Task[Any]] = [*self._replies]
-        for run in self._runs.values():
-            run.job.cancelled.set()
-            tasks.append(run.task)
-        self._runs.clear()
+        for run in self._ledger.drop_runs():
+            if (task := self._abort(run)) is not None:
+                tasks.append(task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

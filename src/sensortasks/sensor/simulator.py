@@ -15,9 +15,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sensortasks.sensor.client import Handler, Job, SensorClient, TaskFailed
+from sensortasks.protocol import CancelMessage, StatusReport, TaskMessage
+from sensortasks.sensor.client import SensorClient, SensorOptions
+from sensortasks.sensor.job import Handler, Job, TaskFailed
 
 logger = logging.getLogger(__name__)
+
+
+class SilentSensor(SensorClient):
+    """An unresponsive device: online and receiving its tasks, but it never runs or reports one
+    (to exercise the dispatcher's acknowledgement timeout)."""
+
+    def _on_command(self, command: TaskMessage | CancelMessage) -> None:
+        pass
+
+    async def publish_status(self, report: StatusReport) -> bool:  # noqa: ARG002
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +170,18 @@ def _make_handler(config: SimulationConfig, rng: random.Random, stats: FleetStat
     return handle
 
 
+def _options(config: SimulationConfig, serial: int) -> SensorOptions:
+    login = config.credentials.get(serial)
+    return SensorOptions(
+        host=config.host,
+        port=config.port,
+        username=login.username if login else config.username,
+        password=login.password if login else config.password,
+        client_id=login.client_id if login else None,
+        tls_context=config.tls_context,
+    )
+
+
 async def run_fleet(
     config: SimulationConfig,
     *,
@@ -173,20 +198,8 @@ async def run_fleet(
     stats = FleetStats(sensors=config.sensors, silent=len(config.silent_serials))
     handler = _make_handler(config, rng, stats)
     silent = set(config.silent_serials)
-    logins = config.credentials
     sensors = [
-        SensorClient(
-            serial,
-            handler,
-            host=config.host,
-            port=config.port,
-            username=logins[serial].username if serial in logins else config.username,
-            password=logins[serial].password if serial in logins else config.password,
-            client_id=logins[serial].client_id if serial in logins else None,
-            tls_context=config.tls_context,
-            silent=serial in silent,
-            record=False,
-        )
+        (SilentSensor if serial in silent else SensorClient)(serial, handler, _options(config, serial))
         for serial in config.serials
     ]
     failures: list[tuple[int, BaseException]] = []

@@ -54,12 +54,27 @@ DATABASE_DOWN: tuple[type[Exception], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
 )
+#: What a caller is told when the database cannot take its request.
+DATABASE_UNAVAILABLE = "database unavailable; retry the request"
 
 
 def database_down(exc: BaseException) -> bool:
     """Whether `exc` means "the database is unavailable, retry later" (a 503), not a bug; a
     connection lost in the middle of a statement is any DBAPIError that invalidated it."""
     return isinstance(exc, DATABASE_DOWN) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def unavailable(exc: BaseException) -> Unavailable | None:
+    """The one boundary for database failures: the `Unavailable` that `exc` means (itself if it
+    already is one; a driver failure translated, with it as the cause), or None for anything
+    else (a bug). REST (503), the MQTT commands (``unavailable``) and ``/healthz`` all ask this."""
+    if isinstance(exc, Unavailable):
+        return exc
+    if not database_down(exc):
+        return None
+    translated = Unavailable(DATABASE_UNAVAILABLE)
+    translated.__cause__ = exc
+    return translated
 
 
 def _private_file(path: Path) -> None:

@@ -30,6 +30,18 @@ class NewTask:
 
 
 @dataclass(frozen=True, slots=True)
+class PastTask:
+    """A task as it stands after some history, for `TaskStore.bulk_insert` (benchmarks, imports)."""
+
+    task: NewTask
+    customer_id: int | None
+    status: TaskStatus
+    attempt_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class TaskFilter:
     """The list filters of ``GET /v1/tasks`` (all optional, combined with AND)."""
 

@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.api import examples
 from sensortasks.api.deps import State
 from sensortasks.api.models import HealthPublic
 from sensortasks.api.responses import OPS, errors, ok
+from sensortasks.store.engine import unavailable
 
 router = APIRouter(tags=["operations"])
 #: For probes and scrapers: no API key.
@@ -32,9 +32,11 @@ OPEN: dict[str, Any] = {"security": []}
 )
 async def healthz(state: State) -> JSONResponse:
     try:
-        await state.store.ping()
+        await state.service.ping()
         database = "up"
-    except (SQLAlchemyError, OSError):
+    except Exception as exc:
+        if unavailable(exc) is None:
+            raise
         database = "down"
     dispatcher = state.dispatcher
     broker = "n/a" if dispatcher is None else ("up" if dispatcher.connected else "down")
@@ -57,12 +59,12 @@ async def healthz(state: State) -> JSONResponse:
     openapi_extra=OPEN,
 )
 async def metrics(state: State) -> Response:
-    counts = await state.store.counts()
+    counts, online = await state.service.counts()
     dispatcher = state.dispatcher
     body = state.metrics.render(
         tasks={status.label: n for status, n in counts.items()},
         counters=dispatcher.counters if dispatcher else None,
         connected=dispatcher.connected if dispatcher else None,
-        sensors_online=await state.store.sensors_online(),
+        sensors_online=online,
     )
     return Response(body, media_type=CONTENT_TYPE_LATEST)

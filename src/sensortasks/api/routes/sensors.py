@@ -10,7 +10,6 @@ from sensortasks.api import examples
 from sensortasks.api.deps import CustomerId, State
 from sensortasks.api.models import MqttAccount, SensorCreate, SensorPublic, SensorRegistered
 from sensortasks.api.responses import V1, error, errors, ok
-from sensortasks.api.service import checked_id
 
 router = APIRouter(prefix="/v1/sensors", tags=["sensors"])
 
@@ -82,4 +81,4 @@ async def remove_sensor(serial: SerialPath, state: State, customer_id: CustomerI
     },
 )
 async def get_sensor(serial: SerialPath, state: State, customer_id: CustomerId) -> SensorPublic:
-    return SensorPublic.of(await state.store.sensor(checked_id(serial, "sensor"), customer_id=customer_id))
+    return SensorPublic.of(await state.service.sensor(serial, customer_id))

@@ -16,11 +16,9 @@ from sensortasks.api import examples
 from sensortasks.api.deps import CustomerId, State
 from sensortasks.api.models import (
     CSV_COLUMNS,
-    STATUS_IDS,
     EventPublic,
     EventsPublic,
     ResultPublic,
-    TaskCreate,
     TaskPublic,
     TasksBulkCreate,
     TasksBulkCreated,
@@ -28,9 +26,10 @@ from sensortasks.api.models import (
 )
 from sensortasks.api.params import FORMATS_HELP, parse_time
 from sensortasks.api.responses import V1, error, errors, ok
-from sensortasks.api.service import MAX_ID, checked_id
-from sensortasks.domain import TaskStatus, TaskType
+from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
+from sensortasks.protocol.commands import STATUS_IDS, TaskCreate, TaskType
+from sensortasks.protocol.topics import MAX_ID
 from sensortasks.store import TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -179,9 +178,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000, description="Tasks per page, 1-1000.")] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
 ) -> TasksPublic:
-    rows, has_more = await state.store.list_tasks(
-        where, before_id=decode_cursor(cursor) if cursor else None, limit=limit
-    )
+    rows, has_more = await state.service.page(where, before_id=decode_cursor(cursor) if cursor else None, limit=limit)
     next_cursor = encode_cursor(rows[-1].id) if has_more and rows and rows[-1].id is not None else None
     return TasksPublic(data=[TaskPublic.of(t) for t in rows], has_more=has_more, next_cursor=next_cursor)
 
@@ -216,7 +213,7 @@ async def export_tasks(state: State, where: Filter) -> StreamingResponse:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
-        async for page in state.store.iter_tasks(where):
+        async for page in state.service.pages(where):
             for task in page:
                 data = TaskPublic.of(task).model_dump(mode="json")
                 writer.writerow(["" if data[c] is None else data[c] for c in CSV_COLUMNS])
@@ -226,7 +223,7 @@ async def export_tasks(state: State, where: Filter) -> StreamingResponse:
         if buffer.tell():
             yield buffer.getvalue()
 
-    total = await state.store.count_tasks(where)
+    total = await state.service.count(where)
     # The header row goes out even when nothing matches.
     return StreamingResponse(
         rows(),
@@ -265,7 +262,7 @@ async def cancel_task(task_id: TaskId, state: State, customer_id: CustomerId) ->
     responses={200: ok("The task's history, oldest first.", examples.EVENTS), **errors(*V1, 404, 422)},
 )
 async def task_events(task_id: TaskId, state: State, customer_id: CustomerId) -> EventsPublic:
-    events = await state.store.events(checked_id(task_id), customer_id=customer_id)
+    events = await state.service.events(task_id, customer_id)
     return EventsPublic(task_id=task_id, data=[EventPublic.of(e) for e in events])
 
 

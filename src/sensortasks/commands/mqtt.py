@@ -31,25 +31,24 @@ authentications are logged with at most the key's first 8 characters.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
+from pydantic import ValidationError
 
-from sensortasks.api.models import TaskCreate, TaskPublic
-from sensortasks.api.service import MAX_ID, TaskService
+from sensortasks.api.models import TaskPublic
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.dispatcher.intake import Refused, summary
 from sensortasks.dispatcher.link import Incoming
-from sensortasks.errors import InvalidInput, SensortasksError, Unavailable
-from sensortasks.protocol import MAX_PAYLOAD_BYTES, CommandReply
-from sensortasks.protocol.messages import CommandError, RejectCode
+from sensortasks.errors import InvalidInput, SensortasksError
+from sensortasks.protocol import MAX_PAYLOAD_BYTES
+from sensortasks.protocol.commands import CommandCreate, CommandError, CommandReply, CommandTarget, Task
+from sensortasks.protocol.messages import RejectCode
 from sensortasks.protocol.properties import is_under
 from sensortasks.protocol.topics import COMMAND_NAMES
-from sensortasks.ratelimit import FailureLimiter
+from sensortasks.service.ratelimit import FailureLimiter
+from sensortasks.service.tasks import TaskService
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
+from sensortasks.store.engine import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +56,6 @@ log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 #: Characters of an API key that may appear in logs.
 LOGGED_KEY_CHARS = 8
-
-Version = Annotated[int, Field(ge=1, le=1, strict=True)]
-
-
-class CommandCreate(TaskCreate):
-    """The REST create body, with ``"v": 1`` as on every protocol message."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    v: Version
-
-
-class CommandTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    v: Version
-    task_id: Annotated[int, Field(gt=0, le=MAX_ID, strict=True)]
 
 
 class CommandRefused(SensortasksError):
@@ -152,9 +134,10 @@ class CommandHandler:
             return "", exc.message, exc.reject
         if isinstance(exc, ValidationError):
             return InvalidInput.code, summary(exc), "malformed"
-        if isinstance(exc, SQLAlchemyError):  # never let a database failure stop the dispatcher
-            log.warning("command %s failed: %s", verb, exc)
-            return Unavailable.code, "database unavailable; retry the request", None
+        down = unavailable(exc)
+        if down is not None:  # answered: the caller may retry
+            log.warning("command %s: unavailable: %s", verb, exc)
+            return down.code, down.message, None
         if not isinstance(exc, SensortasksError):
             log.error("command %s raised; refusing it", verb, exc_info=exc)
             return "internal_error", "internal error; the operators can see it on ops/rejected", "internal_error"
@@ -175,7 +158,9 @@ class CommandHandler:
             return topic, None
         try:
             backends = await self.clients.accounts(kind="backend")
-        except SQLAlchemyError as exc:
+        except Exception as exc:
+            if unavailable(exc) is None:
+                raise
             raise Unanswered("unavailable", "database unavailable while checking the response topic") from exc
         holding = [a for a in backends if a.reply_topic_prefix and is_under(topic, a.reply_topic_prefix)]
         if not holding:
@@ -217,7 +202,7 @@ class CommandHandler:
             key[:LOGGED_KEY_CHARS],
         )
 
-    async def _run(self, verb: str, message: Incoming, customer_id: int | None) -> dict[str, Any]:
+    async def _run(self, verb: str, message: Incoming, customer_id: int | None) -> Task:
         if len(message.payload) > MAX_PAYLOAD_BYTES:
             raise PayloadTooLarge(f"payload too large ({len(message.payload)} > {MAX_PAYLOAD_BYTES} bytes)")
         if verb == "create":
@@ -232,14 +217,10 @@ class CommandHandler:
 
             request = {"path": "tasks/commands/create", "body": body.model_dump(mode="json")}
             _, created = await self.service.create_once(key, customer_id, request, create)
-            return dict(json.loads(created))
+            return Task.model_validate_json(created)
         target = CommandTarget.model_validate_json(message.payload)
         if verb == "cancel":
             task = await self.service.cancel(target.task_id, customer_id)
         else:
             task = await self.service.get(target.task_id, customer_id)
-        return TaskPublic.of(task).model_dump(mode="json")
-
-
-def install_commands(dispatcher: Dispatcher, service: TaskService) -> None:
-    dispatcher.on_command = CommandHandler(service, dispatcher)
+        return TaskPublic.of(task)

@@ -13,7 +13,6 @@ import asyncio
 import json
 import ssl
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,11 +24,18 @@ from rich.markup import escape  # what sensors and peers send is text, never mar
 from rich.panel import Panel
 from rich.table import Table
 
-from sensortasks.mqtt import reason, refusal, refused
+from sensortasks.domain import TaskStatus
+from sensortasks.mqtt import Backoff, MqttTarget, new_client, reason, refusal, refused, unique_identifier
 from sensortasks.protocol import Topics
+from sensortasks.protocol.topics import OpsTopic
 
-STATUSES = ("Pending", "Ongoing", "Completed", "Error", "Cancelled")
+#: The columns of "Tasks by status", in lifecycle order; ``ops/stats`` counts by `TaskStatus.label`.
+STATUSES = tuple(
+    s.label
+    for s in (TaskStatus.PENDING, TaskStatus.ONGOING, TaskStatus.COMPLETED, TaskStatus.ERROR, TaskStatus.CANCELLED)
+)
 RECENT = 20
+#: ``(first, max)`` seconds between reconnects (`Backoff`: doubling, jittered).
 RECONNECT_BACKOFF_S = (0.5, 10.0)
 REDRAW_S = 0.25
 
@@ -86,16 +92,15 @@ class WatchState:
         if not isinstance(data, dict):
             return
         self.messages += 1
-        prefix = self.topics.ops + "/"
-        levels = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
-        if levels == ["stats"]:
-            self._stats(data)
-        elif levels[:1] == ["events"] and len(levels) == 3:  # noqa: PLR2004
-            self.transitions.appendleft(data)
-        elif levels == ["rejected"]:
-            self.rejections.appendleft(data)
-        elif levels[:1] == ["dispatchers"] and len(levels) == 2 and isinstance(data.get("online"), bool):  # noqa: PLR2004
-            self.dispatchers[levels[1]] = data["online"]
+        match self.topics.parse_ops(topic):
+            case OpsTopic(kind="stats"):
+                self._stats(data)
+            case OpsTopic(kind="event"):
+                self.transitions.appendleft(data)
+            case OpsTopic(kind="rejected"):
+                self.rejections.appendleft(data)
+            case OpsTopic(kind="dispatcher", instance=str(instance)) if isinstance(data.get("online"), bool):
+                self.dispatchers[instance] = data["online"]
 
     def _stats(self, data: dict[str, Any]) -> None:
         tasks = data.get("tasks")
@@ -207,23 +212,17 @@ async def _follow(
     state: WatchState, username: str | None, password: str | None, tls_context: ssl.SSLContext | None
 ) -> None:
     link = state.link
-    backoff = RECONNECT_BACKOFF_S[0]
+    target = MqttTarget(link.host, link.port, username, password, tls=tls_context is not None)
+    # Broker accounts are bound to a client id equal to their username (an ops account's).
+    identifier = username or unique_identifier("sensortasks-watch")
+    backoff = Backoff(*RECONNECT_BACKOFF_S)
     while True:
         link.phase = "connecting"
         try:
-            async with aiomqtt.Client(
-                link.host,
-                link.port,
-                username=username,
-                password=password,
-                # Broker accounts are bound to a client id equal to their username (an ops account's).
-                identifier=username or f"sensortasks-watch-{uuid.uuid4().hex[:8]}",
-                protocol=aiomqtt.ProtocolVersion.V5,
-                tls_context=tls_context,
-            ) as client:
+            async with new_client(target, identifier=identifier, ssl_context=tls_context) as client:
                 await client.subscribe(state.topics.ops_all, qos=1)
                 link.phase, link.reason, link.retry_at = "connected", None, None
-                backoff = RECONNECT_BACKOFF_S[0]
+                backoff.reset()
                 async for message in client.messages:
                     payload = message.payload if isinstance(message.payload, bytes) else b""
                     state.apply(str(message.topic), payload)
@@ -233,6 +232,6 @@ async def _follow(
                 link.phase, link.reason = "refused", why
                 raise refused(link.host, link.port, username, why) from None
             link.phase, link.reason = "disconnected", reason(exc)
-            link.retry_at = time.monotonic() + backoff
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_BACKOFF_S[1])
+            delay = backoff.next()
+            link.retry_at = time.monotonic() + delay
+            await asyncio.sleep(delay)

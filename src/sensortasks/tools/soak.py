@@ -27,11 +27,12 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from sensortasks.bench import FILE_ID, spawn_cli, wait_healthy
 from sensortasks.domain import TaskStatus
-from sensortasks.sensor import Job, SensorClient, TaskFailed
+from sensortasks.sensor import Job, SensorClient, SensorOptions, TaskFailed
 from sensortasks.store import Task, TaskEvent, open_database
 from sensortasks.testing import MosquittoBroker, free_port
+from sensortasks.tools.bench import FILE_ID, spawn_cli, wait_healthy
+from sensortasks.tools.stats import percentile
 
 FIRST_SERIAL = 600_000_000_000_000
 #: Seconds between two faults, drawn uniformly.
@@ -52,10 +53,7 @@ class SoakReport:
 
     def lines(self) -> list[str]:
         def pct(p: float) -> str:
-            if not self.durations:
-                return "n/a"
-            ordered = sorted(self.durations)
-            return f"{ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]:.2f} s"
+            return f"{percentile(self.durations, p):.2f} s" if self.durations else "n/a"
 
         rows = [
             ("accepted", len(self.accepted)),
@@ -94,9 +92,8 @@ class _Fleet:
         return {"task": job.task_id}
 
     async def start(self, serial: int) -> None:
-        client = SensorClient(
-            serial, self._work, host=self.broker.host, port=self.broker.port, reconnect_backoff_max_s=2.0, record=False
-        )
+        options = SensorOptions(host=self.broker.host, port=self.broker.port, reconnect_backoff_max_s=2.0)
+        client = SensorClient(serial, self._work, options)
         self.clients[serial] = client
         await client.start(timeout=None)
 

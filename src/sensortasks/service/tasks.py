@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sensortasks.api.accounts import AccountService, BrokerAccounts
-from sensortasks.api.models import TaskCreate, TaskPublic
-from sensortasks.broker_accounts import MqttCredentials
+from sensortasks.broker.accounts import MqttCredentials
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
+from sensortasks.domain import TaskStatus
 from sensortasks.errors import Conflict, InvalidInput, NotFound
-from sensortasks.store import NewTask, Remembered, Task, TaskStore, utcnow
+from sensortasks.protocol.commands import TaskCreate
+from sensortasks.protocol.topics import MAX_ID
+from sensortasks.service.accounts import AccountService, BrokerAccounts
+from sensortasks.store import NewTask, Remembered, SensorInfo, Task, TaskEvent, TaskFilter, TaskStore, utcnow
 from sensortasks.store.keys import KeyStore
 
-MAX_ID = 2**63 - 1
 #: How long an Idempotency-Key is remembered (at least the 24 hours promised).
 IDEMPOTENCY_KEEP = timedelta(hours=48)
 
@@ -60,12 +61,21 @@ class TaskService:
         try:
             tasks = await self.store.create([self._new(b) for b in bodies], customer_id=customer_id, now=utcnow())
         except InvalidInput as exc:
-            missing = set((exc.details or {}).get("unregistered_serials", ()))
-            if len(bodies) > 1 and missing:
-                fields = [f"tasks.{i}.sensor_serial" for i, b in enumerate(bodies) if b.sensor_serial in missing]
-                exc.message = f"{fields[0]}: {exc.message.partition(': ')[2]}"
-                exc.details = {"fields": fields[:100], "unregistered_serials": sorted(missing)[:100]}
-            raise
+            missing: list[int] = (exc.details or {}).get("unregistered_serials", [])
+            if not missing:
+                raise
+            # Name the request's field (an index into a bulk body) and say how to fix it.
+            unregistered = set(missing)
+            at = [i for i, b in enumerate(bodies) if b.sensor_serial in unregistered]
+            fields = ["sensor_serial"] if len(bodies) == 1 else [f"tasks.{i}.sensor_serial" for i in at]
+            details: dict[str, Any] = {"unregistered_serials": missing[:100]}
+            if len(bodies) > 1:
+                details = {"fields": fields[:100]} | details
+            raise InvalidInput(
+                f"{fields[0]}: sensor {bodies[at[0]].sensor_serial} is not registered to you;"
+                " register it with POST /v1/sensors",
+                details=details,
+            ) from exc
         if self.dispatcher is not None:
             self.dispatcher.kick({t.sensor_serial for t in tasks})
             self.dispatcher.notify_outbox()
@@ -79,6 +89,32 @@ class TaskService:
         if self.dispatcher is not None:
             self.dispatcher.notify_outbox()
         return task
+
+    # -- reads: what REST, the commands and the CLI show ---------------------------
+    async def page(self, where: TaskFilter, *, before_id: int | None, limit: int) -> tuple[list[Task], bool]:
+        """A page of the matching tasks, newest first (`before_id`: the keyset cursor), and whether more follow."""
+        return await self.store.list_tasks(where, before_id=before_id, limit=limit)
+
+    def pages(self, where: TaskFilter) -> AsyncIterator[list[Task]]:
+        """Every matching task, newest first, a page at a time (constant memory for exports)."""
+        return self.store.iter_tasks(where)
+
+    async def count(self, where: TaskFilter) -> int:
+        return await self.store.count_tasks(where)
+
+    async def events(self, task_id: int, customer_id: int | None) -> list[TaskEvent]:
+        return await self.store.events(checked_id(task_id), customer_id=customer_id)
+
+    async def sensor(self, serial: int, customer_id: int | None) -> SensorInfo:
+        return await self.store.sensor(checked_id(serial, "sensor"), customer_id=customer_id)
+
+    async def counts(self) -> tuple[dict[TaskStatus, int], int]:
+        """Tasks per status and sensors online, for ``/metrics``."""
+        return await self.store.counts(), await self.store.sensors_online()
+
+    async def ping(self) -> None:
+        """Raises (a database failure, see `store.engine.unavailable`) unless the database answers."""
+        await self.store.ping()
 
     async def register_sensor(self, serial: int, customer_id: int | None) -> tuple[bool, MqttCredentials | None]:
         """Register a sensor and issue (or rotate) its broker credentials."""
@@ -118,7 +154,3 @@ class TaskService:
                 details={"header": "Idempotency-Key"},
             )
         return known.status_code, known.response
-
-
-def public(task: Task) -> dict[str, Any]:
-    return TaskPublic.of(task).model_dump(mode="json")

@@ -7,7 +7,6 @@ once, as the last line on stdout, in JSON.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +17,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from sensortasks.cli.common import DatabaseUrl, run_or_exit
 from sensortasks.config import Settings, get_settings
-from sensortasks.errors import SensortasksError
 
 if TYPE_CHECKING:  # the API layer is imported only by the commands that need it
-    from sensortasks.api.accounts import AccountService, IssuedClient
+    from sensortasks.service.accounts import AccountService, IssuedClient
     from sensortasks.store.accounts import ClientAccount
 
 mqtt_clients_app = typer.Typer(
@@ -30,8 +29,6 @@ mqtt_clients_app = typer.Typer(
     no_args_is_help=True,
 )
 err = Console(stderr=True)
-
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Overrides SENSORTASKS_DATABASE_URL.")]
 
 
 def settings_with(database_url: str | None) -> Settings:
@@ -45,8 +42,8 @@ def settings_with(database_url: str | None) -> Settings:
 @asynccontextmanager
 async def account_service(settings: Settings) -> AsyncIterator[AccountService]:
     """The accounts of the configured database and broker, closed afterwards."""
-    from sensortasks.api.accounts import AccountService  # noqa: PLC0415
-    from sensortasks.server import build_accounts, build_store  # noqa: PLC0415
+    from sensortasks.runtime import build_accounts, build_store  # noqa: PLC0415
+    from sensortasks.service.accounts import AccountService  # noqa: PLC0415
     from sensortasks.store import upgrade  # noqa: PLC0415
 
     await upgrade(settings.database_url)
@@ -58,15 +55,6 @@ async def account_service(settings: Settings) -> AsyncIterator[AccountService]:
         if broker is not None:
             await broker.close()
         await store.db.dispose()
-
-
-def run_or_exit(work: Any) -> Any:  # noqa: ANN401
-    """Run a coroutine; a sensortasks error is one red line on stderr and exit status 1."""
-    try:
-        return asyncio.run(work)
-    except SensortasksError as exc:
-        err.print(f"[red]{exc.code}:[/red] {exc.message}")
-        raise typer.Exit(1) from None
 
 
 def _public(account: ClientAccount) -> dict[str, Any]:
@@ -112,7 +100,7 @@ def mqtt_clients_add(
                 return await accounts.add_client("ops", name=name)
             return await accounts.add_client("dispatcher", name=dispatcher)
 
-    issued: IssuedClient = run_or_exit(add())
+    issued = run_or_exit(add(), to=err)
     account, credentials = issued.account, issued.credentials
     err.print(f"{account.kind} account {account.username}, client id {account.client_id} (password shown once)")
     print(  # noqa: T201  (plain, so scripts can take the last line)
@@ -139,7 +127,7 @@ def mqtt_clients_list(
         async with account_service(settings) as accounts:
             return await accounts.clients.accounts()
 
-    rows = [_public(a) for a in run_or_exit(listed())]
+    rows = [_public(a) for a in run_or_exit(listed(), to=err)]
     if as_json:
         print(json.dumps(rows, indent=2))  # noqa: T201
         return
@@ -159,5 +147,5 @@ def mqtt_clients_remove(username: str, database_url: DatabaseUrl = None) -> None
         async with account_service(settings) as accounts:
             await accounts.remove_client(username, None, kind=None)
 
-    run_or_exit(remove())
+    run_or_exit(remove(), to=err)
     err.print(f"MQTT client {username} removed")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -13,7 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from sensortasks.clikit import AsJson, console, err, fail
+from sensortasks.cli.common import AsJson, console, err, fail
 from sensortasks.config import get_settings
 
 tasks_app = typer.Typer(help="Tasks, through the REST API of a running server.", no_args_is_help=True)
@@ -121,21 +123,41 @@ SensorOpt = Annotated[int | None, typer.Option("--sensor", help="Sensor serial."
 StatusOpt = Annotated[str | None, typer.Option(help="Names or ids, comma-separated.")]
 TypeOpt = Annotated[str | None, typer.Option("--type", help="update_firmware or update_configuration.")]
 TimeOpt = Annotated[str | None, typer.Option(help="YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' or ISO 8601 (UTC).")]
+#: The list's filters, as options (in this order) and as the query parameters they become.
+FILTERS = (
+    ("sensor", SensorOpt, "sensor_serial"),
+    ("status", StatusOpt, "status"),
+    ("task_type", TypeOpt, "type"),
+    ("created_since", TimeOpt, "created_since"),
+    ("created_until", TimeOpt, "created_until"),
+    ("updated_since", TimeOpt, "updated_since"),
+    ("updated_until", TimeOpt, "updated_until"),
+)
 
 
-def _filters(**given: Any) -> dict[str, Any]:  # noqa: ANN401
-    return {"sensor_serial" if k == "sensor" else k: v for k, v in given.items() if v is not None}
+def with_filters(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the list's filter options in place of its `filters` parameter, which
+    receives them as query parameters (those given only): each filter is declared once."""
+    keyword = inspect.Parameter.KEYWORD_ONLY  # typer passes every option by name
+    own = [param.replace(kind=keyword) for param in inspect.signature(command, eval_str=True).parameters.values()]
+    at = [param.name for param in own].index("filters")
+    options = [inspect.Parameter(name, keyword, default=None, annotation=option) for name, option, _ in FILTERS]
+    signature = inspect.Signature([*own[:at], *options, *own[at + 1 :]])
+
+    @functools.wraps(command)
+    def run(**given: Any) -> None:  # noqa: ANN401
+        filters = {query: value for name, _, query in FILTERS if (value := given.pop(name)) is not None}
+        command(filters=filters, **given)
+
+    run.__signature__ = signature  # type: ignore[attr-defined]  # what typer reads, as inspect does
+    run.__annotations__ = {param.name: param.annotation for param in signature.parameters.values()}
+    return run
 
 
 @tasks_app.command("list")
+@with_filters
 def tasks_list(
-    sensor: SensorOpt = None,
-    status: StatusOpt = None,
-    task_type: TypeOpt = None,
-    created_since: TimeOpt = None,
-    created_until: TimeOpt = None,
-    updated_since: TimeOpt = None,
-    updated_until: TimeOpt = None,
+    filters: dict[str, Any],
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Page size.")] = 100,
     cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page.")] = None,
     url: ApiUrl = None,
@@ -143,10 +165,7 @@ def tasks_list(
     as_json: AsJson = False,
 ) -> None:
     """List tasks, newest first (one page; the next page's cursor is printed)."""
-    params = _filters(
-        sensor=sensor, status=status, type=task_type, created_since=created_since, created_until=created_until,
-        updated_since=updated_since, updated_until=updated_until, limit=limit, cursor=cursor,
-    )  # fmt: skip
+    params = filters | {"limit": limit} | ({"cursor": cursor} if cursor is not None else {})
     page = _call(url, api_key, "GET", "/v1/tasks", params=params)
     if as_json:
         print(json.dumps(page, indent=2))  # noqa: T201
@@ -179,27 +198,18 @@ class CsvRows:
 
 
 @tasks_app.command("export")
+@with_filters
 def tasks_export(
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
-    sensor: SensorOpt = None,
-    status: StatusOpt = None,
-    task_type: TypeOpt = None,
-    created_since: TimeOpt = None,
-    created_until: TimeOpt = None,
-    updated_since: TimeOpt = None,
-    updated_until: TimeOpt = None,
+    filters: dict[str, Any],
     url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
     """Export tasks as CSV (the list's filters), streamed to a file with a progress bar."""
-    params = _filters(
-        sensor=sensor, status=status, type=task_type, created_since=created_since, created_until=created_until,
-        updated_since=updated_since, updated_until=updated_until,
-    )  # fmt: skip
     rows = CsvRows()
     with (
         _client(url, api_key) as client,
-        client.stream("GET", "/v1/tasks/export.csv", params=params) as response,
+        client.stream("GET", "/v1/tasks/export.csv", params=filters) as response,
     ):
         if response.is_error:
             response.read()

@@ -7,6 +7,7 @@ serves; methods outside the usual few are ``other``.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from sensortasks.dispatcher.service import Counters
 
 #: Seconds from a task's creation to its first send.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -45,6 +45,22 @@ COUNTERS = {
 KNOWN_STEPS = tuple((source.label, target.label) for source, targets in TRANSITIONS.items() for target in targets)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
+
+
+@dataclass
+class Counters:
+    """Monotonic counters, read by ``ops/stats`` and ``/metrics``."""
+
+    dispatched: int = 0
+    redelivered: int = 0
+    reports: int = 0
+    transitions: int = 0
+    completed: int = 0
+    #: Refused messages per reason code (`protocol.messages.REJECT_CODES`); ``.total()`` for all.
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    db_retries: int = 0
+    #: Applied transitions by (from, to) status name; "none" for a task's creation.
+    transitions_by: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(eq=False)  # registries keep collectors in sets

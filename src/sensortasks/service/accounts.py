@@ -33,7 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
-from sensortasks.broker_accounts import (
+from sensortasks.broker.accounts import (
     AccountSpec,
     MqttCredentials,
     account_of,
@@ -57,7 +57,7 @@ NO_ADMIN = (
 
 
 class BrokerAccounts(Protocol):
-    """What the broker side offers (`DynsecAdmin`); see sensortasks.broker_admin."""
+    """What the broker side offers (`DynsecAdmin`); see sensortasks.broker.dynsec."""
 
     async def issue(self, spec: AccountSpec) -> MqttCredentials: ...
     async def remove(self, spec: AccountSpec) -> None: ...

@@ -7,9 +7,11 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from typing import Annotated, Any, NoReturn
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypedDict, TypeVar
 
 import httpx
 import typer
@@ -19,9 +21,14 @@ from rich.markup import escape
 from typer._click import Context
 from typer.core import TyperGroup
 
-from sensortasks import logs
 from sensortasks.config import Settings, get_settings
 from sensortasks.errors import SensortasksError
+from sensortasks.ops import logs
+
+if TYPE_CHECKING:
+    import ssl
+
+T = TypeVar("T")
 
 #: Piped output is not cut to 80 columns (scripts should still prefer --json).
 console = Console(width=None if sys.stdout.isatty() else 250)
@@ -68,6 +75,40 @@ def settings(**overrides: Any) -> Settings:  # noqa: ANN401
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         fail(f"invalid configuration: {problems}", 2)
+
+
+def run_or_exit(work: Coroutine[Any, Any, T], to: Console = err) -> T:
+    """Run a coroutine; a sensortasks error is one red line (code: message) on `to`, exit status 1."""
+    try:
+        return asyncio.run(work)
+    except SensortasksError as exc:
+        to.print(f"[red]{exc.code}:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+class MqttConnection(TypedDict):
+    """How a command connects to the broker: the keyword arguments of `probe`, `watch` and the
+    simulator alike."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls_context: ssl.SSLContext | None
+
+
+def mqtt_connection(config: Settings) -> MqttConnection:
+    """The broker of the settings: its target, credentials and TLS (with the configured CA)."""
+    from sensortasks.mqtt import tls_context  # noqa: PLC0415
+
+    target = config.mqtt
+    return MqttConnection(
+        host=target.host,
+        port=target.port,
+        username=target.username,
+        password=target.password,
+        tls_context=tls_context(config.mqtt_ca_file) if target.tls else None,
+    )
 
 
 def explain(exc: BaseException) -> str | None:

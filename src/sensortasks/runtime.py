@@ -23,13 +23,15 @@ from typing import Any
 import uvicorn
 
 from sensortasks.api import create_app
-from sensortasks.api.commands import install_commands
-from sensortasks.api.service import TaskService
-from sensortasks.broker_admin import DynsecAdmin
-from sensortasks.config import Settings, parse_mqtt_url
+from sensortasks.broker.dynsec import DynsecAdmin
+from sensortasks.commands.mqtt import CommandHandler
+from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.domain import RetryPolicy
 from sensortasks.errors import ConfigError
+from sensortasks.mqtt import parse_mqtt_url
+from sensortasks.service.accounts import BrokerAccounts
+from sensortasks.service.tasks import TaskService
 from sensortasks.store import TaskStore, open_database, upgrade
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def build_accounts(settings: Settings) -> DynsecAdmin | None:
     Build it inside the running event loop, and close it."""
     if settings.broker_admin_url is None:
         return None
-    from sensortasks.dispatcher.link import tls_context  # noqa: PLC0415
+    from sensortasks.mqtt import tls_context  # noqa: PLC0415
 
     admin = parse_mqtt_url(settings.broker_admin_url)
     return DynsecAdmin(
@@ -84,6 +86,21 @@ def build_store(settings: Settings) -> TaskStore:
     return TaskStore(open_database(settings.database_url), policy)
 
 
+def build_service(
+    settings: Settings,
+    store: TaskStore,
+    dispatcher: Dispatcher | None = None,
+    accounts: BrokerAccounts | None = None,
+) -> TaskService:
+    """The process's one application layer, used by REST and the MQTT commands alike. With a
+    dispatcher it wakes it up on changes, and answers its command topics: the one place that
+    registers the handler. `accounts` issues broker credentials; the caller closes it."""
+    service = TaskService(settings, store, dispatcher, accounts)
+    if dispatcher is not None:
+        dispatcher.serve_commands(CommandHandler(service, dispatcher))
+    return service
+
+
 async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True) -> None:
     if settings.auth == "disabled" and api:
         log.warning(
@@ -98,10 +115,9 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
     service = Dispatcher(settings, store, dispatcher_link(settings)) if dispatcher else None
     server = None
     accounts = build_accounts(settings)
-    if service is not None and not api:
-        install_commands(service, TaskService(settings, store, service, accounts))
+    application = build_service(settings, store, service, accounts)
     if api:
-        app = create_app(settings, store, dispatcher=service, accounts=accounts)
+        app = create_app(application)
         config = uvicorn.Config(
             app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
         )

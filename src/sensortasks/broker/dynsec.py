@@ -42,7 +42,7 @@ from typing import Any, Self
 
 import aiomqtt
 
-from sensortasks.broker_accounts import (
+from sensortasks.broker.accounts import (
     AccountSpec,
     MqttCredentials,
     dispatcher_account,
@@ -50,6 +50,7 @@ from sensortasks.broker_accounts import (
     sensor_account,
 )
 from sensortasks.errors import Unavailable
+from sensortasks.mqtt import Backoff, MqttTarget, new_client, parse_mqtt_url, refusal, tls_context, unique_identifier
 from sensortasks.protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,11 @@ RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 #: here), and serves requests one by one, so a request may wait for the ones ahead of it.
 TIMEOUT_S = 10.0
 ATTEMPTS = 3
-#: CONNACK reason codes of a refused login (bad username or password, not authorized).
-LOGIN_REFUSED = (134, 135)
 #: Requests awaiting their answer at once (the plugin serves them one by one anyway, so more
 #: would only lengthen the wait of each; below aiomqtt's "pending publish calls" warning).
 MAX_IN_FLIGHT = 4
-RETRY_PAUSE_S = (0.1, 0.5, 1.0)
+#: ``(first, max)`` seconds between attempts (`Backoff`: doubling, jittered).
+RETRY_PAUSE_S = (0.3, 1.0)
 #: Error strings of the 2.0 plugin that mean "already as wanted" in `ensure` and `remove`.
 ALREADY_EXISTS = ("Role already exists", "Client already exists")
 ALREADY_GONE = ("Client not found", "Role not found")
@@ -162,16 +162,12 @@ class DynsecAdmin:
 
     async def _run(self, session: _Session) -> None:
         """Hold the connection and route every answer to its request, until it is lost or closed."""
-        client = aiomqtt.Client(
-            self.host,
-            self.port,
-            username=self.username,
-            password=self.password,
-            identifier=f"sensortasks-admin-{uuid.uuid4().hex[:12]}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=self.tls_context,
+        client = new_client(
+            MqttTarget(self.host, self.port, self.username, self.password, tls=self.tls_context is not None),
+            identifier=unique_identifier("sensortasks-admin", 12),
+            ssl_context=self.tls_context,
             timeout=self.timeout_s,
-            max_inflight_messages=100,
+            max_inflight=100,
         )
         error: BrokerAdminError = BrokerUnreachable("the broker admin connection was closed")
         closed = False
@@ -189,9 +185,9 @@ class DynsecAdmin:
                     if answer and future is not None and not future.done():
                         future.set_result(answer[1])
         except aiomqtt.MqttError as exc:
-            code = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
-            if not session.ready.done() and code in LOGIN_REFUSED:  # retrying cannot help
-                error = BrokerAdminError(f"the broker refused the admin login at {self.host}:{self.port}: {exc}")
+            why = refusal(exc)
+            if not session.ready.done() and why is not None:  # retrying cannot help
+                error = BrokerAdminError(f"the broker refused the admin login at {self.host}:{self.port}: {why}")
             else:
                 error = BrokerUnreachable(f"broker admin connection to {self.host}:{self.port} failed: {exc}")
         except BrokerAdminError as exc:
@@ -256,9 +252,10 @@ class DynsecAdmin:
     ) -> list[dict[str, Any]]:
         """Run `commands` as one request; raise on any error not in `tolerate` (exact strings).
         With `retry` (idempotent commands only), a timed out or lost request is sent again."""
+        pause = Backoff(*RETRY_PAUSE_S)
         for attempt in range(self.attempts if retry else 1):
             if attempt:
-                await asyncio.sleep(RETRY_PAUSE_S[min(attempt, len(RETRY_PAUSE_S)) - 1])
+                await asyncio.sleep(pause.next())
             try:
                 responses = await self._request(commands)
                 break
@@ -346,7 +343,7 @@ class DynsecAdmin:
         return await self.ensure(dispatcher_account(self.topics, instance), password)
 
 
-USAGE = "usage: python -m sensortasks.broker_admin ADMIN_URL INSTANCE PASSWORD"
+USAGE = "usage: python -m sensortasks.broker.dynsec ADMIN_URL INSTANCE PASSWORD"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -354,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client id) with PASSWORD, as the admin of ADMIN_URL; used by ./scripts/run. Idempotent."""
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from sensortasks.config import Settings, parse_mqtt_url  # noqa: PLC0415
+    from sensortasks.config import Settings  # noqa: PLC0415
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 3:  # noqa: PLR2004
@@ -365,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         admin_url = parse_mqtt_url(url)
         settings = Settings()
-        tls = ssl.create_default_context(cafile=settings.mqtt_ca_file) if admin_url.tls else None
+        tls = tls_context(settings.mqtt_ca_file) if admin_url.tls else None
         spec = dispatcher_account(settings.topics, instance)
     except (ValueError, ValidationError) as exc:
         print(f"broker_admin: {exc}", file=sys.stderr)  # noqa: T201
@@ -388,7 +385,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"broker_admin: cannot create the account {spec.username}: {exc.message}", file=sys.stderr)  # noqa: T201
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,8 +37,10 @@ from typing import Any
 import aiomqtt
 import httpx
 
+from sensortasks.mqtt import MqttTarget, new_client
 from sensortasks.protocol import StatusReport, TaskMessage, Topics
 from sensortasks.testing import MosquittoBroker, free_port
+from sensortasks.tools.stats import percentile
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 FIRST_SERIAL = 500_000_000_000_000
@@ -58,14 +60,11 @@ class RunResult:
         return self.tasks / self.seconds if self.seconds > 0 else 0.0
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
+        return percentile(self.latencies, p)
 
 
 def _client(host: str, port: int, identifier: str | None = None) -> aiomqtt.Client:
-    return aiomqtt.Client(
-        host, port, identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=1000
-    )
+    return new_client(MqttTarget(host, port, None, None, tls=False), identifier=identifier, max_inflight=1000)
 
 
 # -- baseline processes -----------------------------------------------------------
@@ -179,7 +178,7 @@ async def _drive(url: str, host: str, port: int, sensors: int, tasks: int) -> Ru
     completed: dict[int, float] = {}
     done = asyncio.Event()
     async with _client(host, port) as watcher:
-        await watcher.subscribe("ops/events/+/+", qos=1)
+        await watcher.subscribe(Topics().all_ops_events, qos=1)
 
         async def watch() -> None:
             async for message in watcher.messages:

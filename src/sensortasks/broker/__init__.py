@@ -1,0 +1,1 @@
+"""Broker accounts: what each kind may do (`accounts`) and Mosquitto's dynamic security (`dynsec`)."""

@@ -1,0 +1,143 @@
+"""``sensortasks simulate`` and ``sensortasks watch``: a simulated fleet on the broker, and the
+live view of ``ops/#``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from sensortasks.cli.common import (
+    LogFormat,
+    LogLevel,
+    MqttUrl,
+    console,
+    err,
+    fail,
+    mqtt_connection,
+    say,
+    settings,
+    setup_logging,
+)
+
+if TYPE_CHECKING:
+    from sensortasks.ops.watch import WatchState
+    from sensortasks.sensor.simulator import FleetStats
+
+
+def simulate(
+    sensors: Annotated[int, typer.Option(min=1, max=100_000, help="How many sensors.")] = 10,
+    first_serial: Annotated[int, typer.Option(min=1)] = 100_000_000_000_000,
+    work_s: Annotated[float, typer.Option(min=0, help="Mean work time per task.")] = 0.5,
+    error_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of runs failing (retryable).")] = 0.0,
+    fatal_rate: Annotated[float, typer.Option(min=0, max=1, help="Share failing for good.")] = 0.0,
+    silent_share: Annotated[float, typer.Option(min=0, max=1, help="Share of sensors that never answer.")] = 0.0,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(help="JSON lines as `sensors add` prints them: exactly these sensors, each its own account."),
+    ] = None,
+    mqtt_url: MqttUrl = None,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Run a fleet of simulated sensors (the sensor SDK) against the broker."""
+    import aiomqtt  # noqa: PLC0415
+
+    from sensortasks.errors import Unavailable  # noqa: PLC0415
+    from sensortasks.mqtt import probe, reason, refusal, refused  # noqa: PLC0415
+    from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
+
+    setup_logging(log_level, log_format)
+    config = settings(mqtt_url=mqtt_url)
+    logins = _credentials(credentials) if credentials else {}
+    if logins:
+        sensors, first_serial = len(logins), min(logins)
+    broker = mqtt_connection(config)
+    host, port, username = broker["host"], broker["port"], broker["username"]
+    fleet = SimulationConfig(
+        sensors=sensors,
+        first_serial=first_serial,
+        work_s=work_s,
+        error_rate=error_rate,
+        fatal_rate=fatal_rate,
+        silent_share=silent_share,
+        seed=seed,
+        credentials=logins,
+        **broker,
+    )
+
+    async def run() -> FleetStats:
+        # One connection first: a dead broker or a refused login is one line, not N sensors' warnings.
+        # Not with a sensor's own account: it is bound to that sensor's client id, and a probe under
+        # it would take over the sensor's session; the sensors then say it themselves, at once.
+        if username is None and not logins:
+            await probe(host, port, tls_context=broker["tls_context"])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if seconds is not None:
+            loop.call_later(seconds, stop.set)
+
+        def started(stats: FleetStats) -> None:
+            say(f"simulating {stats.connected} sensor(s) from serial {first_serial}; Ctrl-C to stop")
+
+        try:
+            return await run_fleet(fleet, stop=stop, on_started=started)
+        except aiomqtt.MqttError as exc:  # not one sensor could connect
+            if (why := refusal(exc)) is not None:
+                raise refused(host, port, username, why) from None
+            raise Unavailable(f"cannot reach the MQTT broker {host}:{port}: {reason(exc)}") from None
+
+    stats = asyncio.run(run())
+    print(fleet_summary(stats))  # noqa: T201
+    if stats.connected == 0:
+        fail(f"no simulated sensor could connect to the MQTT broker {host}:{port}")
+
+
+def fleet_summary(stats: FleetStats) -> str:
+    silent = f" ({stats.silent} silent)" if stats.silent else ""
+    return (
+        f"{stats.connected} of {stats.sensors} sensor(s) connected{silent}; "
+        f"{stats.received} task message(s) received, {stats.started} run(s) started: "
+        f"{stats.completed} completed, {stats.errors} failed and retryable, {stats.fatal_errors} failed for good, "
+        f"{stats.cancelled} interrupted"
+    )
+
+
+def _credentials(path: Path) -> dict[int, Any]:
+    from sensortasks.sensor.simulator import read_credentials  # noqa: PLC0415
+
+    try:
+        with path.open() as lines:
+            return read_credentials(lines)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]--credentials {path}:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def watch(
+    seconds: Annotated[float | None, typer.Option(help="Stop after this long (default: until Ctrl-C).")] = None,
+    mqtt_url: MqttUrl = None,
+) -> None:
+    """Live view of ops/#: connection state, tasks by status, transitions, rejections, dispatchers.
+
+    Exits 1 with one line when the broker refuses the login, or when it is not connected at the end."""
+    from sensortasks.ops.watch import watch as run_watch  # noqa: PLC0415
+
+    config = settings(mqtt_url=mqtt_url)
+    broker = mqtt_connection(config)
+
+    async def run() -> WatchState:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        return await run_watch(topics=config.topics, seconds=seconds, console=console, stop=stop, **broker)
+
+    state = asyncio.run(run())
+    if not state.link.connected:
+        fail(f"not connected: {state.link.describe()}")

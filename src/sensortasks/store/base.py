@@ -1,0 +1,126 @@
+"""The plumbing every part of `TaskStore` shares: connections, the SQLite writer queue,
+row locks, chunked IN lists and the one guarded write of a transaction's `Changes`.
+
+Writes follow one pattern: load the rows inside the transaction (locked with
+``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises
+writers), let the pure domain decide, then write all changes with one guarded
+``UPDATE ... WHERE id = :id AND status_id = :loaded AND attempt_count = :loaded``
+executemany and one INSERT of events. A batch of N reports costs a handful of
+statements, not N round trips, and a guard that matches fewer rows than expected
+rolls the whole batch back (`StaleBatch`) to be retried on fresh rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Select, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sensortasks.domain import RetryPolicy, TaskStatus
+from sensortasks.errors import SensortasksError
+from sensortasks.store.changes import Changes, Work
+from sensortasks.store.engine import Database
+from sensortasks.store.tables import IdempotencyKey, Sensor, Task, TaskEvent
+
+T = Task.__table__  # type: ignore[attr-defined]
+E = TaskEvent.__table__  # type: ignore[attr-defined]
+S = Sensor.__table__  # type: ignore[attr-defined]
+I = IdempotencyKey.__table__  # type: ignore[attr-defined]  # noqa: E741
+
+ACTIVE = (TaskStatus.PENDING, TaskStatus.ONGOING)
+#: Columns a state change may write; the guarded UPDATE sets all of them.
+MUTABLE = (
+    "status_id",
+    "attempt_count",
+    "progress",
+    "error",
+    "result",
+    "updated_at",
+    "started_at",
+    "completed_at",
+    "sent_at",
+    "not_before",
+    "deadline_at",
+)
+#: Largest IN (...) list sent in one statement.
+IN_CHUNK = 500
+
+_GUARDED_UPDATE = (
+    update(T)
+    .where(
+        T.c.id == bindparam("g_id"),
+        T.c.status_id == bindparam("g_status"),
+        T.c.attempt_count == bindparam("g_attempt"),
+    )
+    .values({name: bindparam(f"v_{name}", type_=T.c[name].type) for name in MUTABLE})
+)
+
+
+class StaleBatch(SensortasksError):
+    """A guarded update matched fewer rows than loaded: another writer got there first."""
+
+
+def chunks(items: Sequence[int], size: int = IN_CHUNK) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def owned(query: Select[Any], customer_id: int | None) -> Select[Any]:
+    """Only the customer's tasks (every task when there are no customers)."""
+    return query if customer_id is None else query.where(T.c.customer_id == customer_id)
+
+
+async def write_changes(conn: AsyncConnection, changes: Changes) -> None:
+    """Write changed rows with one guarded executemany, and the events; `StaleBatch` if a guard missed."""
+    changed = [w for w in changes.works.values() if w.changed]
+    if changed:
+        params = [
+            {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
+            | {f"v_{name}": w.row[name] for name in MUTABLE}
+            for w in changed
+        ]
+        result = await conn.execute(_GUARDED_UPDATE, params)
+        if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(changed):
+            raise StaleBatch(f"{len(changed) - result.rowcount} of {len(changed)} rows changed meanwhile")
+    if changes.events:
+        await conn.execute(insert(E), changes.events)
+
+
+class StoreBase:
+    """Connections and locking, shared by the per-concern parts of `TaskStore`."""
+
+    def __init__(self, db: Database, policy: RetryPolicy | None = None) -> None:
+        self.db = db
+        self.policy = policy or RetryPolicy()
+        self._lock_rows = not db.is_sqlite  # SQLite's BEGIN IMMEDIATE already holds the lock
+        # SQLite has one writer. Queue this process's writers here instead of letting them
+        # collide in SQLite's busy handler, which sleeps in millisecond steps.
+        self._write_lock = asyncio.Lock() if db.is_sqlite else None
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self.db.writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.db.writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.db.reader.connect() as conn:
+            yield conn
+
+    def _locked(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
+        return query.with_for_update(skip_locked=skip_locked) if self._lock_rows else query
+
+    async def _load(self, conn: AsyncConnection, query: Select[Any], changes: Changes) -> list[Work]:
+        return [changes.load(dict(row._mapping)) for row in await conn.execute(query)]
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(select(1))

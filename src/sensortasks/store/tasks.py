@@ -1,0 +1,142 @@
+"""Customers' tasks: create (checked against the sensors they registered), get, list,
+count, export, cancel, each task's events; and the bulk load of a history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sensortasks.domain import TaskStatus
+from sensortasks.errors import InvalidInput, NotFound
+from sensortasks.store.base import E, S, StoreBase, T, chunks, owned, write_changes
+from sensortasks.store.changes import Changes, created_event, task_row
+from sensortasks.store.records import NewTask, PastTask, TaskFilter
+from sensortasks.store.tables import Task, TaskEvent
+
+
+def _filtered(where: TaskFilter) -> Select[Any]:
+    query = owned(select(T), where.customer_id)
+    for column, value in (
+        (T.c.sensor_serial, where.sensor_serial),
+        (T.c.type, where.type),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if where.statuses:
+        query = query.where(T.c.status_id.in_([int(s) for s in where.statuses]))
+    for column, since, until in (
+        (T.c.created_at, where.created_since, where.created_until),
+        (T.c.updated_at, where.updated_since, where.updated_until),
+    ):
+        if since is not None:
+            query = query.where(column >= since)
+        if until is not None:
+            query = query.where(column < until)
+    return query
+
+
+async def _check_owned(conn: AsyncConnection, serials: set[int], customer_id: int) -> None:
+    """`InvalidInput` with ``details["unregistered_serials"]`` (all of them, sorted) unless every
+    serial is registered to the customer; the service words it for its caller."""
+    registered: set[int] = set()
+    for group in chunks(sorted(serials)):
+        query = select(S.c.serial).where(S.c.serial.in_(group), S.c.customer_id == customer_id)
+        registered |= set((await conn.execute(query)).scalars())
+    if missing := sorted(serials - registered):
+        raise InvalidInput(
+            f"sensor {missing[0]} is not registered to customer {customer_id}",
+            details={"unregistered_serials": missing},
+        )
+
+
+class TaskQueries(StoreBase):
+    async def create(self, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime) -> list[Task]:
+        """Insert tasks in one transaction, all or nothing."""
+        rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
+        async with self._write() as conn:
+            if customer_id is not None:
+                await _check_owned(conn, {t.sensor_serial for t in tasks}, customer_id)
+            result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
+            created = [Task.model_validate(dict(r._mapping)) for r in result]
+            await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
+        return created
+
+    async def bulk_insert(self, tasks: Sequence[PastTask]) -> None:
+        """Insert tasks as they are given, in one transaction: for loading a history (the listing
+        benchmark, imports). No event is written and no sensor checked; the caller vouches
+        that each row is a state the lifecycle can reach. One executemany, no RETURNING."""
+        rows = [
+            task_row(p.task, customer_id=p.customer_id, now=p.created_at)
+            | {"status_id": p.status, "attempt_count": p.attempt_count, "updated_at": p.updated_at}
+            for p in tasks
+        ]
+        if rows:
+            async with self._write() as conn:
+                await conn.execute(insert(T), rows)
+
+    async def get(self, task_id: int, *, customer_id: int | None = None) -> Task:
+        async with self._read() as conn:
+            row = (await conn.execute(owned(select(T).where(T.c.id == task_id), customer_id))).first()
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return Task.model_validate(dict(row._mapping))
+
+    async def list_tasks(
+        self, where: TaskFilter, *, before_id: int | None = None, limit: int = 100
+    ) -> tuple[list[Task], bool]:
+        """Newest first; `before_id` is the keyset cursor. Returns the page and whether more follow."""
+        query = _filtered(where)
+        if before_id is not None:
+            query = query.where(T.c.id < before_id)
+        query = query.order_by(T.c.id.desc()).limit(limit + 1)
+        async with self._read() as conn:
+            rows = [Task.model_validate(dict(r._mapping)) for r in await conn.execute(query)]
+        return rows[:limit], len(rows) > limit
+
+    async def count_tasks(self, where: TaskFilter) -> int:
+        """How many tasks match (one COUNT over the list's filter)."""
+        query = select(func.count()).select_from(_filtered(where).subquery())
+        async with self._read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Tasks per status, every customer's (the metrics' gauges)."""
+        async with self._read() as conn:
+            rows = await conn.execute(select(T.c.status_id, func.count()).group_by(T.c.status_id))
+            counts = dict.fromkeys(TaskStatus, 0)
+            counts.update({TaskStatus(s): n for s, n in rows})
+            return counts
+
+    async def iter_tasks(self, where: TaskFilter, *, page: int = 1000) -> AsyncIterator[list[Task]]:
+        """Every matching task, newest first, a page at a time (constant memory for exports)."""
+        before: int | None = None
+        while True:
+            rows, more = await self.list_tasks(where, before_id=before, limit=page)
+            if rows:
+                yield rows
+            if not more:
+                return
+            before = rows[-1].id
+
+    async def events(self, task_id: int, *, customer_id: int | None = None) -> list[TaskEvent]:
+        await self.get(task_id, customer_id=customer_id)
+        async with self._read() as conn:
+            rows = await conn.execute(select(E).where(E.c.task_id == task_id).order_by(E.c.id))
+            return [TaskEvent.model_validate(dict(r._mapping)) for r in rows]
+
+    async def cancel(self, task_id: int, *, customer_id: int | None = None, now: datetime) -> Task:
+        """Cancel a task; cancelling a Cancelled task again is a no-op, a finished one a Conflict."""
+        changes = Changes(now)
+        async with self._write() as conn:
+            query = self._locked(owned(select(T).where(T.c.id == task_id), customer_id))
+            works = await self._load(conn, query, changes)
+            if not works:
+                raise NotFound(f"task {task_id} not found")
+            work = works[0]
+            changes.cancel(work)
+            await write_changes(conn, changes)
+        return Task.model_validate(work.row)

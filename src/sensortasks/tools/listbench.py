@@ -1,0 +1,148 @@
+"""Filtered listing on a large table: builds N tasks and prints the p50/p99 of the common queries.
+
+``python -m sensortasks.tools.listbench [ROWS]`` (default 1,000,000) on a temporary SQLite file.
+The rows are spread like a real fleet (20,000 sensors, 3 customers, mostly Completed, 90
+days of history); every query goes through `TaskStore.list_tasks`, the code path of
+``GET /v1/tasks``, and export through `TaskStore.iter_tasks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sensortasks.domain import TaskStatus
+from sensortasks.store import NewTask, PastTask, TaskFilter, TaskStore, open_database, upgrade
+from sensortasks.tools.stats import percentile
+
+SENSORS = 20_000
+FIRST_SERIAL = 100_000_000_000_000
+CUSTOMERS = 3
+DAYS = 90
+#: Status shares of a fleet that has been running for a while.
+STATUS_WEIGHTS = {
+    TaskStatus.COMPLETED: 0.90,
+    TaskStatus.ERROR: 0.01,
+    TaskStatus.CANCELLED: 0.02,
+    TaskStatus.PENDING: 0.05,
+    TaskStatus.ONGOING: 0.02,
+}
+#: Tasks per `TaskStore.bulk_insert` transaction.
+CHUNK = 50_000
+TYPES = ("update_firmware", "update_configuration")
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
+
+
+async def _fill(store: TaskStore, rows: int, now: datetime, rng: random.Random) -> None:
+    """Load `rows` tasks of a 90-day history through `TaskStore.bulk_insert`, a chunk per transaction."""
+    statuses, weights = list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values())
+    start = now - timedelta(days=DAYS)
+    step = timedelta(days=DAYS) / rows
+    for offset in range(0, rows, CHUNK):
+        batch = []
+        for i in range(offset, min(rows, offset + CHUNK)):
+            serial = FIRST_SERIAL + rng.randrange(SENSORS)
+            created = start + step * i
+            status = rng.choices(statuses, weights)[0]
+            updated = created + timedelta(seconds=rng.randrange(1, 3600))
+            task = NewTask(serial, rng.choice(TYPES), FILE_ID, max_attempts=3, timeout_s=3600)
+            batch.append(PastTask(task, serial % CUSTOMERS + 1, status, 1, created, updated))
+        await store.bulk_insert(batch)
+
+
+def _one_day(start: datetime) -> TaskFilter:
+    return TaskFilter(created_since=start, created_until=start + timedelta(days=1))
+
+
+async def _time(
+    store: TaskStore, make: Callable[[random.Random], tuple[TaskFilter, int | None]], n: int
+) -> list[float]:
+    rng = random.Random(1)
+    samples = []
+    for _ in range(n):
+        where, before = make(rng)
+        started = time.perf_counter()
+        await store.list_tasks(where, before_id=before, limit=100)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def _measure(store: TaskStore, rows: int, now: datetime, samples: int, say: Callable[[str], None]) -> list[str]:
+    """The p50/p99 of each list query and the export rate, as the lines to print."""
+
+    def serial(rng: random.Random) -> int:
+        return FIRST_SERIAL + rng.randrange(SENSORS)
+
+    def day(rng: random.Random) -> datetime:
+        return now - timedelta(days=rng.randrange(1, DAYS))
+
+    queries: dict[str, Callable[[random.Random], tuple[TaskFilter, int | None]]] = {
+        "newest page": lambda _r: (TaskFilter(), None),
+        "one sensor": lambda r: (TaskFilter(sensor_serial=serial(r)), None),
+        "status=Error (rare)": lambda _r: (TaskFilter(statuses=(TaskStatus.ERROR,)), None),
+        "status=Pending,Ongoing": lambda _r: (TaskFilter(statuses=(TaskStatus.PENDING, TaskStatus.ONGOING)), None),
+        "type": lambda _r: (TaskFilter(type="update_configuration"), None),
+        "created in one day": lambda r: (_one_day(day(r)), None),
+        "updated in the last hour": lambda _r: (TaskFilter(updated_since=now - timedelta(hours=1)), None),
+        "customer + one day": lambda r: (
+            replace(_one_day(day(r)), customer_id=r.randrange(1, CUSTOMERS + 1)),
+            None,
+        ),
+        "customer + updated last 5 min": lambda r: (
+            TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), updated_since=now - timedelta(minutes=5)),
+            None,
+        ),
+        "sensor + status": lambda r: (TaskFilter(sensor_serial=serial(r), statuses=(TaskStatus.COMPLETED,)), None),
+        "customer": lambda r: (TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1)), None),
+        "customer + status=Error": lambda r: (
+            TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), statuses=(TaskStatus.ERROR,)),
+            None,
+        ),
+        "deep page (cursor)": lambda r: (TaskFilter(), r.randrange(100, rows)),
+        "customer, deep page": lambda r: (TaskFilter(customer_id=1), r.randrange(100, rows)),
+    }
+    lines = [f"{'query (limit 100)':<28} {'p50 ms':>8} {'p99 ms':>8}"]
+    for name, make in queries.items():
+        timings = await _time(store, make, samples)
+        p50, p99 = percentile(timings, 50) * 1000, percentile(timings, 99) * 1000
+        lines.append(f"{name:<28} {p50:>8.2f} {p99:>8.2f}")
+        say(lines[-1])
+    started = time.perf_counter()
+    exported = 0
+    async for page in store.iter_tasks(TaskFilter(statuses=(TaskStatus.PENDING,))):
+        exported += len(page)
+    elapsed = time.perf_counter() - started
+    lines.append(f"export of Pending: {exported:,} rows in {elapsed:.2f} s ({exported / elapsed:,.0f} rows/s)")
+    return lines
+
+
+async def run(rows: int = 1_000_000, *, samples: int = 200, say: Callable[[str], None] = print) -> list[str]:
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="sensortasks-listbench-") as tmp:
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'list.db'}"
+        await upgrade(url)
+        store = TaskStore(open_database(url))
+        try:
+            started = time.perf_counter()
+            await _fill(store, rows, now, random.Random(7))
+            lines = [f"{rows:,} tasks inserted in {time.perf_counter() - started:.1f} s", ""]
+            return lines + await _measure(store, rows, now, samples, say)
+        finally:
+            await store.db.dispose()
+
+
+def main() -> None:
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    for line in asyncio.run(run(rows, say=lambda _: None)):
+        print(line)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
