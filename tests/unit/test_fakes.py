@@ -82,3 +82,38 @@ async def test_until_idle_drains_the_queue_and_returns() -> None:
     await run
     assert (await store.get(sent.task_id)).status_id == 2
     assert [p.topic for p in link.published][-1] == settings.topics.ops_dispatcher("drain")
+
+
+class _SlowReports(InMemoryStore):
+    """A store whose status batch blocks until released: a stop arrives while it is handled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def apply_reports(self, reports, *, now):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        await self.release.wait()
+        return await super().apply_reports(reports, now=now)
+
+
+async def test_a_stop_lets_the_batch_in_hand_commit_and_be_acknowledged() -> None:
+    """Cancelled mid-batch, the consumer would leave a committed (or refused) message
+    unacknowledged, and the broker would deliver it again at the next start."""
+    clock = FakeClock()
+    store, link = _SlowReports(), FakeLink(clock)
+    settings = Settings(instance="stopping", database_url="sqlite+aiosqlite:///unused.db")
+    dispatcher = Dispatcher(settings, store, link, clock=clock)
+    (task,) = await store.create([NewTask(7, "update_firmware", FILE_ID, 3, 60)], now=clock.now())
+    run = asyncio.create_task(dispatcher.run())
+    await clock.settle()
+    report = StatusReport(task_id=task.id or 0, attempt=1, status="ongoing")
+    message = link.deliver(settings.topics.status(7), report.to_json())
+    await store.entered.wait()
+    dispatcher.stop()
+    await asyncio.sleep(0)  # the stop reaches run(), which cancels the workers
+    store.release.set()
+    await asyncio.wait_for(run, 5)
+    assert message in link.acked
+    assert (await store.get(task.id or 0)).status_id == 4  # Ongoing: the batch committed

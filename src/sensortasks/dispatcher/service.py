@@ -58,6 +58,8 @@ OUTBOX_POLL_S = 1.0
 OUTBOX_COALESCE_S = 0.05
 #: Incoming messages handled (and committed) together.
 MAX_BATCH = 1000
+#: How long a stop waits for the batch being handled to commit and be acknowledged.
+STOP_GRACE_S = 10.0
 #: Back off after a database failure, doubling up to the maximum.
 DB_RETRY_S = 0.1
 DB_RETRY_MAX_S = 5.0
@@ -99,6 +101,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._in_hand: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commands: Callable[[Incoming], Awaitable[None]] | None = None
 
@@ -154,11 +157,25 @@ class Dispatcher:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await self._finish_in_hand()
             if self.connected:
                 await self.stats.publish(online=False)
             await self._publish_presence(online=False)
             link.cancel()
         log.info("dispatcher %s stopped", self.instance, extra={"instance": self.instance, "action": "stopped"})
+
+    async def _finish_in_hand(self) -> None:
+        """Wait (bounded) for the batch the consumer was handling when the stop came."""
+        if self._in_hand is None or self._in_hand.done():
+            return
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                await self._in_hand
+        except TimeoutError:
+            log.warning("a batch was still being handled %.0f s after the stop; left to redelivery", STOP_GRACE_S)
+            self._in_hand.cancel()
+        except Exception:  # its failure is the batch's, logged by isolate()
+            log.debug("the batch in hand failed while stopping", exc_info=True)
 
     # -- plumbing --------------------------------------------------------------
     def _presence_payload(self, *, online: bool) -> bytes:
@@ -243,8 +260,14 @@ class Dispatcher:
             batch = [await queue.get()]
             while len(batch) < MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
-            await isolate(batch, self._handle, self._internal_error)
-            self.link.ack(batch)
+            # Shielded: a stop lets the batch in hand finish (`run` waits for it), so what it
+            # committed or refused is acknowledged and not delivered, and handled, again.
+            self._in_hand = asyncio.ensure_future(self._finish(batch))
+            await asyncio.shield(self._in_hand)
+
+    async def _finish(self, batch: Sequence[Incoming]) -> None:
+        await isolate(batch, self._handle, self._internal_error)
+        self.link.ack(batch)
 
     async def _internal_error(self, message: Incoming, exc: Exception) -> None:
         """Refuse a message whose handling raised (a bug): logged once, counted, acknowledged."""
