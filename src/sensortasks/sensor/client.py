@@ -17,7 +17,7 @@ from typing import Any, Self
 import aiomqtt
 from pydantic import ValidationError
 
-from sensortasks.mqtt import Backoff, refusal, session_properties
+from sensortasks.mqtt import Backoff, MqttTarget, new_client, refusal
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
     CancelMessage,
@@ -225,22 +225,18 @@ class SensorClient:
     # -- connection --------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
         options = self.options
-        return aiomqtt.Client(
-            options.host,
-            options.port,
-            username=options.username,
-            password=options.password,
+        target = MqttTarget(
+            options.host, options.port, options.username, options.password, tls=options.tls_context is not None
+        )
+        will = aiomqtt.Will(
+            topic=self._topics.presence(self.serial), payload=Presence(online=False).to_json(), qos=1, retain=True
+        )
+        return new_client(
+            target,
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            will=aiomqtt.Will(
-                topic=self._topics.presence(self.serial),
-                payload=Presence(online=False).to_json(),
-                qos=1,
-                retain=True,
-            ),
-            clean_start=False,
-            properties=session_properties(options.session_expiry_s),
-            tls_context=options.tls_context,
+            ssl_context=options.tls_context,
+            session_expiry_s=options.session_expiry_s,
+            will=will,
         )
 
     async def _session(self) -> None:
