@@ -249,26 +249,39 @@ async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator
         await service.store.db.dispose()
 
 
-@pytest.fixture
-async def ops(broker: MosquittoBroker) -> AsyncIterator[OpsWatcher]:
-    """Everything published on ``ops/#`` while the test runs."""
-    watcher = OpsWatcher()
+@contextlib.asynccontextmanager
+async def listening(broker: MosquittoBroker, topic: str, on: Callable[[aiomqtt.Message], None]) -> AsyncIterator[None]:
+    """Feed every message on `topic` to `on` while the block runs (subscribed before it starts)."""
     ready = asyncio.Event()
 
     async def listen() -> None:
         async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
-            await client.subscribe("ops/#", qos=1)
+            await client.subscribe(topic, qos=1)
             ready.set()
             async for message in client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else b"{}"
-                watcher.messages.append((str(message.topic), json.loads(payload)))
+                on(message)
 
     task = asyncio.create_task(listen())
     await asyncio.wait_for(ready.wait(), 10)
-    yield watcher
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def ops(broker: MosquittoBroker) -> AsyncIterator[OpsWatcher]:
+    """Everything published on ``ops/#`` while the test runs."""
+    watcher = OpsWatcher()
+
+    def heard(message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else b"{}"
+        watcher.messages.append((str(message.topic), json.loads(payload)))
+
+    async with listening(broker, "ops/#", heard):
+        yield watcher
 
 
 @dataclass
@@ -296,21 +309,12 @@ class Wiretap:
 @pytest.fixture
 async def wiretap(broker: MosquittoBroker) -> AsyncIterator[Wiretap]:
     tap = Wiretap()
-    ready = asyncio.Event()
 
-    async def listen() -> None:
-        async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
-            await client.subscribe("#", qos=1)
-            ready.set()
-            async for message in client.messages:
-                props = message.properties
-                correlation = getattr(props, "CorrelationData", None) if props else None
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                tap.heard.append(Heard(str(message.topic), payload, message.retain, correlation))
+    def heard(message: aiomqtt.Message) -> None:
+        props = message.properties
+        correlation = getattr(props, "CorrelationData", None) if props else None
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        tap.heard.append(Heard(str(message.topic), payload, message.retain, correlation))
 
-    task = asyncio.create_task(listen())
-    await asyncio.wait_for(ready.wait(), 10)
-    yield tap
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with listening(broker, "#", heard):
+        yield tap

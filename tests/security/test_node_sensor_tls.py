@@ -26,20 +26,25 @@ async def retained_presence(broker: SecureBroker) -> dict[str, object]:
     raise AssertionError("no retained presence")
 
 
+async def node_sensor_over_tls(broker: SecureBroker, *, spoil_password: bool = False) -> NodeSensor:
+    """The Node.js example sensor, registered on the shipped broker, logging in over TLS."""
+    executable = node()
+    npm_ci(NODE_SENSOR)
+    account = await broker.admin().add_sensor(SERIAL)
+    return await NodeSensor.start(
+        executable,
+        SERIAL,
+        SENSOR_MQTT_URL=f"mqtts://{broker.host}:{broker.tls_port}",
+        SENSOR_MQTT_CA_FILE=str(broker.certs / "ca.crt"),
+        SENSOR_MQTT_USERNAME=account.username,
+        SENSOR_MQTT_PASSWORD=account.password + ("-wrong" if spoil_password else ""),
+    )
+
+
 async def test_the_node_sensor_logs_in_over_tls_and_says_offline_before_stopping(
     secure_broker: SecureBroker,
 ) -> None:
-    executable = node()
-    npm_ci(NODE_SENSOR)
-    account = await secure_broker.admin().add_sensor(SERIAL)
-    sensor = await NodeSensor.start(
-        executable,
-        SERIAL,
-        SENSOR_MQTT_URL=f"mqtts://{secure_broker.host}:{secure_broker.tls_port}",
-        SENSOR_MQTT_CA_FILE=str(secure_broker.certs / "ca.crt"),
-        SENSOR_MQTT_USERNAME=account.username,
-        SENSOR_MQTT_PASSWORD=account.password,
-    )
+    sensor = await node_sensor_over_tls(secure_broker)
     try:
         await sensor.wait_logged("online")
         assert await retained_presence(secure_broker) == {"v": 1, "online": True}
@@ -51,17 +56,7 @@ async def test_the_node_sensor_logs_in_over_tls_and_says_offline_before_stopping
 
 
 async def test_a_wrong_password_stops_the_node_sensor_with_status_2(secure_broker: SecureBroker) -> None:
-    executable = node()
-    npm_ci(NODE_SENSOR)
-    account = await secure_broker.admin().add_sensor(SERIAL)
-    sensor = await NodeSensor.start(
-        executable,
-        SERIAL,
-        SENSOR_MQTT_URL=f"mqtts://{secure_broker.host}:{secure_broker.tls_port}",
-        SENSOR_MQTT_CA_FILE=str(secure_broker.certs / "ca.crt"),
-        SENSOR_MQTT_USERNAME=account.username,
-        SENSOR_MQTT_PASSWORD=account.password + "-wrong",
-    )
+    sensor = await node_sensor_over_tls(secure_broker, spoil_password=True)
     try:
         async with asyncio.timeout(10):
             assert await sensor.process.wait() == 2
