@@ -89,15 +89,13 @@ def simulate(
 
         try:
             return await run_fleet(fleet, stop=stop, on_started=started)
-        except aiomqtt.MqttError as exc:  # not one sensor could connect
+        except (aiomqtt.MqttError, TimeoutError) as exc:  # not one sensor could connect (run_fleet says why)
             if (why := refusal(exc)) is not None:
                 raise refused(host, port, username, why) from None
             raise Unavailable(f"cannot reach the MQTT broker {host}:{port}: {reason(exc)}") from None
 
     stats = asyncio.run(run())
     print(fleet_summary(stats))  # noqa: T201
-    if stats.connected == 0:
-        fail(f"no simulated sensor could connect to the MQTT broker {host}:{port}")
 
 
 def fleet_summary(stats: FleetStats) -> str:
