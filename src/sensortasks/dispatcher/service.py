@@ -102,7 +102,6 @@ class Dispatcher:
         self._outbox_wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._in_hand: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._commands: Callable[[Incoming], Awaitable[None]] | None = None
 
     # -- public --------------------------------------------------------------
@@ -136,7 +135,6 @@ class Dispatcher:
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Run until `stop()` (or, with `until_idle`, until no task is Pending or Ongoing)."""
-        self._loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as group:
             link = group.create_task(self.link.run(self._on_connect), name="mqtt-link")
             workers = [
