@@ -12,6 +12,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sensortasks.mqtt import MqttTarget, parse_mqtt_url
 from sensortasks.protocol.topics import Topics
 
+#: Default session expiry of a dispatcher alone: statuses wait a week for it to come back.
+ALONE_SESSION_EXPIRY_S = 7 * 24 * 3600
+#: Default session expiry in a share group: what a dead member's session can hold is re-sent
+#: by the others once it has expired, so this is a bound on stranding, not on durability.
+SHARED_SESSION_EXPIRY_S = 30
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SENSORTASKS_", env_file=".env", extra="ignore", frozen=True)
@@ -34,11 +40,16 @@ class Settings(BaseSettings):
     #: Name of this dispatcher instance (client id suffix and ``ops/dispatchers/{instance}``).
     instance: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     #: MQTT 5 session expiry: how long the broker keeps our subscriptions and queued
-    #: statuses while the dispatcher is down.
-    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
-    #: Set when several dispatcher instances share the work: statuses and presence are
+    #: statuses while the dispatcher is down. Unset: a week alone, `SHARED_SESSION_EXPIRY_S`
+    #: in a share group, where it bounds how long a dead member can hold its share
+    #: (docs/scaling.md).
+    session_expiry_s: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    #: Set when several dispatcher instances share the work: statuses and commands are
     #: then read through the MQTT 5 shared subscription ``$share/<group>/...``.
     mqtt_share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    #: An instance not heard from (through the database) for this long is gone: the leader
+    #: takes over its duties and re-sends the in-flight work whose statuses it may hold.
+    instance_timeout_s: float = Field(default=10.0, ge=0.5, le=3600)
     stats_interval_s: float = Field(default=5.0, gt=0)
     topic_sensors: str = "sensors"
     topic_ops: str = "ops"
@@ -71,6 +82,13 @@ class Settings(BaseSettings):
         if any(c in value for c in "/+#") or not value.isprintable():
             raise ValueError("instance must not contain '/', '+', '#' or control characters")
         return value
+
+    @property
+    def session_expiry(self) -> int:
+        """The session expiry the dispatcher connects with (see `session_expiry_s`)."""
+        if self.session_expiry_s is not None:
+            return self.session_expiry_s
+        return SHARED_SESSION_EXPIRY_S if self.mqtt_share_group else ALONE_SESSION_EXPIRY_S
 
     @property
     def mqtt(self) -> MqttTarget:

@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
 #: A task's run timeout (the API's floor is 10 s; the store takes any).
 RUN_TIMEOUT_S = 4
 START_TIMEOUT_S = 10.0
-DISPATCH_TABLES = ("tasks", "task_events", "sensors")
+DISPATCH_TABLES = ("tasks", "task_events", "sensors", "dispatcher_instances")
 
 
 @dataclass(frozen=True)
@@ -294,6 +294,7 @@ async def running(backend: str, backing: Backing, **overrides: Any) -> AsyncIter
             if backend == "postgres":
                 async with store.db.writer.begin() as conn:
                     await conn.execute(text(f"TRUNCATE {', '.join(DISPATCH_TABLES)} RESTART IDENTITY"))
+                    await conn.execute(text("UPDATE leases SET holder = NULL, expires_at = NULL"))
         clock = FakeClock()
         sensors: Sensors
         link: Link

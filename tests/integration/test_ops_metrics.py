@@ -111,7 +111,8 @@ async def test_stats_say_online_and_a_clean_stop_leaves_an_offline_copy(make_ser
 
 async def test_a_vanished_instance_stats_expire(make_service: ServiceFactory) -> None:
     """No final copy (as after kill -9): the retained live copy disappears on its own."""
-    service = await make_service(stats_interval_s=3600)  # this one stays quiet
+    service = await make_service(stats_interval_s=3600)
+    await _stop(service)  # gives up the lead: the next instance publishes
     settings = service.settings.model_copy(update={"instance": "vanishing", "stats_interval_s": 0.2})
     runner = asyncio.create_task(Dispatcher(settings, service.store, dispatcher_link(settings)).run())
 

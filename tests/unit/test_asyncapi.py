@@ -23,7 +23,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from sensortasks.config import Settings
+from sensortasks.config import ALONE_SESSION_EXPIRY_S, SHARED_SESSION_EXPIRY_S, Settings
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
     CancelMessage,
@@ -267,7 +267,9 @@ def test_the_sessions_are_those_of_the_sdk_and_the_dispatcher() -> None:
         dispatcher = sensor["x-dispatcher"]
         assert dispatcher["clientId"] == "sensortasks-{instance}"
         assert dispatcher["cleanSession"] is False
-        assert dispatcher["sessionExpiryInterval"] == Settings.model_fields["session_expiry_s"].default
+        assert dispatcher["sessionExpiryInterval"] == Settings().session_expiry == ALONE_SESSION_EXPIRY_S
+        shared = Settings(mqtt_share_group="g").session_expiry
+        assert dispatcher["x-sessionExpiryIntervalInShareGroup"] == shared == SHARED_SESSION_EXPIRY_S
         assert dispatcher["keepAlive"] == keepalive
         assert dispatcher["lastWill"]["topic"] == topics.ops_dispatcher("{instance}")
         offline = json.loads(DispatcherPresence(v=1, instance="{instance}", online=False).to_json())

@@ -119,6 +119,12 @@ class Link(Protocol):
         """Stay connected until cancelled; await `on_connect` after every (re)connect."""
         ...
 
+    def pause(self, reason: str) -> None:
+        """Leave the broker (the session stays, for its expiry) and stay away until `resume`."""
+        ...
+
+    def resume(self) -> None: ...
+
     def ack(self, messages: Sequence[Incoming]) -> None: ...
 
     async def publish(
@@ -140,16 +146,21 @@ class Link(Protocol):
 
 
 def dispatcher_link(settings: Settings) -> MqttLink:
-    """A dispatcher instance's link: its own client id, the (shared) subscriptions, an offline will."""
+    """A dispatcher instance's link: its own client id, the subscriptions, an offline will.
+
+    Statuses and commands go through the share group (each to one instance). Presence does
+    not: a shared subscription gets no retained messages (MQTT 5, 4.8.2), so an instance would
+    never learn of sensors that came online before it subscribed; every instance records it,
+    and only the leader re-sends on a reconnect."""
     topics = settings.topics
     share = f"$share/{settings.mqtt_share_group}/" if settings.mqtt_share_group else ""
     offline = DispatcherPresence(instance=settings.instance, online=False).to_json()
     return MqttLink(
         settings.mqtt,
         identifier=f"sensortasks-{settings.instance}",
-        subscriptions=[share + topics.all_status, share + topics.all_presence, share + topics.all_commands],
+        subscriptions=[share + topics.all_status, topics.all_presence, share + topics.all_commands],
         will=aiomqtt.Will(topics.ops_dispatcher(settings.instance), offline, qos=1, retain=True),
-        session_expiry_s=settings.session_expiry_s,
+        session_expiry_s=settings.session_expiry,
         ca_file=settings.mqtt_ca_file,
         retain_as_published=[share + topics.all_status],
     )
@@ -179,6 +190,9 @@ class MqttLink:
         self.connects = 0
         self._client: aiomqtt.Client | None = None
         self._generation = 0
+        self._wanted = asyncio.Event()
+        self._wanted.set()
+        self._leave = asyncio.Event()
 
     def _build(self) -> aiomqtt.Client:
         client = new_client(
@@ -201,6 +215,7 @@ class MqttLink:
         backoff = Backoff(RECONNECT_BACKOFF_S, RECONNECT_BACKOFF_MAX_S)
         where = f"{self.target.host}:{self.target.port}"
         while True:
+            await self._wanted.wait()
             client = self._build()
             try:
                 async with client:
@@ -216,8 +231,8 @@ class MqttLink:
                     backoff.reset()
                     if on_connect is not None:
                         await on_connect()
-                    async for message in client.messages:
-                        await self.messages.put(_incoming(message, generation))
+                    if await self._feed(client, generation):
+                        continue  # paused: disconnected cleanly, the session kept
             except aiomqtt.MqttError as exc:
                 why = refusal(exc)
                 if why is not None:
@@ -232,6 +247,37 @@ class MqttLink:
             delay = backoff.next()
             log.warning("mqtt %s; retrying in %.1f s", problem, delay, extra={"action": "disconnected"})
             await asyncio.sleep(delay)
+
+    async def _feed(self, client: aiomqtt.Client, generation: int) -> bool:
+        """Queue received messages until the session ends (False) or `pause` is called (True)."""
+
+        async def feed() -> None:
+            async for message in client.messages:
+                await self.messages.put(_incoming(message, generation))
+
+        pump = asyncio.ensure_future(feed())
+        leave = asyncio.ensure_future(self._leave.wait())
+        try:
+            await asyncio.wait({pump, leave}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (pump, leave):
+                waiter.cancel()
+        if pump.done() and not pump.cancelled():
+            pump.result()  # the session ended, or the connection failed: raised here
+            return False
+        return True
+
+    def pause(self, reason: str) -> None:
+        if self._wanted.is_set():
+            log.warning("leaving the broker: %s", reason, extra={"action": "paused"})
+        self._wanted.clear()
+        self._leave.set()
+
+    def resume(self) -> None:
+        if not self._wanted.is_set():
+            log.info("rejoining the broker", extra={"action": "resumed"})
+        self._leave.clear()
+        self._wanted.set()
 
     @staticmethod
     def _options(flag_retained: bool) -> SubscribeOptions:

@@ -4,9 +4,14 @@ Side tasks, each named and watched by one TaskGroup (one crashing stops the serv
 loudly): the MQTT link, ``consume`` (status and presence batches), ``dispatch``
 (claims the next attempt of sensors that may move on), ``timers`` (acknowledgement
 and run timeouts), ``outbox`` (ops events and cancel messages committed with their
-transitions) and ``stats``. The database, not memory, says what to send: the in-memory
-set of "dirty" sensors only makes things faster, and a periodic sweep catches
-everything else (tasks created by another process, back offs that ran out).
+transitions), ``stats``, ``members`` (heartbeat and lead, `dispatcher.members`) and
+``wakeups`` (other instances' writes, `store.notify`). The database, not memory, says what
+to send: the in-memory set of "dirty" sensors only makes things faster, and a periodic sweep
+catches everything else (a wake-up lost, back offs that ran out).
+
+Several instances may share the database (docs/scaling.md): each claims, applies statuses
+and expires timers under row locks and guarded updates; the leader alone publishes the outbox
+and ``ops/stats`` and re-sends on sensors' reconnects, so nothing is published twice as new.
 
 No input stops the service: ``consume`` handles a batch at once (reports are applied in
 one transaction) and, if that raises, each of its messages alone, refusing
@@ -22,12 +27,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from sensortasks.config import Settings
 from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock
 from sensortasks.dispatcher.intake import Refused, isolate, sort_batch
 from sensortasks.dispatcher.link import Incoming, Link
+from sensortasks.dispatcher.members import STORE_ERRORS, Membership
 from sensortasks.dispatcher.stats import StatsPublisher, account, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import ConfigError, SensortasksError, Unavailable
@@ -39,13 +43,9 @@ from sensortasks.protocol import (
     Rejection,
     TaskMessage,
 )
-from sensortasks.store import (
-    Dispatch,
-    StaleBatch,
-    Transition,
-    format_time,
-)
+from sensortasks.store import Dispatch, Transition, format_time
 from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
+from sensortasks.store.notify import Wake
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,24 @@ class Dispatcher:
         self.counters = Counters()
         self.instance = settings.instance
         self.link = link
+        self.members = Membership(
+            self.instance,
+            store,
+            link,
+            clock,
+            self.counters,
+            timeout_s=settings.instance_timeout_s,
+            session_expiry_s=settings.session_expiry,
+            on_resend=self._resend,
+            on_lead=self.notify_outbox,
+        )
         self.stats = StatsPublisher(
-            self.instance, self.topics.ops_stats, settings.stats_interval_s, store, link, self.counters, clock.now
+            self.instance, self.topics.ops_stats, settings.stats_interval_s, store, link, self.members, clock.now
         )
         self._dirty: set[int] = set()
         self._sweep = True
-        self._resync = False
+        #: Why every in-flight attempt must be re-sent at the next dispatch round (None: no need).
+        self._resync: str | None = None
         self._wake = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -145,6 +157,8 @@ class Dispatcher:
                     ("timers", self._timers()),
                     ("outbox", self._outbox()),
                     ("stats", self.stats.run()),
+                    ("members", self.members.run()),
+                    ("wakeups", self.store.listen(self._on_wake)),
                 )
             ]
             if until_idle:
@@ -156,8 +170,9 @@ class Dispatcher:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self._finish_in_hand()
-            if self.connected:
-                await self.stats.publish(online=False)
+            if self.connected and self.members.leader and len(self.members.live) <= 1:
+                await self.stats.publish(online=False)  # the last one out says so
+            await self.members.leave()
             await self._publish_presence(online=False)
             link.cancel()
         log.info("dispatcher %s stopped", self.instance, extra={"instance": self.instance, "action": "stopped"})
@@ -189,8 +204,24 @@ class Dispatcher:
 
     async def _on_connect(self) -> None:
         await self._publish_presence(online=True)
-        self._resync = True
+        self._resend("dispatcher (re)connected")
+        self.members.poke()
+        self._outbox_wake.set()
+
+    def _resend(self, reason: str) -> None:
+        """Re-send every in-flight attempt soon: statuses may have been lost (`reason`)."""
+        self._resync = reason
         self._wake.set()
+
+    def _on_wake(self, wake: Wake) -> None:
+        """Another instance wrote: new tasks for these sensors, or events for the outbox."""
+        if wake.origin == self.instance:
+            return  # our own process woke us already
+        if wake.serials is None:
+            self._sweep = True
+            self._wake.set()
+        elif wake.serials:
+            self.kick(wake.serials)
         self._outbox_wake.set()
 
     async def _retrying(self, what: str, action: Callable[..., Awaitable[_R]], *args: Any, **kwargs: Any) -> _R:  # noqa: ANN401
@@ -200,7 +231,7 @@ class Dispatcher:
         while True:
             try:
                 return await action(*args, **kwargs)
-            except (SQLAlchemyError, StaleBatch, Unavailable, OSError) as exc:
+            except STORE_ERRORS as exc:
                 # Not only the failures that mean `Unavailable` (store.engine.unavailable: a 503
                 # over REST): the dispatcher has nobody to answer, and dropping the work loses it.
                 self.counters.db_retries += 1
@@ -302,11 +333,12 @@ class Dispatcher:
             self._after(result.transitions, result.wake, result.retries)
         if intake.back_online:
             serials = sorted(set(intake.back_online))
-            redelivered = await self._retrying(
-                "redeliver", self.store.redeliver, serials, now=now, reason="sensor came online"
-            )
-            self.counters.redelivered += len(redelivered)
-            await self._send(redelivered)
+            if self.members.leader:  # every instance hears it; one re-sends
+                redelivered = await self._retrying(
+                    "redeliver", self.store.redeliver, serials, now=now, reason="sensor came online"
+                )
+                self.counters.redelivered += len(redelivered)
+                await self._send(redelivered)
             self.kick(serials)
         for topic in intake.clear:
             await self._clear_retained(topic)
@@ -323,11 +355,10 @@ class Dispatcher:
             self._wake.clear()
             await self.link.connected.wait()
             now = self.clock.now()
-            if self._resync:
-                self._resync = False
-                redelivered = await self._retrying(
-                    "re-sync", self.store.redeliver, None, now=now, reason="dispatcher (re)connected"
-                )
+            if self._resync is not None:
+                reason, self._resync = self._resync, None
+                log.info("re-sending every attempt in flight: %s", reason)
+                redelivered = await self._retrying("re-sync", self.store.redeliver, None, now=now, reason=reason)
                 self.counters.redelivered += len(redelivered)
                 await self._send(redelivered)
                 self._sweep = True
@@ -371,6 +402,8 @@ class Dispatcher:
                 await self.clock.sleep(OUTBOX_COALESCE_S)
             self._outbox_wake.clear()
             await self.link.connected.wait()
+            if not self.members.leader:
+                continue  # the leader publishes; it wakes up on our writes too
             pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
             if not pending:
                 continue

@@ -1,11 +1,15 @@
-"""``ops/stats``, what one dispatcher instance publishes, retained, every `interval_s`;
-and the per-task accounting (transitions by from/to, DEBUG lines per task).
+"""``ops/stats``, what the leading dispatcher instance publishes, retained, every `interval_s`,
+for the whole group; and the per-task accounting (transitions by from/to, DEBUG lines per task).
+
+Tasks per status and sensors online come from the database every instance shares; rates and
+rejections are the sums of what each live instance reported with its last heartbeat
+(`dispatcher.members`). One publisher, the leader, so the copy never flips between instances.
 
 A live copy says ``"online": true`` and carries an MQTT 5 Message Expiry Interval of
-`EXPIRY_INTERVALS` intervals, so the copy of an instance that crashed vanishes from the
-broker's retained store instead of showing its last counts as if live. A clean stop
-publishes a final copy with ``"online": false`` and no expiry: the last word of an instance
-that stopped on purpose stays, and says so.
+`EXPIRY_INTERVALS` intervals, so the copy of a group that crashed vanishes from the broker's
+retained store instead of showing its last counts as if live. The last instance to stop
+cleanly publishes a final copy with ``"online": false`` and no expiry: the last word of a
+group that stopped on purpose stays, and says so.
 """
 
 from __future__ import annotations
@@ -13,20 +17,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import SQLAlchemyError
-
+from sensortasks.dispatcher.members import STORE_ERRORS
 from sensortasks.errors import Unavailable
 from sensortasks.protocol import OpsStats
 from sensortasks.store import format_time
 
 if TYPE_CHECKING:
     from sensortasks.dispatcher.link import Link
-    from sensortasks.ops.metrics import Counters
+    from sensortasks.dispatcher.members import Membership
     from sensortasks.store import Dispatch, Transition
     from sensortasks.store.interface import DispatchStore
 
@@ -44,7 +46,7 @@ class StatsPublisher:
         interval_s: float,
         store: DispatchStore,
         link: Link,
-        counters: Counters,
+        members: Membership,
         clock: Callable[[], datetime],
     ) -> None:
         self.instance = instance
@@ -53,14 +55,13 @@ class StatsPublisher:
         self.expiry_s = max(1, math.ceil(EXPIRY_INTERVALS * interval_s))
         self.store = store
         self.link = link
-        self.counters = counters
+        self.members = members
         self.clock = clock
-        self._last = (counters.dispatched, counters.completed, time.monotonic())
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if self.link.connected.is_set():
+            if self.link.connected.is_set() and self.members.leader:
                 await self.publish(online=True)
 
     async def publish(self, *, online: bool) -> bool:
@@ -68,23 +69,21 @@ class StatsPublisher:
         try:
             counts = await self.store.counts()
             sensors_online = await self.store.sensors_online()
-        except (SQLAlchemyError, OSError) as exc:
+        except STORE_ERRORS as exc:
             log.warning("stats skipped: %s", exc)
             return False
-        dispatched, completed, since = self._last
-        now = time.monotonic()
-        elapsed = max(now - since, 1e-9)
-        self._last = (self.counters.dispatched, self.counters.completed, now)
+        live = self.members.live
         stats = OpsStats(
             instance=self.instance,
             at=format_time(self.clock()) or "",
             tasks={status.label: n for status, n in counts.items()},
-            dispatch_rate=round((self.counters.dispatched - dispatched) / elapsed, 2) if online else 0.0,
-            complete_rate=round((self.counters.completed - completed) / elapsed, 2) if online else 0.0,
+            dispatch_rate=round(sum(m.dispatch_rate for m in live), 2) if online else 0.0,
+            complete_rate=round(sum(m.complete_rate for m in live), 2) if online else 0.0,
             sensors_online=sensors_online,
-            rejected=self.counters.rejected.total(),
+            rejected=sum(m.rejected for m in live),
             online=online,
             interval_s=self.interval_s,
+            instances=[m.instance for m in live] if online else [],
         )
         try:
             await self.link.publish(

@@ -183,12 +183,16 @@ class OpsEvent(_Message):
 
 
 class OpsStats(_Message):
-    """Retained on `ops/stats` every few seconds by each dispatcher.
+    """Retained on `ops/stats` every few seconds by the leading dispatcher instance, for all
+    of them: rates and rejections are the sums over the live instances, so the copy does not
+    flip between instances.
 
-    Live copies expire (MQTT 5 Message Expiry Interval, a few `interval_s`), so a crashed
-    instance's copy vanishes; a clean stop leaves a last copy with `online` false.
+    Live copies expire (MQTT 5 Message Expiry Interval, a few `interval_s`), so the copy of a
+    group that crashed vanishes; the last instance to stop cleanly leaves a last copy with
+    `online` false.
     """
 
+    #: The instance that published this copy (the leader).
     instance: str
     at: str
     #: Tasks per status name (Pending, Completed, Error, Ongoing, Cancelled).
@@ -202,6 +206,8 @@ class OpsStats(_Message):
     online: bool = True
     #: Seconds between two copies from this instance (optional).
     interval_s: float | None = None
+    #: The live dispatcher instances the sums are over (optional: older publishers were alone).
+    instances: list[str] | None = None
 
 
 class Rejection(_Message):

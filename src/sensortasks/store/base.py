@@ -24,6 +24,7 @@ from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.errors import SensortasksError
 from sensortasks.store.changes import Changes, Work
 from sensortasks.store.engine import Database
+from sensortasks.store.notify import notify
 from sensortasks.store.tables import IdempotencyKey, Sensor, Task, TaskEvent
 
 T = Task.__table__  # type: ignore[attr-defined]
@@ -74,28 +75,14 @@ def owned(query: Select[Any], customer_id: int | None) -> Select[Any]:
     return query if customer_id is None else query.where(T.c.customer_id == customer_id)
 
 
-async def write_changes(conn: AsyncConnection, changes: Changes) -> None:
-    """Write changed rows with one guarded executemany, and the events; `StaleBatch` if a guard missed."""
-    changed = [w for w in changes.works.values() if w.changed]
-    if changed:
-        params = [
-            {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
-            | {f"v_{name}": w.row[name] for name in MUTABLE}
-            for w in changed
-        ]
-        result = await conn.execute(_GUARDED_UPDATE, params)
-        if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(changed):
-            raise StaleBatch(f"{len(changed) - result.rowcount} of {len(changed)} rows changed meanwhile")
-    if changes.events:
-        await conn.execute(insert(E), changes.events)
-
-
 class StoreBase:
     """Connections and locking, shared by the per-concern parts of `TaskStore`."""
 
-    def __init__(self, db: Database, policy: RetryPolicy | None = None) -> None:
+    def __init__(self, db: Database, policy: RetryPolicy | None = None, *, origin: str = "") -> None:
         self.db = db
         self.policy = policy or RetryPolicy()
+        #: Who writes (the instance name): other instances ignore no wake-up of theirs.
+        self.origin = origin
         self._lock_rows = not db.is_sqlite  # SQLite's BEGIN IMMEDIATE already holds the lock
         # SQLite has one writer. Queue this process's writers here instead of letting them
         # collide in SQLite's busy handler, which sleeps in millisecond steps.
@@ -114,6 +101,24 @@ class StoreBase:
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         async with self.db.reader.connect() as conn:
             yield conn
+
+    async def _write_changes(self, conn: AsyncConnection, changes: Changes) -> None:
+        """Write changed rows with one guarded executemany, and the events; `StaleBatch` if a
+        guard missed. Unpublished events wake the other instances' outboxes (`notify`)."""
+        changed = [w for w in changes.works.values() if w.changed]
+        if changed:
+            params = [
+                {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
+                | {f"v_{name}": w.row[name] for name in MUTABLE}
+                for w in changed
+            ]
+            result = await conn.execute(_GUARDED_UPDATE, params)
+            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(changed):
+                raise StaleBatch(f"{len(changed) - result.rowcount} of {len(changed)} rows changed meanwhile")
+        if changes.events:
+            await conn.execute(insert(E), changes.events)
+            if not all(e["published"] for e in changes.events):
+                await notify(conn, self.origin, ())
 
     def _locked(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
         return query.with_for_update(skip_locked=skip_locked) if self._lock_rows else query

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 
 from sensortasks.domain import TaskStatus
-from sensortasks.store.base import ACTIVE, S, StoreBase, T, chunks, write_changes
+from sensortasks.store.base import ACTIVE, E, S, StoreBase, T, chunks
 from sensortasks.store.changes import Changes
 from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.records import Dispatch, Expiry, IncomingReport, ReportBatchResult
@@ -23,6 +23,24 @@ from sensortasks.store.records import Dispatch, Expiry, IncomingReport, ReportBa
 
 def _not_offline() -> Any:  # noqa: ANN401
     return T.c.sensor_serial.not_in(select(S.c.serial).where(S.c.online.is_(False)))
+
+
+def _no_cancel_untold() -> Any:  # noqa: ANN401
+    """No cancel of the sensor's waits in the outbox: it must reach the sensor before the next
+    task does (whichever instance, or sweep, claims that one). Served by the partial index
+    ``ix_task_events_unpublished_cancels``."""
+    cancelled = T.alias("cancelled")
+    untold = (
+        select(1)
+        .select_from(E.join(cancelled, cancelled.c.id == E.c.task_id))
+        .where(
+            E.c.published.is_(False),
+            E.c.to_status == TaskStatus.CANCELLED,
+            E.c.attempt > 0,
+            cancelled.c.sensor_serial == T.c.sensor_serial,
+        )
+    )
+    return ~exists(untold)
 
 
 class DispatchQueries(StoreBase):
@@ -48,6 +66,7 @@ class DispatchQueries(StoreBase):
                     T.c.sent_at.is_(None),
                     or_(T.c.not_before.is_(None), T.c.not_before <= now),
                     _not_offline(),
+                    _no_cancel_untold(),
                 )
                 .order_by(T.c.id)
                 .limit(CLAIM_BATCH)
@@ -56,7 +75,7 @@ class DispatchQueries(StoreBase):
             async with self._write() as conn:
                 for work in await self._load(conn, self._locked(query, skip_locked=True), changes):
                     changes.claim(work)
-                await write_changes(conn, changes)
+                await self._write_changes(conn, changes)
             dispatches += changes.dispatches
         return dispatches
 
@@ -84,7 +103,7 @@ class DispatchQueries(StoreBase):
                     works = await self._load(conn, self._locked(query, skip_locked=True), changes)
                     for work in works:
                         changes.redeliver(work, reason)
-                    await write_changes(conn, changes)
+                    await self._write_changes(conn, changes)
                 dispatches += changes.dispatches
                 if len(works) < CLAIM_BATCH:
                     break
@@ -99,7 +118,7 @@ class DispatchQueries(StoreBase):
             for group in chunks(ids):
                 await self._load(conn, self._locked(select(T).where(T.c.id.in_(group))), changes)
             refused = [r for r in (changes.report(report, self.policy) for report in reports) if r is not None]
-            await write_changes(conn, changes)
+            await self._write_changes(conn, changes)
             # A status proves its sensor is connected: refresh what /v1/sensors shows.
             for group in chunks(sorted({r.serial for r in reports})):
                 await conn.execute(update(S).where(S.c.serial.in_(group)).values(last_seen=now))
@@ -123,5 +142,5 @@ class DispatchQueries(StoreBase):
             for query in (unacked, overdue):
                 for work in await self._load(conn, self._locked(query.limit(CLAIM_BATCH), skip_locked=True), changes):
                     changes.expire(work, self.policy)
-            await write_changes(conn, changes)
+            await self._write_changes(conn, changes)
         return changes.expiry()

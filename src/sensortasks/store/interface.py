@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Protocol
 
 from sensortasks.domain import TaskStatus
+from sensortasks.store.membership import Beat, Member
+from sensortasks.store.notify import OnWake
 from sensortasks.store.records import Dispatch, Expiry, IncomingReport, ReportBatchResult, Transition
 
 #: Rows one dispatcher query claims, expires or publishes at a time; a full batch means "ask again".
@@ -49,3 +51,19 @@ class DispatchStore(Protocol):
     async def counts(self) -> dict[TaskStatus, int]: ...
 
     async def sensors_online(self) -> int: ...
+
+    async def beat(self, me: Member, *, now: datetime, timeout_s: float) -> Beat:
+        """This instance is alive: take or renew the lead if free and plan recoveries (`store.membership`)."""
+        ...
+
+    async def leave(self, me: Member, *, now: datetime, timeout_s: float) -> None:
+        """A clean stop: give the lead up and look silent, so the next leader recovers at once."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises unless the database answers."""
+        ...
+
+    async def listen(self, on_wake: OnWake) -> None:
+        """Wake-ups written by other instances, until cancelled (none where there are no others)."""
+        ...

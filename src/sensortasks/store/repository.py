@@ -5,6 +5,8 @@ from __future__ import annotations
 from sensortasks.store.base import StaleBatch
 from sensortasks.store.dispatch import DispatchQueries
 from sensortasks.store.idempotency import IdempotencyQueries
+from sensortasks.store.members import MemberQueries
+from sensortasks.store.notify import OnWake, listen
 from sensortasks.store.outbox import Outbox
 from sensortasks.store.sensors import SensorQueries
 from sensortasks.store.tasks import TaskQueries
@@ -12,5 +14,9 @@ from sensortasks.store.tasks import TaskQueries
 __all__ = ["StaleBatch", "TaskStore"]
 
 
-class TaskStore(TaskQueries, SensorQueries, DispatchQueries, Outbox, IdempotencyQueries):
+class TaskStore(TaskQueries, SensorQueries, DispatchQueries, Outbox, IdempotencyQueries, MemberQueries):
     """The persistence interface the dispatcher and the API talk to."""
+
+    async def listen(self, on_wake: OnWake) -> None:
+        """Other instances' wake-ups, until cancelled (`store.notify`; never on SQLite)."""
+        await listen(self.db.url, on_wake)

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sensortasks.domain import TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.errors import Conflict, NotFound
-from sensortasks.store.base import ACTIVE, S, StoreBase, T, chunks, owned, write_changes
+from sensortasks.store.base import ACTIVE, S, StoreBase, T, chunks, owned
 from sensortasks.store.changes import Changes
 from sensortasks.store.records import SensorInfo
 
@@ -47,7 +47,7 @@ class SensorQueries(StoreBase):
             active = self._locked(select(T).where(T.c.sensor_serial == serial, T.c.status_id.in_(ACTIVE)))
             for work in await self._load(conn, active, changes):
                 changes.apply(work, lc.cancel(work.state))
-            await write_changes(conn, changes)
+            await self._write_changes(conn, changes)
         return len(changes.transitions)
 
     async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:

@@ -18,6 +18,8 @@ from sqlmodel import Field, SQLModel
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 ACTIVE_SQL = text("status_id IN (1, 4)")
 UNPUBLISHED_SQL = text("published = false")
+#: Cancels not yet told to their sensor: a sensor's next task waits for them (per-sensor order).
+UNPUBLISHED_CANCEL_SQL = text("published = false AND to_status = 5 AND attempt > 0")
 
 
 class Task(SQLModel, table=True):
@@ -81,6 +83,12 @@ class TaskEvent(SQLModel, table=True):
             "id",
             sqlite_where=UNPUBLISHED_SQL,
             postgresql_where=UNPUBLISHED_SQL,
+        ),
+        Index(
+            "ix_task_events_unpublished_cancels",
+            "task_id",
+            sqlite_where=UNPUBLISHED_CANCEL_SQL,
+            postgresql_where=UNPUBLISHED_CANCEL_SQL,
         ),
     )
 
@@ -162,3 +170,33 @@ class MqttClient(SQLModel, table=True):
     #: Backends only: the account may subscribe to ``<prefix>/#``, and command replies go only there.
     reply_topic_prefix: str | None = Field(default=None, max_length=128)
     created_at: datetime
+
+
+class DispatcherInstance(SQLModel, table=True):
+    """A dispatcher instance as the others see it: its heartbeat, what it reported with it
+    (for the aggregate ``ops/stats``), and how far its recovery went once it fell silent
+    (0: alive, 1: its in-flight work re-sent once; the row is deleted after the second
+    re-send, when its broker session, and any status stranded in it, has expired)."""
+
+    __tablename__ = "dispatcher_instances"
+
+    instance: str = Field(primary_key=True, max_length=64)
+    started_at: datetime
+    seen_at: datetime
+    #: The MQTT session expiry it connects with: how long the broker may hold its share.
+    session_expiry_s: int
+    recovered: int = 0
+    dispatch_rate: float = 0.0
+    complete_rate: float = 0.0
+    rejected: int = 0
+
+
+class Lease(SQLModel, table=True):
+    """A named lease: one holder at a time, until `expires_at` unless renewed. The migration
+    creates the ``leader`` row, so taking it is always an UPDATE of one locked row."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=32)
+    holder: str | None = Field(default=None, max_length=64)
+    expires_at: datetime | None = None

@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
-from sensortasks.store.base import E, S, StoreBase, T, chunks, owned, write_changes
+from sensortasks.store.base import E, S, StoreBase, T, chunks, owned
 from sensortasks.store.changes import Changes, created_event, task_row
+from sensortasks.store.notify import notify
 from sensortasks.store.records import NewTask, PastTask, TaskFilter
 from sensortasks.store.tables import Task, TaskEvent
 
@@ -63,6 +64,7 @@ class TaskQueries(StoreBase):
             result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
             created = [Task.model_validate(dict(r._mapping)) for r in result]
             await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
+            await notify(conn, self.origin, {t.sensor_serial for t in tasks})
         return created
 
     async def bulk_insert(self, tasks: Sequence[PastTask]) -> None:
@@ -138,5 +140,5 @@ class TaskQueries(StoreBase):
                 raise NotFound(f"task {task_id} not found")
             work = works[0]
             changes.cancel(work)
-            await write_changes(conn, changes)
+            await self._write_changes(conn, changes)
         return Task.model_validate(work.row)

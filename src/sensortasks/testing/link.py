@@ -71,6 +71,9 @@ class FakeLink:
         self._on_connect: OnConnect | None = None
         self._generation = 0
         self._mids = itertools.count(1)
+        #: Why the dispatcher left the broker (`pause`), until it `resume`s.
+        self.paused: str | None = None
+        self._reconnect: asyncio.Future[None] | None = None
 
     # -- the Link protocol --------------------------------------------------
     async def run(self, on_connect: OnConnect | None = None) -> None:
@@ -78,6 +81,15 @@ class FakeLink:
         if self._auto_connect:
             await self.connect()
         await asyncio.Future()  # until cancelled
+
+    def pause(self, reason: str) -> None:
+        self.paused = reason
+        self.disconnect()
+
+    def resume(self) -> None:
+        if self.paused is not None:
+            self.paused = None
+            self._reconnect = asyncio.ensure_future(self.connect())
 
     def ack(self, messages: Sequence[Incoming]) -> None:
         self.acked += [m for m in messages if m.generation == self._generation]

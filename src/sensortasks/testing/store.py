@@ -12,8 +12,10 @@ Single tenant: customers and sensor registration are not modelled.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,8 @@ from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.errors import NotFound
 from sensortasks.store.changes import Changes, Work, created_event, task_row, transition_of
 from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
+from sensortasks.store.membership import RESENT_ONCE, Beat, LeaseState, Member, plan_beat, plan_leave
+from sensortasks.store.notify import OnWake
 from sensortasks.store.records import Dispatch, Expiry, IncomingReport, NewTask, ReportBatchResult, Transition
 from sensortasks.store.tables import Task, TaskEvent
 
@@ -38,6 +42,8 @@ class InMemoryStore:
         self.task_events: dict[int, dict[str, Any]] = {}
         #: serial -> {"online": bool | None, "last_seen": datetime | None}
         self.sensors: dict[int, dict[str, Any]] = {}
+        self.members: dict[str, Member] = {}
+        self.lease = LeaseState()
         self._task_ids = itertools.count(1)
         self._event_ids = itertools.count(1)
 
@@ -72,7 +78,7 @@ class InMemoryStore:
         for row in self._active():
             if wanted is None or row["sensor_serial"] in wanted:
                 heads.setdefault(row["sensor_serial"], row)
-        offline = self._offline()
+        offline = self._offline() | self._cancel_untold()
         due = [
             row
             for row in sorted(heads.values(), key=lambda r: r["id"])
@@ -154,6 +160,25 @@ class InMemoryStore:
     async def sensors_online(self) -> int:
         return sum(s["online"] is True for s in self.sensors.values())
 
+    async def beat(self, me: Member, *, now: datetime, timeout_s: float) -> Beat:
+        beat = plan_beat(self.members, self.lease, me, now=now, timeout_s=timeout_s)
+        self.members[me.instance] = beat.me
+        self.lease = beat.lease
+        for name in beat.resent:
+            self.members[name] = replace(self.members[name], recovered=RESENT_ONCE)
+        for name in beat.removed:
+            del self.members[name]
+        return beat
+
+    async def leave(self, me: Member, *, now: datetime, timeout_s: float) -> None:
+        self.members[me.instance], self.lease = plan_leave(self.lease, me, now=now, timeout_s=timeout_s)
+
+    async def ping(self) -> None:
+        """Always answers (tests make a store fail by wrapping it)."""
+
+    async def listen(self, on_wake: OnWake) -> None:  # noqa: ARG002  (one process: nobody else writes)
+        await asyncio.Future()
+
     # -- plumbing --------------------------------------------------------------------
     def _row(self, task_id: int, customer_id: int | None) -> dict[str, Any]:
         row = self.tasks.get(task_id)
@@ -167,6 +192,14 @@ class InMemoryStore:
 
     def _offline(self) -> set[int]:
         return {serial for serial, s in self.sensors.items() if s["online"] is False}
+
+    def _cancel_untold(self) -> set[int]:
+        """Sensors with a cancel in the outbox: their next task waits for it."""
+        return {
+            self.tasks[e["task_id"]]["sensor_serial"]
+            for e in self.task_events.values()
+            if not e["published"] and e["to_status"] == TaskStatus.CANCELLED and e["attempt"] > 0
+        }
 
     def _serial_and_type(self, task_id: int) -> tuple[int, str]:
         row = self.tasks[task_id]

@@ -1,0 +1,140 @@
+"""This instance as a member of the group of dispatchers that share one database.
+
+- It beats (`DispatchStore.beat`) every quarter of ``instance_timeout_s``, but only while it
+  holds the broker connection: an instance without the broker cannot be handed statuses, and
+  its silence is what makes the others recover its share.
+- The beat takes or renews the leader lease. The leader alone publishes the outbox and the
+  aggregate ``ops/stats``, re-sends on sensors' reconnects, and recovers silent members; it
+  counts as leader only until one beat interval before its lease runs out, so two instances
+  never both act as leader while their clocks agree (docs/scaling.md).
+- An instance that cannot reach the database for half the timeout leaves the broker
+  (`Link.pause`): statuses it cannot commit then stop coming to it, and what its session holds
+  is recovered by the others. It rejoins when the database answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from sensortasks.dispatcher.clock import Clock
+from sensortasks.dispatcher.link import Link
+from sensortasks.errors import Unavailable
+from sensortasks.ops.metrics import Counters
+from sensortasks.store import StaleBatch
+from sensortasks.store.interface import DispatchStore
+from sensortasks.store.membership import Beat, Member
+
+log = logging.getLogger(__name__)
+
+#: What a database action can raise that retrying (later) may fix.
+STORE_ERRORS = (SQLAlchemyError, StaleBatch, Unavailable, OSError)
+
+
+class Membership:
+    def __init__(
+        self,
+        instance: str,
+        store: DispatchStore,
+        link: Link,
+        clock: Clock,
+        counters: Counters,
+        *,
+        timeout_s: float,
+        session_expiry_s: int,
+        on_resend: Callable[[str], None],
+        on_lead: Callable[[], None],
+    ) -> None:
+        self.instance = instance
+        self.store = store
+        self.link = link
+        self.clock = clock
+        self.counters = counters
+        self.timeout_s = timeout_s
+        self.interval_s = timeout_s / 4
+        self.session_expiry_s = session_expiry_s
+        self.on_resend = on_resend
+        self.on_lead = on_lead
+        self.started_at = clock.now()
+        #: The live members at the last beat (this one included).
+        self.live: tuple[Member, ...] = ()
+        self._lead_until: datetime | None = None
+        self._reachable_at = self.started_at
+        self._left_broker = False
+        self._poke = asyncio.Event()
+        self._last = (counters.dispatched, counters.completed, self.started_at)
+
+    @property
+    def leader(self) -> bool:
+        return self._lead_until is not None and self.clock.now() < self._lead_until
+
+    def poke(self) -> None:
+        """Beat now (the broker connection came up: take the lead without waiting)."""
+        self._poke.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.clock.wait(self._poke, self.interval_s)
+            self._poke.clear()
+            await self._step()
+
+    async def leave(self) -> None:
+        """A clean stop: give the lead up (best effort: an unreachable database lets it expire)."""
+        self._lead_until = None
+        now = self.clock.now()
+        try:
+            await self.store.leave(self._me(now), now=now, timeout_s=self.timeout_s)
+        except STORE_ERRORS as exc:
+            log.warning("could not leave the group cleanly (%s); the lead expires in %.0f s", exc, self.timeout_s)
+
+    async def _step(self) -> None:
+        now = self.clock.now()
+        try:
+            if self.link.connected.is_set():
+                self._apply(await self.store.beat(self._me(now), now=now, timeout_s=self.timeout_s), now)
+            else:
+                await self.store.ping()
+        except STORE_ERRORS as exc:
+            silent = (now - self._reachable_at).total_seconds()
+            log.warning("heartbeat failed (%s: %s) for %.1f s", type(exc).__name__, exc, silent)
+            if silent >= self.timeout_s / 2 and not self._left_broker:
+                self._left_broker = True
+                self._lead_until = None
+                self.link.pause(f"the database has been unreachable for {silent:.1f} s")
+            return
+        self._reachable_at = now
+        if self._left_broker:
+            self._left_broker = False
+            self.link.resume()
+
+    def _apply(self, beat: Beat, now: datetime) -> None:
+        was_leader = self.leader
+        self._lead_until = now + timedelta(seconds=self.timeout_s - self.interval_s) if beat.leader else None
+        self.live = beat.live
+        if beat.leader != was_leader:
+            log.info(
+                "instance %s %s the lead", self.instance, "took" if beat.leader else "lost",
+                extra={"instance": self.instance, "action": "lead" if beat.leader else "follow"},
+            )  # fmt: skip
+        if beat.leader and not was_leader:
+            self.on_lead()
+        if beat.reasons:
+            self.on_resend("; ".join(beat.reasons))
+
+    def _me(self, now: datetime) -> Member:
+        dispatched, completed, since = self._last
+        elapsed = max((now - since).total_seconds(), 1e-9)
+        self._last = (self.counters.dispatched, self.counters.completed, now)
+        return Member(
+            self.instance,
+            self.started_at,
+            now,
+            self.session_expiry_s,
+            dispatch_rate=round((self.counters.dispatched - dispatched) / elapsed, 2),
+            complete_rate=round((self.counters.completed - completed) / elapsed, 2),
+            rejected=self.counters.rejected.total(),
+        )

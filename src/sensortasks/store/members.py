@@ -1,0 +1,62 @@
+"""The dispatcher instances' heartbeats and the leader lease, in the database every instance
+shares: `store.membership` decides, this writes. Each beat is one short transaction that
+locks the lease row first, so beats of several instances serialise on it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sensortasks.store.base import StoreBase
+from sensortasks.store.membership import LEADER, Beat, LeaseState, Member, plan_beat, plan_leave
+from sensortasks.store.tables import DispatcherInstance, Lease
+
+M = DispatcherInstance.__table__  # type: ignore[attr-defined]
+L = Lease.__table__  # type: ignore[attr-defined]
+
+
+class MemberQueries(StoreBase):
+    async def beat(self, me: Member, *, now: datetime, timeout_s: float) -> Beat:
+        """Record `me` alive, take or renew the lead if free, and (as leader) start recoveries."""
+        async with self._write() as conn:
+            lease = await self._lease(conn)
+            members = {m.instance: m for m in await self._members(conn)}
+            beat = plan_beat(members, lease, me, now=now, timeout_s=timeout_s)
+            await self._save(conn, beat.me, known=me.instance in members)
+            if beat.lease != lease:
+                await conn.execute(update(L).where(L.c.name == LEADER).values(asdict(beat.lease)))
+            if beat.resent:
+                await conn.execute(update(M).where(M.c.instance.in_(beat.resent)).values(recovered=1))
+            if beat.removed:
+                await conn.execute(delete(M).where(M.c.instance.in_(beat.removed)))
+        return beat
+
+    async def leave(self, me: Member, *, now: datetime, timeout_s: float) -> None:
+        """A clean stop (see `membership.plan_leave`)."""
+        async with self._write() as conn:
+            lease = await self._lease(conn)
+            members = {m.instance for m in await self._members(conn)}
+            member, freed = plan_leave(lease, me, now=now, timeout_s=timeout_s)
+            await self._save(conn, member, known=me.instance in members)
+            if freed != lease:
+                await conn.execute(update(L).where(L.c.name == LEADER).values(asdict(freed)))
+
+    async def _lease(self, conn: AsyncConnection) -> LeaseState:
+        row = (await conn.execute(self._locked(select(L).where(L.c.name == LEADER)))).one()
+        return LeaseState(row.holder, row.expires_at)
+
+    @staticmethod
+    async def _members(conn: AsyncConnection) -> list[Member]:
+        return [Member(**dict(r._mapping)) for r in await conn.execute(select(M).order_by(M.c.instance))]
+
+    @staticmethod
+    async def _save(conn: AsyncConnection, member: Member, *, known: bool) -> None:
+        values: dict[str, Any] = asdict(member)
+        if known:
+            await conn.execute(update(M).where(M.c.instance == member.instance).values(values))
+        else:
+            await conn.execute(insert(M).values(values))
