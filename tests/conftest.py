@@ -68,7 +68,27 @@ async def postgres_database() -> AsyncIterator[str]:
         await conn.close()
 
 
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
+#: The databases `database_url` runs a test on, with the marks each one needs.
+DATABASES: dict[str, tuple[pytest.MarkDecorator, ...]] = {"sqlite": (), "postgresql": (pytest.mark.postgres,)}
+
+
+def _database_params(*names: str) -> list[pytest.ParameterSet]:
+    return [pytest.param(name, marks=DATABASES[name], id=name) for name in names]
+
+
+@pytest.fixture(params=_database_params(*DATABASES))
+async def database_url(request: pytest.FixtureRequest, sqlite_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, then a PostgreSQL database (``test_x[postgresql]``).
+
+    Not migrated: whatever uses it migrates it, as `serve` does."""
+    if request.param == "sqlite":
+        yield sqlite_url
+        return
     async with postgres_database() as url:
         yield url
+
+
+def only_on(database: str) -> pytest.MarkDecorator:
+    """Run a test (or, as ``pytestmark``, a module) whose fixtures take `database_url` on one
+    database only. Say at the use why the other one proves nothing there."""
+    return pytest.mark.parametrize("database_url", _database_params(database), indirect=True)

@@ -1,4 +1,4 @@
-"""The broker killed with SIGKILL mid-flow and restarted: nothing accepted is lost."""
+"""The broker killed with SIGKILL mid-flow and restarted, on SQLite and PostgreSQL: nothing accepted is lost."""
 
 from __future__ import annotations
 
@@ -43,8 +43,12 @@ async def check_history(api: httpx.AsyncClient, tasks: dict[int, dict[str, objec
         assert task["attempt_count"] == len(sent), events
 
 
-async def test_broker_sigkill_and_restart(persistent_broker: MosquittoBroker, tmp_path: Path) -> None:
-    serve = ServeProcess(persistent_broker, tmp_path, SENSORTASKS_ACK_TIMEOUT_S="5")
+async def test_broker_sigkill_and_restart(
+    persistent_broker: MosquittoBroker, tmp_path: Path, database_url: str
+) -> None:
+    serve = ServeProcess(
+        persistent_broker, tmp_path, SENSORTASKS_ACK_TIMEOUT_S="5", SENSORTASKS_DATABASE_URL=database_url
+    )
     serve.start()
     serials = [800000000000000 + i for i in range(10)]
 

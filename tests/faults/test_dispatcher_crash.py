@@ -1,4 +1,5 @@
-"""The dispatcher SIGKILLed at seeded random moments while 2,000 tasks flow through 200 sensors."""
+"""The dispatcher SIGKILLed at seeded random moments while 2,000 tasks flow through 200 sensors,
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ class CountingSensor(SensorClient):
         return accepted
 
 
-async def test_sigkill_during_2000_tasks(broker: MosquittoBroker, tmp_path: Path) -> None:
+async def test_sigkill_during_2000_tasks(broker: MosquittoBroker, tmp_path: Path, database_url: str) -> None:
     rng = random.Random(2026)
-    serve = ServeProcess(broker, tmp_path)
+    serve = ServeProcess(broker, tmp_path, SENSORTASKS_DATABASE_URL=database_url)
     serve.start()
     serials = [810000000000000 + i for i in range(SENSORS)]
 

@@ -1,4 +1,5 @@
-"""An in-process sensortasks (dispatcher + API) on a real Mosquitto and a real SQLite file."""
+"""An in-process sensortasks (dispatcher + API) on a real Mosquitto and a real database: each test
+that starts one runs on SQLite and on PostgreSQL (`database_url`), unless marked `only_on` one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -206,14 +206,14 @@ async def request(
 
 
 @pytest.fixture
-async def make_service(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+async def make_service(broker: MosquittoBroker, database_url: str) -> AsyncIterator[ServiceFactory]:
     """Start sensortasks with settings overridden per test (fast timeouts by default)."""
     started: list[tuple[Service, asyncio.Task[None]]] = []
 
     async def make(**overrides: Any) -> Service:
         options: dict[str, Any] = {
             "mqtt_url": broker.url,
-            "database_url": f"sqlite+aiosqlite:///{tmp_path}/sensortasks.db",
+            "database_url": database_url,
             "auth": "disabled",
             "instance": f"test-{uuid.uuid4().hex[:8]}",
             "ack_timeout_s": 5.0,

@@ -10,9 +10,11 @@ import threading
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from sensortasks.domain import TaskStatus
 from sensortasks.protocol import TaskMessage
+from tests.conftest import only_on
 
 from .conftest import ServiceFactory, eventually
 
@@ -20,10 +22,11 @@ pytestmark = pytest.mark.faults
 SERIAL = 900000000000000
 
 
-async def test_a_locked_database_slows_the_dispatcher_down_without_losing_work(
-    make_service: ServiceFactory, tmp_path: Any
-) -> None:
+@only_on("sqlite")  # SQLite's one writer lock and busy timeout; PostgreSQL locks rows, not the database
+async def test_a_locked_database_slows_the_dispatcher_down_without_losing_work(make_service: ServiceFactory) -> None:
     service = await make_service()
+    path = make_url(service.settings.database_url).database
+    assert path is not None
     gate = asyncio.Event()
 
     async def waits(job: Any) -> None:
@@ -39,7 +42,7 @@ async def test_a_locked_database_slows_the_dispatcher_down_without_losing_work(
     locked, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
-        conn = sqlite3.connect(str(tmp_path / "sensortasks.db"), isolation_level=None)
+        conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("BEGIN EXCLUSIVE")
         locked.set()
         release.wait(30)
