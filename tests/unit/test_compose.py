@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,11 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 
 def default_services() -> dict[str, dict[str, Any]]:
     return {name: spec for name, spec in SERVICES.items() if not spec.get("profiles")}
+
+
+def scale_instances() -> dict[str, dict[str, Any]]:
+    """The sensortasks instances of the `scale` profile (PostgreSQL is in it too)."""
+    return {name: spec for name, spec in SERVICES.items() if "scale" in spec.get("profiles", []) and name != "postgres"}
 
 
 def test_the_default_broker_runs_the_shipped_secure_config() -> None:
@@ -71,7 +77,80 @@ def compose_client() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-@pytest.mark.parametrize("profile", [None, "postgres", "development"])
+def test_the_scale_profile_starts_on_a_healthy_postgres_and_broker() -> None:
+    postgres = SERVICES["postgres"]
+    assert "scale" in postgres["profiles"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    instances = scale_instances()
+    assert instances
+    for name, spec in instances.items():
+        assert spec["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        assert spec["depends_on"]["mosquitto"]["condition"] == "service_healthy", name
+        assert "sensortasks" not in spec["depends_on"], f"{name} would start the SQLite instance too"
+
+
+def test_the_scale_instances_share_one_database_and_group_under_distinct_names() -> None:
+    instances = scale_instances()
+    env = {name: spec["environment"] for name, spec in instances.items()}
+    databases = {e["SENSORTASKS_DATABASE_URL"] for e in env.values()}
+    assert len(databases) == 1
+    assert databases.pop().startswith("postgresql+asyncpg://sensortasks:sensortasks@postgres:5432/")
+    groups = {e["SENSORTASKS_MQTT_SHARE_GROUP"] for e in env.values()}
+    assert len(groups) == 1
+    assert groups.pop()
+    names = [e["SENSORTASKS_INSTANCE"] for e in env.values()]
+    assert len(set(names)) == len(names), names
+    commands = sorted(" ".join(spec["command"]) for spec in instances.values())
+    assert commands == ["--api-only", "--dispatcher-only", "--dispatcher-only"]
+    for name, spec in instances.items():
+        if spec["command"] == ["--dispatcher-only"]:
+            assert spec["healthcheck"] == {"disable": True}, f"{name} has no /healthz to answer the image's check"
+        else:
+            assert spec["ports"] == ["127.0.0.1:8082:8080"]
+            assert env[name]["SENSORTASKS_HTTP_HOST"] == "0.0.0.0"  # noqa: S104  (in its container)
+
+
+def test_the_scale_instances_log_in_to_the_secure_broker_only() -> None:
+    for name, spec in scale_instances().items():
+        assert spec["entrypoint"] == ["/app/scripts/compose-serve"], name
+        assert spec["volumes"] == ["broker-secrets:/secrets:ro"], name
+        assert not {"SENSORTASKS_MQTT_URL", "SENSORTASKS_BROKER_ADMIN_URL"} & set(spec["environment"]), name
+        assert "mosquitto-dev" not in yaml.safe_dump(spec), name
+        published = [str(port) for port in spec.get("ports", [])]
+        assert not [port for port in published if port.endswith((":1883", ":8883"))], name
+
+
+def run_compose_serve(tmp_path: Path, *args: str) -> list[str]:
+    """scripts/compose-serve with its secrets in `tmp_path`, and `python` and `sensortasks` that
+    print what they were given: what it makes of `args`."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "broker.env").write_text("ADMIN_PASSWORD=admin-pw\nDISPATCHER_PASSWORD=dispatcher-pw\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("python", "sensortasks"):
+        fake = bin_dir / program
+        fake.write_text(f'#!/bin/sh\necho "{program} $* mqtt=${{SENSORTASKS_MQTT_URL:-}}"\n')
+        fake.chmod(0o755)
+    script = (ROOT / "scripts" / "compose-serve").read_text().replace("/secrets/", f"{secrets}/")
+    env = os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SENSORTASKS_INSTANCE": "scale-1"}
+    result = subprocess.run(
+        ["sh", "-c", script, "compose-serve", *args], env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout.splitlines()
+
+
+def test_compose_serve_makes_a_dispatcher_account_per_instance(tmp_path: Path) -> None:
+    account, serve = run_compose_serve(tmp_path, "--dispatcher-only")
+    assert account.startswith("python -m sensortasks.broker mqtt://admin:admin-pw@mosquitto:1883 scale-1 dispatcher-pw")
+    assert serve == "sensortasks serve --dispatcher-only mqtt=mqtt://sensortasks-scale-1:dispatcher-pw@mosquitto:1883"
+
+
+def test_compose_serve_gives_an_api_only_instance_no_broker_login(tmp_path: Path) -> None:
+    assert run_compose_serve(tmp_path, "--api-only") == ["sensortasks serve --api-only mqtt="]
+
+
+@pytest.mark.parametrize("profile", [None, "postgres", "development", "scale"])
 def test_the_compose_client_accepts_it(profile: str | None) -> None:
     client = compose_client()
     if client is None:

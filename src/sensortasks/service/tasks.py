@@ -3,10 +3,13 @@ so validation and rules exist once."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sensortasks.broker.accounts import MqttCredentials
@@ -18,10 +21,21 @@ from sensortasks.protocol.commands import TaskCreate
 from sensortasks.protocol.topics import MAX_ID
 from sensortasks.service.accounts import AccountService, BrokerAccounts
 from sensortasks.store import NewTask, Remembered, SensorInfo, Task, TaskEvent, TaskFilter, TaskStore, utcnow
+from sensortasks.store.idempotency import IN_PROGRESS
 from sensortasks.store.keys import KeyStore
+
+log = logging.getLogger(__name__)
 
 #: How long an Idempotency-Key is remembered (at least the 24 hours promised).
 IDEMPOTENCY_KEEP = timedelta(hours=48)
+#: How long a request waits for the answer of the same request running elsewhere.
+IDEMPOTENCY_WAIT_S = 10.0
+#: The waiter's polls: the first pause, doubled up to the last.
+IDEMPOTENCY_FIRST_POLL_S = 0.01
+IDEMPOTENCY_LAST_POLL_S = 0.25
+#: A claimed key without an answer this old belongs to a request that died (its process killed
+#: or its database gone before it could answer or release); the next request takes it over.
+IDEMPOTENCY_STALE = timedelta(seconds=60)
 
 
 def checked_id(task_id: int, what: str = "task") -> int:
@@ -136,21 +150,70 @@ class TaskService:
         """Run `create()` -> (status, JSON) at most once per Idempotency-Key.
 
         The same key with the same request returns the first answer again; with a different
-        request it is a Conflict. Keys are per customer and remembered for 48 hours.
+        request it is a Conflict. Keys are per customer and remembered for 48 hours. The same
+        request arriving twice at once (at two instances, say) runs once: the one that claims
+        the key runs, the other waits for its answer. A request that fails releases the key,
+        so that a retry runs again.
         """
         if key is None:
             return await create()
         tenant = customer_id or 0
         digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
-        known = await self.store.remembered(tenant, key)
-        if known is None:
-            status, body = await create()
-            known = await self.store.remember(
-                tenant, key, Remembered(digest, status, body), now=utcnow(), keep=IDEMPOTENCY_KEEP
-            )
+        known = await self.store.remembered(tenant, key)  # a replay is answered by a read
+        if known is None or known.status_code == IN_PROGRESS:
+            known = await self._claim_or_wait(tenant, key, digest, create)
         if known.request_hash != digest:
             raise Conflict(
                 "Idempotency-Key was already used with a different request",
                 details={"header": "Idempotency-Key"},
             )
         return known.status_code, known.response
+
+    async def _claim_or_wait(
+        self, tenant: int, key: str, digest: str, create: Callable[[], Awaitable[tuple[int, str]]]
+    ) -> Remembered:
+        """Claim the key and run `create()`, or wait while another request holds it: the answer
+        either way (or the other request's claim, if it is for a different request). A Conflict
+        when the other takes longer than `IDEMPOTENCY_WAIT_S`."""
+        deadline = time.monotonic() + IDEMPOTENCY_WAIT_S
+        pause = IDEMPOTENCY_FIRST_POLL_S
+        while True:
+            claimed_at = utcnow()
+            known = await self.store.claim(
+                tenant, key, digest, now=claimed_at, keep=IDEMPOTENCY_KEEP, stale=IDEMPOTENCY_STALE
+            )
+            if known is None:
+                return await self._run_claimed(tenant, key, digest, claimed_at, create)
+            if known.status_code != IN_PROGRESS or known.request_hash != digest:
+                return known
+            if time.monotonic() >= deadline:
+                raise Conflict(
+                    "a request with this Idempotency-Key is still being processed; retry it later",
+                    details={"header": "Idempotency-Key"},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, IDEMPOTENCY_LAST_POLL_S)
+
+    async def _run_claimed(
+        self,
+        tenant: int,
+        key: str,
+        digest: str,
+        claimed_at: datetime,
+        create: Callable[[], Awaitable[tuple[int, str]]],
+    ) -> Remembered:
+        """Run `create()` for the key this request claimed; store its answer, or release the key."""
+        try:
+            status, body = await create()
+        except BaseException:
+            try:
+                await self.store.release(tenant, key, claimed_at=claimed_at)
+            except Exception:
+                log.exception(
+                    "idempotency key %r of customer %s stays claimed for %s (cannot release it)",
+                    key,
+                    tenant,
+                    IDEMPOTENCY_STALE,
+                )
+            raise
+        return await self.store.remember(tenant, key, Remembered(digest, status, body))

@@ -1,4 +1,5 @@
-"""Alembic environment: async engines, SQLModel metadata, batch mode for SQLite."""
+"""Alembic environment: async engines, SQLModel metadata, batch mode for SQLite, and the lock
+that lets several instances upgrade one database at once (`sensortasks.store.migrate`)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,28 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import sensortasks.store.tables  # noqa: F401  (registers the tables)
+from sensortasks.store.migrate import lock_schema, migration_engine
 
 target_metadata = SQLModel.metadata
 
 
 def _run(connection: Connection) -> None:
+    lock_schema(connection)
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        transactional_ddl=True,  # one transaction for the whole upgrade, on SQLite too
     )
     with context.begin_transaction():
         context.run_migrations()
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    engine = migration_engine(context.config.get_main_option("sqlalchemy.url") or "")
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
