@@ -91,7 +91,7 @@ async def test_a_dispatcher_reconnect_resends_in_flight_tasks_and_pauses_the_clo
     await h.settle()
     assert h.attempts(S) == [(ongoing, 1), (ongoing, 1)]
     assert h.attempts(S + 1) == [(unacked, 1), (unacked, 1)]
-    assert ("redelivered", 1, "dispatcher (re)connected") in await _kinds(h, unacked)
+    assert ("redelivered", 1, "dispatcher reconnected") in await _kinds(h, unacked)
     await h.advance(ACK - TICK)
     assert await h.status(unacked) == ("Pending", 1)
     await h.advance(2 * TICK)

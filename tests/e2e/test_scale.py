@@ -97,21 +97,32 @@ async def cluster(broker: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Clus
             (tmp_path / name).mkdir()
             instances[name] = ServeProcess(broker, tmp_path / name, **scale_env(name, url))
         try:
-            first, *others = instances.values()
-            # The first migrates the fresh database alone: first starts at once race in Alembic today
-            # (`duplicate key value violates unique constraint "pg_type_typname_nsp_index"`).
-            await asyncio.to_thread(first.start)
-            await asyncio.gather(*(asyncio.to_thread(p.start) for p in others))
+            # All at once on the fresh database: they migrate it together (one waits for the other).
+            await asyncio.gather(*(asyncio.to_thread(p.start) for p in instances.values()))
             apis = {name: httpx.AsyncClient(base_url=p.url, timeout=10) for name, p in instances.items()}
             try:
                 with PahoFleet(broker.host, broker.port, SERIALS, work_s=WORK_S).running() as fleet:
-                    yield Cluster(instances, apis, fleet)
+                    cluster = Cluster(instances, apis, fleet)
+                    await seen_online(cluster)
+                    yield cluster
             finally:
                 for api in apis.values():
                     await api.aclose()
         finally:
             for process in instances.values():
                 process.stop()
+
+
+async def seen_online(cluster: Cluster) -> None:
+    """Wait until the dispatchers have heard every sensor come online: a fresh "online" heard
+    after a sensor's task was sent re-sends it (SPEC 4.3), a legitimate duplicate."""
+
+    async def all_online() -> bool:
+        api = cluster.api()
+        answers = await asyncio.gather(*(api.get(f"/v1/sensors/{serial}") for serial in SERIALS))
+        return all(a.status_code == 200 and a.json()["online"] for a in answers)
+
+    await eventually(all_online, timeout=30, what="every sensor to be seen online")
 
 
 def task_body(serial: int) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class Dispatcher:
         self._outbox_wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._in_hand: asyncio.Future[None] | None = None
+        self._returning = False
         self._commands: Callable[[Incoming], Awaitable[None]] | None = None
 
     # -- public --------------------------------------------------------------
@@ -147,6 +148,8 @@ class Dispatcher:
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Run until `stop()` (or, with `until_idle`, until no task is Pending or Ongoing)."""
+        # A previous life of this instance may have claimed attempts it never got to publish.
+        self._returning = await self._retrying("membership", self.store.member, self.instance) is not None
         async with asyncio.TaskGroup() as group:
             link = group.create_task(self.link.run(self._on_connect), name="mqtt-link")
             workers = [
@@ -204,7 +207,14 @@ class Dispatcher:
 
     async def _on_connect(self) -> None:
         await self._publish_presence(online=True)
-        self._resend("dispatcher (re)connected")
+        # Not on a first start: a new member has lost nothing, and a re-send of the others'
+        # in-flight work at every join would be a duplicate for each of their sensors.
+        if self.link.connects > 1:
+            self._resend("dispatcher reconnected")
+        elif self._returning:
+            self._resend("dispatcher restarted")
+        self._sweep = True
+        self._wake.set()
         self.members.poke()
         self._outbox_wake.set()
 

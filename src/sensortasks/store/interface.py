@@ -52,6 +52,10 @@ class DispatchStore(Protocol):
 
     async def sensors_online(self) -> int: ...
 
+    async def member(self, instance: str) -> Member | None:
+        """The instance's row, if it ever beat (and has not been recovered and removed)."""
+        ...
+
     async def beat(self, me: Member, *, now: datetime, timeout_s: float) -> Beat:
         """This instance is alive: take or renew the lead if free and plan recoveries (`store.membership`)."""
         ...

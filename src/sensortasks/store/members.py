@@ -45,6 +45,11 @@ class MemberQueries(StoreBase):
             if freed != lease:
                 await conn.execute(update(L).where(L.c.name == LEADER).values(asdict(freed)))
 
+    async def member(self, instance: str) -> Member | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(M).where(M.c.instance == instance))).first()
+        return None if row is None else Member(**dict(row._mapping))
+
     async def _lease(self, conn: AsyncConnection) -> LeaseState:
         row = (await conn.execute(self._locked(select(L).where(L.c.name == LEADER)))).one()
         return LeaseState(row.holder, row.expires_at)

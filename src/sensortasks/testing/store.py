@@ -160,6 +160,9 @@ class InMemoryStore:
     async def sensors_online(self) -> int:
         return sum(s["online"] is True for s in self.sensors.values())
 
+    async def member(self, instance: str) -> Member | None:
+        return self.members.get(instance)
+
     async def beat(self, me: Member, *, now: datetime, timeout_s: float) -> Beat:
         beat = plan_beat(self.members, self.lease, me, now=now, timeout_s=timeout_s)
         self.members[me.instance] = beat.me
