@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from sensortasks.config import Settings
@@ -104,7 +105,7 @@ class Dispatcher:
             on_lead=self.notify_outbox,
         )
         self.stats = StatsPublisher(
-            self.instance, self.topics.ops_stats, settings.stats_interval_s, store, link, self.members, clock.now
+            self.instance, self.topics.ops_stats, settings.stats_interval_s, store, link, self.members, clock
         )
         self._dirty: set[int] = set()
         self._sweep = True
@@ -136,8 +137,10 @@ class Dispatcher:
 
     def kick(self, serials: Iterable[int]) -> None:
         """These sensors' queues may move on (new task, finished task, sensor back)."""
+        before = len(self._dirty)
         self._dirty.update(serials)
-        self._wake.set()
+        if len(self._dirty) > before:
+            self._wake.set()
 
     def notify_outbox(self) -> None:
         """New transitions were committed (e.g. a cancel through the API): publish them soon."""
@@ -359,10 +362,15 @@ class Dispatcher:
 
     # -- dispatch ------------------------------------------------------------
     async def _dispatch_loop(self) -> None:
+        next_sweep = self.clock.now()
         while True:
-            if not await self.clock.wait(self._wake, SWEEP_INTERVAL_S):
+            # A sweep every SWEEP_INTERVAL_S however busy: wake-ups must not postpone it for ever.
+            wait = (next_sweep - self.clock.now()).total_seconds()
+            if wait <= 0 or not await self.clock.wait(self._wake, wait):
                 self._sweep = True
             self._wake.clear()
+            if self._sweep:
+                next_sweep = self.clock.now() + timedelta(seconds=SWEEP_INTERVAL_S)
             await self.link.connected.wait()
             now = self.clock.now()
             if self._resync is not None:

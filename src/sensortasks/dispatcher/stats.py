@@ -14,11 +14,9 @@ group that stopped on purpose stays, and says so.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sensortasks.dispatcher.members import STORE_ERRORS
@@ -27,6 +25,7 @@ from sensortasks.protocol import OpsStats
 from sensortasks.store import format_time
 
 if TYPE_CHECKING:
+    from sensortasks.dispatcher.clock import Clock
     from sensortasks.dispatcher.link import Link
     from sensortasks.dispatcher.members import Membership
     from sensortasks.store import Dispatch, Transition
@@ -47,7 +46,7 @@ class StatsPublisher:
         store: DispatchStore,
         link: Link,
         members: Membership,
-        clock: Callable[[], datetime],
+        clock: Clock,
     ) -> None:
         self.instance = instance
         self.topic = topic
@@ -60,7 +59,7 @@ class StatsPublisher:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await self.clock.sleep(self.interval_s)
             if self.link.connected.is_set() and self.members.leader:
                 await self.publish(online=True)
 
@@ -75,7 +74,7 @@ class StatsPublisher:
         live = self.members.live
         stats = OpsStats(
             instance=self.instance,
-            at=format_time(self.clock()) or "",
+            at=format_time(self.clock.now()) or "",
             tasks={status.label: n for status, n in counts.items()},
             dispatch_rate=round(sum(m.dispatch_rate for m in live), 2) if online else 0.0,
             complete_rate=round(sum(m.complete_rate for m in live), 2) if online else 0.0,
