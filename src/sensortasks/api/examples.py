@@ -135,6 +135,12 @@ sensortasks_tasks{status="Completed"} 4021.0
 # HELP sensortasks_mqtt_connected 1 while the dispatcher is connected to the broker
 # TYPE sensortasks_mqtt_connected gauge
 sensortasks_mqtt_connected 1.0
+# HELP sensortasks_leader 1 while this instance leads (publishes the outbox and ops/stats)
+# TYPE sensortasks_leader gauge
+sensortasks_leader 1.0
+# HELP sensortasks_instances Dispatcher instances alive at this one's last heartbeat
+# TYPE sensortasks_instances gauge
+sensortasks_instances 2.0
 """
 CSV = f"""id,sensor_serial,type,status_id,status_name,attempt_count,created_at,updated_at,file_id,max_attempts,\
 timeout_s,progress,started_at,completed_at,error

@@ -71,6 +71,8 @@ class _Snapshot(Collector):
     counters: Counters | None = None
     connected: bool | None = None
     sensors_online: int | None = None
+    leader: bool | None = None
+    instances: int | None = None
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily("sensortasks_tasks", "Tasks by status", labels=["status"])
@@ -84,6 +86,13 @@ class _Snapshot(Collector):
         if self.connected is not None:
             yield GaugeMetricFamily(
                 "sensortasks_mqtt_connected", "1 while the dispatcher is connected to the broker", value=self.connected
+            )
+        if self.leader is not None:
+            lead = "1 while this instance leads (publishes the outbox and ops/stats)"
+            yield GaugeMetricFamily("sensortasks_leader", lead, value=self.leader)
+        if self.instances is not None:
+            yield GaugeMetricFamily(
+                "sensortasks_instances", "Dispatcher instances alive at this one's last heartbeat", value=self.instances
             )
         if self.counters is not None:
             for name, help_text in COUNTERS.items():
@@ -141,10 +150,12 @@ class Metrics:
         counters: Counters | None,
         connected: bool | None,
         sensors_online: int | None = None,
+        leader: bool | None = None,
+        instances: int | None = None,
     ) -> bytes:
         snapshot = self._snapshot
         snapshot.tasks, snapshot.counters, snapshot.connected = tasks, counters, connected
-        snapshot.sensors_online = sensors_online
+        snapshot.sensors_online, snapshot.leader, snapshot.instances = sensors_online, leader, instances
         return generate_latest(self.registry)
 
 

@@ -77,8 +77,8 @@ async def listen(url: str, on_wake: OnWake) -> None:
         await asyncio.Future()  # nothing to listen to: one process, woken in process
     delay = RECONNECT_S
     while True:
-        try:
-            conn = await asyncpg.connect(
+        connecting = asyncio.ensure_future(
+            asyncpg.connect(
                 host=parsed.host,
                 port=parsed.port,
                 user=parsed.username,
@@ -86,6 +86,13 @@ async def listen(url: str, on_wake: OnWake) -> None:
                 database=parsed.database,
                 timeout=RECONNECT_MAX_S,
             )
+        )
+        try:
+            # Shielded: asyncpg cancelled mid-handshake leaves a future whose error nobody reads.
+            conn = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            connecting.add_done_callback(_discard)
+            raise
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("cannot LISTEN for wake-ups (%s); retrying in %.1f s", exc, delay)
         else:
@@ -119,6 +126,12 @@ async def _until_lost(conn: asyncpg.Connection, lost: asyncio.Event) -> None:
                 await conn.execute("SELECT 1", timeout=PING_S)
             except (OSError, asyncpg.PostgresError, TimeoutError):
                 return
+
+
+def _discard(connecting: asyncio.Future[asyncpg.Connection]) -> None:
+    """Close a connection that was still being made when listening was cancelled."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().terminate()
 
 
 def _deliver(raw: str, on_wake: OnWake) -> None:

@@ -66,5 +66,7 @@ async def metrics(state: State) -> Response:
         counters=dispatcher.counters if dispatcher else None,
         connected=dispatcher.connected if dispatcher else None,
         sensors_online=online,
+        leader=dispatcher.members.leader if dispatcher else None,
+        instances=len(dispatcher.members.live) if dispatcher else None,
     )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
