@@ -4,12 +4,13 @@ so validation and rules exist once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 from sensortasks.broker.accounts import MqttCredentials
@@ -21,7 +22,7 @@ from sensortasks.protocol.commands import TaskCreate
 from sensortasks.protocol.topics import MAX_ID
 from sensortasks.service.accounts import AccountService, BrokerAccounts
 from sensortasks.store import NewTask, Remembered, SensorInfo, Task, TaskEvent, TaskFilter, TaskStore, utcnow
-from sensortasks.store.idempotency import IN_PROGRESS
+from sensortasks.store.idempotency import IN_PROGRESS, Answer, Claim
 from sensortasks.store.keys import KeyStore
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ IDEMPOTENCY_WAIT_S = 10.0
 #: The waiter's polls: the first pause, doubled up to the last.
 IDEMPOTENCY_FIRST_POLL_S = 0.01
 IDEMPOTENCY_LAST_POLL_S = 0.25
-#: A claimed key without an answer this old belongs to a request that died (its process killed
-#: or its database gone before it could answer or release); the next request takes it over.
+#: A claimed key without an answer this old belongs to a request that died before its tasks'
+#: transaction (which stores the answer) committed, its process killed or its database gone; the
+#: next request takes it over. One that only looked dead creates nothing (`create_answering`).
 IDEMPOTENCY_STALE = timedelta(seconds=60)
 
 
@@ -43,6 +45,29 @@ def checked_id(task_id: int, what: str = "task") -> int:
     if not 0 < task_id <= MAX_ID:
         raise NotFound(f"{what} {task_id} not found")
     return task_id
+
+
+@contextlib.contextmanager
+def _fields_named(bodies: Sequence[TaskCreate]) -> Iterator[None]:
+    """The store's unregistered sensors (`InvalidInput`) reworded for the request: its field (an
+    index into a bulk body) named, and how to fix it."""
+    try:
+        yield
+    except InvalidInput as exc:
+        missing: list[int] = (exc.details or {}).get("unregistered_serials", [])
+        if not missing:
+            raise
+        unregistered = set(missing)
+        at = [i for i, b in enumerate(bodies) if b.sensor_serial in unregistered]
+        fields = ["sensor_serial"] if len(bodies) == 1 else [f"tasks.{i}.sensor_serial" for i in at]
+        details: dict[str, Any] = {"unregistered_serials": missing[:100]}
+        if len(bodies) > 1:
+            details = {"fields": fields[:100]} | details
+        raise InvalidInput(
+            f"{fields[0]}: sensor {bodies[at[0]].sensor_serial} is not registered to you;"
+            " register it with POST /v1/sensors",
+            details=details,
+        ) from exc
 
 
 class TaskService:
@@ -61,39 +86,30 @@ class TaskService:
         #: The in-process dispatcher, if this process runs one (to wake it up at once).
         self.dispatcher = dispatcher
 
-    def _new(self, body: TaskCreate) -> NewTask:
-        return NewTask(
-            sensor_serial=body.sensor_serial,
-            type=body.type.value,
-            file_id=str(body.file_id),
-            max_attempts=body.max_attempts or self.settings.max_attempts,
-            timeout_s=body.timeout_s or self.settings.default_timeout_s,
-        )
+    def _new(self, bodies: Sequence[TaskCreate]) -> list[NewTask]:
+        return [
+            NewTask(
+                sensor_serial=b.sensor_serial,
+                type=b.type.value,
+                file_id=str(b.file_id),
+                max_attempts=b.max_attempts or self.settings.max_attempts,
+                timeout_s=b.timeout_s or self.settings.default_timeout_s,
+            )
+            for b in bodies
+        ]
 
     async def create(self, bodies: Sequence[TaskCreate], customer_id: int | None) -> list[Task]:
         """Create tasks in one transaction, all or nothing. With customers, only for their own sensors."""
-        try:
-            tasks = await self.store.create([self._new(b) for b in bodies], customer_id=customer_id, now=utcnow())
-        except InvalidInput as exc:
-            missing: list[int] = (exc.details or {}).get("unregistered_serials", [])
-            if not missing:
-                raise
-            # Name the request's field (an index into a bulk body) and say how to fix it.
-            unregistered = set(missing)
-            at = [i for i, b in enumerate(bodies) if b.sensor_serial in unregistered]
-            fields = ["sensor_serial"] if len(bodies) == 1 else [f"tasks.{i}.sensor_serial" for i in at]
-            details: dict[str, Any] = {"unregistered_serials": missing[:100]}
-            if len(bodies) > 1:
-                details = {"fields": fields[:100]} | details
-            raise InvalidInput(
-                f"{fields[0]}: sensor {bodies[at[0]].sensor_serial} is not registered to you;"
-                " register it with POST /v1/sensors",
-                details=details,
-            ) from exc
-        if self.dispatcher is not None:
-            self.dispatcher.kick({t.sensor_serial for t in tasks})
-            self.dispatcher.notify_outbox()
+        with _fields_named(bodies):
+            tasks = await self.store.create(self._new(bodies), customer_id=customer_id, now=utcnow())
+        self._wake(bodies)
         return tasks
+
+    def _wake(self, bodies: Sequence[TaskCreate]) -> None:
+        """Tell the in-process dispatcher about new tasks at once (others hear the store's notify)."""
+        if self.dispatcher is not None:
+            self.dispatcher.kick({b.sensor_serial for b in bodies})
+            self.dispatcher.notify_outbox()
 
     async def get(self, task_id: int, customer_id: int | None) -> Task:
         return await self.store.get(checked_id(task_id), customer_id=customer_id)
@@ -145,22 +161,37 @@ class TaskService:
         key: str | None,
         customer_id: int | None,
         request: dict[str, Any],
-        create: Callable[[], Awaitable[tuple[int, str]]],
+        bodies: Sequence[TaskCreate],
+        answer: Answer,
     ) -> tuple[int, str]:
-        """Run `create()` -> (status, JSON) at most once per Idempotency-Key.
+        """Create `bodies`' tasks and return `answer(tasks)`, (status, JSON), at most once per
+        Idempotency-Key.
 
         The same key with the same request returns the first answer again; with a different
         request it is a Conflict. Keys are per customer and remembered for 48 hours. The same
         request arriving twice at once (at two instances, say) runs once: the one that claims
-        the key runs, the other waits for its answer. A request that fails releases the key,
-        so that a retry runs again.
+        the key runs, the other waits for its answer. The answer is stored in the tasks' own
+        transaction (`TaskStore.create_answering` calls `answer`), so a process killed or a
+        connection lost right after the commit leaves the key answered, not claimed: a retry
+        gets the first answer instead of creating the tasks again. A request that fails
+        releases the key, so that a retry runs again.
         """
         if key is None:
-            return await create()
+            return answer(await self.create(bodies, customer_id))
         tenant = customer_id or 0
         digest = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
         known = await self.store.remembered(tenant, key)  # a replay is answered by a read
         if known is None or known.status_code == IN_PROGRESS:
+
+            async def create(claim: Claim) -> Remembered | None:
+                with _fields_named(bodies):
+                    answered = await self.store.create_answering(
+                        claim, self._new(bodies), answer, customer_id=customer_id, now=utcnow()
+                    )
+                if answered is not None:
+                    self._wake(bodies)
+                return answered
+
             known = await self._claim_or_wait(tenant, key, digest, create)
         if known.request_hash != digest:
             raise Conflict(
@@ -170,20 +201,23 @@ class TaskService:
         return known.status_code, known.response
 
     async def _claim_or_wait(
-        self, tenant: int, key: str, digest: str, create: Callable[[], Awaitable[tuple[int, str]]]
+        self, tenant: int, key: str, digest: str, create: Callable[[Claim], Awaitable[Remembered | None]]
     ) -> Remembered:
-        """Claim the key and run `create()`, or wait while another request holds it: the answer
-        either way (or the other request's claim, if it is for a different request). A Conflict
-        when the other takes longer than `IDEMPOTENCY_WAIT_S`."""
+        """Claim the key and run `create(claim)`, or wait while another request holds it: the
+        answer either way (or the other request's claim, if it is for a different request). A
+        Conflict when the other takes longer than `IDEMPOTENCY_WAIT_S`."""
         deadline = time.monotonic() + IDEMPOTENCY_WAIT_S
         pause = IDEMPOTENCY_FIRST_POLL_S
         while True:
-            claimed_at = utcnow()
+            claim = Claim(tenant, key, digest, utcnow())
             known = await self.store.claim(
-                tenant, key, digest, now=claimed_at, keep=IDEMPOTENCY_KEEP, stale=IDEMPOTENCY_STALE
+                tenant, key, digest, now=claim.claimed_at, keep=IDEMPOTENCY_KEEP, stale=IDEMPOTENCY_STALE
             )
             if known is None:
-                return await self._run_claimed(tenant, key, digest, claimed_at, create)
+                known = await self._run_claimed(claim, create)
+                if known is None:
+                    continue  # taken over as stale while we ran, nothing created: the new holder answers
+                return known
             if known.status_code != IN_PROGRESS or known.request_hash != digest:
                 return known
             if time.monotonic() >= deadline:
@@ -195,25 +229,19 @@ class TaskService:
             pause = min(pause * 2, IDEMPOTENCY_LAST_POLL_S)
 
     async def _run_claimed(
-        self,
-        tenant: int,
-        key: str,
-        digest: str,
-        claimed_at: datetime,
-        create: Callable[[], Awaitable[tuple[int, str]]],
-    ) -> Remembered:
-        """Run `create()` for the key this request claimed; store its answer, or release the key."""
+        self, claim: Claim, create: Callable[[Claim], Awaitable[Remembered | None]]
+    ) -> Remembered | None:
+        """Run `create(claim)` for the key this request claimed; release the key if it fails."""
         try:
-            status, body = await create()
+            return await create(claim)
         except BaseException:
             try:
-                await self.store.release(tenant, key, claimed_at=claimed_at)
+                await self.store.release(claim)
             except Exception:
                 log.exception(
                     "idempotency key %r of customer %s stays claimed for %s (cannot release it)",
-                    key,
-                    tenant,
+                    claim.key,
+                    claim.customer_id,
                     IDEMPOTENCY_STALE,
                 )
             raise
-        return await self.store.remember(tenant, key, Remembered(digest, status, body))

@@ -4,14 +4,23 @@ MQTT ``idempotency-key`` user property (how long they are kept is the service's 
 A request *claims* its key before it runs, so that two instances receiving the same request
 at the same moment create one task, not two: the claim is the key's row without an answer yet
 (`IN_PROGRESS`), inserted only if no row exists (``INSERT ... ON CONFLICT DO NOTHING``, so the
-loser of a race gets the winner's row, not an IntegrityError). Its holder then stores the
-answer in it (`remember`) or, if the request failed, deletes it (`release`) for a retry to run.
-A claim older than `stale` is from a request that died with it and is taken over.
+loser of a race gets the winner's row, not an IntegrityError). Its holder then creates the
+tasks and stores the answer in the same transaction (`create_answering`) or, if the request
+failed, deletes the claim (`release`) for a retry to run. A claim older than `stale` is from a
+request that died with it and is taken over.
+
+Why one transaction: were the answer stored after the tasks' commit, a process killed (or a
+connection lost) between the two would leave the key claimed, and the retry that takes the
+stale claim over would create the tasks a second time. Committed together, the tasks exist
+exactly when their answer does; and a request whose claim was taken over while it ran (it
+looked dead) creates nothing, since its transaction first checks that the claim is still its own.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +29,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.store.base import I, StoreBase
-from sensortasks.store.records import Remembered
+from sensortasks.store.records import NewTask, Remembered
+from sensortasks.store.tables import Task
+from sensortasks.store.tasks import insert_tasks
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +39,29 @@ log = logging.getLogger(__name__)
 IN_PROGRESS = 0
 
 
+#: How a request answers, ``(status_code, response)``, from the tasks it created. It runs inside
+#: their transaction (holding SQLite's write lock): it must be quick and do no I/O.
+Answer = Callable[[list[Task]], tuple[int, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A key the caller holds: `claim` returned None when called with these values."""
+
+    #: The key's owner, as in `claim` (0 without customers).
+    customer_id: int
+    key: str
+    request_hash: str
+    claimed_at: datetime
+
+
 def _key(customer_id: int, key: str) -> tuple[Any, ...]:
     return (I.c.customer_id == customer_id, I.c.key == key)
+
+
+def _held(claim: Claim) -> tuple[Any, ...]:
+    """The claim's row, unless it was answered or taken over since."""
+    return (*_key(claim.customer_id, claim.key), I.c.status_code == IN_PROGRESS, I.c.created_at == claim.claimed_at)
 
 
 def _remembered(row: Any) -> Remembered:  # noqa: ANN401
@@ -54,7 +86,7 @@ class IdempotencyQueries(StoreBase):
         self, customer_id: int, key: str, request_hash: str, *, now: datetime, keep: timedelta, stale: timedelta
     ) -> Remembered | None:
         """Claim `key` for a request about to run: None when the caller now holds it (and must
-        `remember` its answer or `release` it), else the row that is there (an answer, or
+        `create_answering` or `release` it), else the row that is there (an answer, or
         another request's claim). Answers older than `keep` are deleted on the way."""
         claimed = {"request_hash": request_hash, "status_code": IN_PROGRESS, "response": "", "created_at": now}
         async with self._write() as conn:
@@ -71,23 +103,27 @@ class IdempotencyQueries(StoreBase):
                     return _remembered(row)
                 # Released between our statements (PostgreSQL): claim it again.
 
-    async def remember(self, customer_id: int, key: str, answer: Remembered) -> Remembered:
-        """Store the answer in a claimed key; if another request answered it first (it took over
-        a claim it thought stale), return that answer instead."""
-        async with self._write() as conn:
-            answered = await conn.execute(
-                update(I)
-                .where(*_key(customer_id, key), I.c.status_code == IN_PROGRESS)
-                .values(status_code=answer.status_code, response=answer.response)
-            )
-            if answered.rowcount:
-                return answer
-            row = (await conn.execute(select(I).where(*_key(customer_id, key)))).first()
-        return answer if row is None else _remembered(row)
+    async def create_answering(
+        self, claim: Claim, tasks: Sequence[NewTask], answer: Answer, *, customer_id: int | None, now: datetime
+    ) -> Remembered | None:
+        """Create `tasks` (as `TaskQueries.create`) and store `answer(created tasks)` in `claim`,
+        in one transaction.
 
-    async def release(self, customer_id: int, key: str, *, claimed_at: datetime) -> None:
-        """Delete the claim made at `claimed_at` (a failed request's), unless it was taken over."""
+        None, and nothing created, if the claim is no longer the caller's: another request took
+        it over as stale, and will answer (or has answered) it; ask `claim` again. The claim's row
+        is locked first (PostgreSQL; SQLite's writer holds the database), so a takeover cannot
+        slip in before the answer is stored."""
         async with self._write() as conn:
+            if (await conn.execute(self._locked(select(I.c.key).where(*_held(claim))))).first() is None:
+                return None
+            created = await insert_tasks(conn, tasks, customer_id=customer_id, now=now, origin=self.origin)
+            answered = Remembered(claim.request_hash, *answer(created))
             await conn.execute(
-                delete(I).where(*_key(customer_id, key), I.c.status_code == IN_PROGRESS, I.c.created_at == claimed_at)
+                update(I).where(*_held(claim)).values(status_code=answered.status_code, response=answered.response)
             )
+        return answered
+
+    async def release(self, claim: Claim) -> None:
+        """Delete the claim of a failed request, unless it was taken over."""
+        async with self._write() as conn:
+            await conn.execute(delete(I).where(*_held(claim)))

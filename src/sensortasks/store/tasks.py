@@ -54,18 +54,27 @@ async def _check_owned(conn: AsyncConnection, serials: set[int], customer_id: in
         )
 
 
+async def insert_tasks(
+    conn: AsyncConnection, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime, origin: str
+) -> list[Task]:
+    """Insert tasks with their created events in the caller's transaction (`InvalidInput` for a
+    sensor not registered to the customer); the other instances are woken up when it commits."""
+    if customer_id is not None:
+        await _check_owned(conn, {t.sensor_serial for t in tasks}, customer_id)
+    rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
+    result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
+    created = [Task.model_validate(dict(r._mapping)) for r in result]
+    await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
+    await notify(conn, origin, {t.sensor_serial for t in tasks})
+    return created
+
+
 class TaskQueries(StoreBase):
     async def create(self, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime) -> list[Task]:
-        """Insert tasks in one transaction, all or nothing."""
-        rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
+        """Insert tasks in one transaction, all or nothing (with an idempotency key claimed:
+        `IdempotencyQueries.create_answering`)."""
         async with self._write() as conn:
-            if customer_id is not None:
-                await _check_owned(conn, {t.sensor_serial for t in tasks}, customer_id)
-            result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
-            created = [Task.model_validate(dict(r._mapping)) for r in result]
-            await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
-            await notify(conn, self.origin, {t.sensor_serial for t in tasks})
-        return created
+            return await insert_tasks(conn, tasks, customer_id=customer_id, now=now, origin=self.origin)
 
     async def bulk_insert(self, tasks: Sequence[PastTask]) -> None:
         """Insert tasks as they are given, in one transaction: for loading a history (the listing

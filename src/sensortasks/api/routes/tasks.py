@@ -30,14 +30,15 @@ from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
 from sensortasks.protocol.commands import STATUS_IDS, TaskCreate, TaskType
 from sensortasks.protocol.topics import MAX_ID
-from sensortasks.store import TaskFilter
+from sensortasks.store import Task, TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 #: Not a bound: an id no task has (however large) is a 404, not a 422.
 TaskId = Annotated[int, Path(description="The task's id.", examples=[16624171])]
 _IDEMPOTENCY_CONFLICT = error(
     409,
-    "The Idempotency-Key was already used with a different request.",
+    "The Idempotency-Key was already used with a different request; or the first request with it is still "
+    "being processed (this one waited for its answer in vain): retry later with the same key and body.",
     examples.error(
         "conflict", "Idempotency-Key was already used with a different request", {"header": "Idempotency-Key"}
     ),
@@ -115,7 +116,8 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         max_length=255,
         description="Retrying with the same key (yours, kept 48 hours) returns the first answer again; "
-        "the same key with a different body is a 409.",
+        "the same key with a different body is a 409, and so is a retry while the first is still being processed "
+        "(retry it later).",
     ),
 ]
 
@@ -133,12 +135,12 @@ IdempotencyKey = Annotated[
 async def create_task(
     body: TaskCreate, state: State, customer_id: CustomerId, idempotency_key: IdempotencyKey = None
 ) -> TaskPublic:
-    async def create() -> tuple[int, str]:
-        (task,) = await state.service.create([body], customer_id)
+    def answer(tasks: list[Task]) -> tuple[int, str]:
+        (task,) = tasks
         return 201, TaskPublic.of(task).model_dump_json()
 
     request = {"path": "/v1/tasks", "body": body.model_dump(mode="json")}
-    status, payload = await state.service.create_once(idempotency_key, customer_id, request, create)
+    status, payload = await state.service.create_once(idempotency_key, customer_id, request, [body], answer)
     return Response(payload, status_code=status, media_type="application/json")  # type: ignore[return-value]
 
 
@@ -158,12 +160,11 @@ async def create_tasks(
     """All or nothing: one invalid item refuses the whole request, and the error names its index
     (`tasks.<index>.<field>`)."""
 
-    async def create() -> tuple[int, str]:
-        tasks = await state.service.create(body.tasks, customer_id)
+    def answer(tasks: list[Task]) -> tuple[int, str]:
         return 201, TasksBulkCreated(ids=[t.id for t in tasks if t.id is not None]).model_dump_json()
 
     request = {"path": "/v1/tasks/bulk", "body": body.model_dump(mode="json")}
-    status, payload = await state.service.create_once(idempotency_key, customer_id, request, create)
+    status, payload = await state.service.create_once(idempotency_key, customer_id, request, body.tasks, answer)
     return Response(payload, status_code=status, media_type="application/json")  # type: ignore[return-value]
 
 
