@@ -126,7 +126,6 @@ async def test_a_database_failure_gets_an_error_reply_and_the_dispatcher_keeps_r
     make_service: ServiceFactory,
 ) -> None:
     service = await make_service()
-    await service.store.db.writer.dispose()
     locked = OperationalError("INSERT", {}, Exception("database is locked"))
     reply = await _create_while_the_store_raises(service, locked)
     assert reply["error"]["code"] == "unavailable"

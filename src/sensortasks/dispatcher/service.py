@@ -33,17 +33,11 @@ from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock
 from sensortasks.dispatcher.intake import Refused, isolate, sort_batch
 from sensortasks.dispatcher.link import Incoming, Link
 from sensortasks.dispatcher.members import STORE_ERRORS, Membership
-from sensortasks.dispatcher.stats import StatsPublisher, account, log_sent
+from sensortasks.dispatcher.stats import StatsPublisher, account, event_json, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import ConfigError, SensortasksError, Unavailable
 from sensortasks.ops.metrics import Counters, Metrics
-from sensortasks.protocol import (
-    CancelMessage,
-    DispatcherPresence,
-    OpsEvent,
-    Rejection,
-    TaskMessage,
-)
+from sensortasks.protocol import CancelMessage, DispatcherPresence, Rejection, TaskMessage
 from sensortasks.store import Dispatch, Transition, format_time
 from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
 from sensortasks.store.notify import Wake
@@ -430,7 +424,7 @@ class Dispatcher:
                 for _, t in pending
                 if t.target is TaskStatus.CANCELLED and t.attempt > 0
             ]
-            events = [(self.topics.ops_event(t.sensor_serial, t.task_id), _event_json(t)) for _, t in pending]
+            events = [(self.topics.ops_event(t.sensor_serial, t.task_id), event_json(t)) for _, t in pending]
             # Cancels first: the sensor must hear of the cancel before its next task.
             sent = await self.link.publish_many(cancels) + await self.link.publish_many(events)
             if sent < len(cancels) + len(events):
@@ -449,18 +443,3 @@ class Dispatcher:
             if active == 0 and not await self.store.unpublished(limit=1):
                 self.stop()
                 return
-
-
-def _event_json(t: Transition) -> bytes:
-    return OpsEvent.model_validate(
-        {
-            "task_id": t.task_id,
-            "sensor_serial": t.sensor_serial,
-            "type": t.type,
-            "from": None if t.source is None else t.source.label,
-            "to": t.target.label,
-            "attempt": t.attempt,
-            "reason": t.reason,
-            "at": format_time(t.at) or "",
-        }
-    ).to_json()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from sensortasks.dispatcher.members import STORE_ERRORS
 from sensortasks.errors import Unavailable
-from sensortasks.protocol import OpsStats
+from sensortasks.protocol import OpsEvent, OpsStats
 from sensortasks.store import format_time
 
 if TYPE_CHECKING:
@@ -111,3 +111,19 @@ def log_sent(dispatches: Sequence[Dispatch]) -> None:
                 "task %d sent to sensor %d (attempt %d)", d.task_id, d.sensor_serial, d.attempt,
                 extra={"task_id": d.task_id, "sensor": d.sensor_serial, "action": "send"},
             )  # fmt: skip
+
+
+def event_json(t: Transition) -> bytes:
+    """The ``ops/events`` payload of a committed transition."""
+    return OpsEvent.model_validate(
+        {
+            "task_id": t.task_id,
+            "sensor_serial": t.sensor_serial,
+            "type": t.type,
+            "from": None if t.source is None else t.source.label,
+            "to": t.target.label,
+            "attempt": t.attempt,
+            "reason": t.reason,
+            "at": format_time(t.at) or "",
+        }
+    ).to_json()
