@@ -133,9 +133,23 @@ async def test_bulk_insert_writes_a_history_as_given(store: TaskStore) -> None:
 async def test_timeouts_skip_offline_sensors(store: TaskStore) -> None:
     tasks = await store.create(new(1) + new(2), customer_id=None, now=utcnow())
     await store.claim_next(None, now=utcnow())
-    await store.record_presence([(2, False)], now=utcnow())
+    await store.record_presence([(2, False, utcnow())])
     expiry = await store.expire(now=utcnow(), ack_timeout_s=0)
     assert [(d.task_id, d.attempt) for d in expiry.dispatches] == [(tasks[0].id, 2)]
+
+
+async def test_an_older_presence_never_replaces_a_newer_one_and_instances_may_add_a_sensor_at_once(
+    store: TaskStore,
+) -> None:
+    """Every instance writes every presence it hears: the copy of one that lagged must lose."""
+    earlier, later = utcnow(), utcnow() + timedelta(seconds=1)
+    other = TaskStore(store.db)  # a second instance on the same database
+    await asyncio.gather(*(s.record_presence([(7, True, later)]) for s in (store, other, store, other)))
+    await other.record_presence([(7, False, earlier)])
+    info = await store.sensor(7)
+    assert (info.online, info.last_seen) == (True, later)
+    await store.record_presence([(7, False, later + timedelta(seconds=1))])
+    assert (await store.sensor(7)).online is False
 
 
 async def test_upgrade_is_idempotent(store: TaskStore) -> None:

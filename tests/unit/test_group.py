@@ -212,3 +212,23 @@ async def test_a_task_no_wake_up_announced_is_swept_up_however_busy_the_instance
             a.dispatcher.kick([S + 1 + _])  # other sensors keep this instance busy
             await g.clock.advance(0.3)
         assert ids(a.sent()) == [("TaskMessage", task)]
+
+
+async def test_an_instance_that_lagged_does_not_put_an_old_offline_over_a_newer_online() -> None:
+    """Every instance hears every presence message; one that applies its copy late (its database
+    was away, or it was frozen) must not leave the sensor offline: it would get nothing more."""
+    async with group() as g:
+        a, b = await g.start("a"), await g.start("b")
+        (task,) = await g.create()
+        presence = a.dispatcher.topics.presence(S)
+        heard = g.clock.now()
+        a.link.deliver(presence, b'{"v": 1, "online": false}')
+        await g.clock.advance(1)
+        a.link.deliver(presence, b'{"v": 1, "online": true}')
+        await g.clock.advance(1)
+        assert g.store.sensors[S]["online"] is True
+        b.link.deliver(presence, b'{"v": 1, "online": false}', heard_at=heard)  # b's copy, applied late
+        await g.clock.advance(1)
+        assert g.store.sensors[S]["online"] is True
+        await g.clock.advance(3)
+        assert ("TaskMessage", task) in ids(a.sent() + b.sent())

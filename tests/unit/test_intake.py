@@ -108,7 +108,7 @@ def test_codes_for_sensor_messages() -> None:
     assert [r.code for r in intake.refused] == ["oversized", "wrong_topic", "malformed", "malformed"]
     assert "v: Field required" in intake.refused[2].reason
     assert [(r.serial, r.task_id) for r in intake.reports] == [(5, 1)]
-    assert intake.presence == [(5, True), (6, True)]
+    assert intake.presence == [(5, True, None), (6, True, None)]
     assert intake.back_online == [5]
 
 

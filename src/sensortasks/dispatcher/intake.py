@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -51,7 +52,8 @@ class Intake:
     reports: list[IncomingReport] = field(default_factory=list)
     #: id(report) -> the message it came in, to quote it if the store refuses it.
     origin: dict[int, Incoming] = field(default_factory=dict)
-    presence: list[tuple[int, bool]] = field(default_factory=list)
+    #: (serial, online, when it was heard: None if the link does not say).
+    presence: list[tuple[int, bool, datetime | None]] = field(default_factory=list)
     #: Sensors that announced a fresh "online": a (re)boot, their task in flight is re-sent.
     back_online: list[int] = field(default_factory=list)
     commands: list[Incoming] = field(default_factory=list)
@@ -127,7 +129,7 @@ def sort_batch(batch: Sequence[Incoming], topics: Topics, *, commands: bool) -> 
             except ValidationError as exc:
                 intake.refused.append(Refused.of(message, "malformed", f"malformed presence: {summary(exc)}"))
                 continue
-            intake.presence.append((topic.serial, online))
+            intake.presence.append((topic.serial, online, message.heard_at))
             # A retained copy is the broker replaying history on our subscribe; the
             # reconnect re-sync covers those sensors. A fresh "online" is a (re)boot.
             if online and not message.retain:

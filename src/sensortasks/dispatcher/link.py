@@ -30,6 +30,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 import aiomqtt
@@ -67,6 +68,8 @@ class Incoming:
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     content_type: str | None = None
+    #: When it arrived (before any queueing): orders presence heard by several instances.
+    heard_at: datetime | None = None
 
     def user_property(self, name: str) -> str | None:
         return next((v for k, v in self.user_properties if k.lower() == name), None)
@@ -75,8 +78,11 @@ class Incoming:
 def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
     payload = message.payload if isinstance(message.payload, bytes) else b""
     props = message.properties
+    heard_at = datetime.now(UTC)
     if props is None:
-        return Incoming(str(message.topic), payload, message.retain, message.mid, message.qos, generation)
+        return Incoming(
+            str(message.topic), payload, message.retain, message.mid, message.qos, generation, heard_at=heard_at
+        )
     response_topic = getattr(props, "ResponseTopic", None)
     correlation = getattr(props, "CorrelationData", None)
     user = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()) or ())
@@ -91,6 +97,7 @@ def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
         None if correlation is None else bytes(correlation),
         user,
         getattr(props, "ContentType", None),
+        heard_at,
     )
 
 

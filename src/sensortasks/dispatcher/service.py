@@ -331,7 +331,8 @@ class Dispatcher:
         intake = sort_batch(batch, self.topics, commands=self._commands is not None)
         now = self.clock.now()
         if intake.presence:
-            await self._retrying("presence", self.store.record_presence, intake.presence, now=now)
+            heard = [(serial, online, at or now) for serial, online, at in intake.presence]
+            await self._retrying("presence", self.store.record_presence, heard)
         if intake.reports:
             self.counters.reports += len(intake.reports)
             result = await self._retrying("status batch", self.store.apply_reports, intake.reports, now=now)

@@ -38,8 +38,9 @@ class DispatchStore(Protocol):
         """Apply the acknowledgement and run timeouts that are due."""
         ...
 
-    async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:
-        """Store each sensor's latest presence (last message wins)."""
+    async def record_presence(self, updates: Sequence[tuple[int, bool, datetime]]) -> None:
+        """Store each sensor's presence as heard at the given time, unless a later one is stored
+        (several instances hear every presence message, and one may lag or have been frozen)."""
         ...
 
     async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:

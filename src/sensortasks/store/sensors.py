@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 
 from sensortasks.domain import TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.errors import Conflict, NotFound
-from sensortasks.store.base import ACTIVE, S, StoreBase, T, chunks, owned
+from sensortasks.store.base import ACTIVE, S, StoreBase, T, insert_missing, owned
 from sensortasks.store.changes import Changes
 from sensortasks.store.records import SensorInfo
 
@@ -50,24 +50,26 @@ class SensorQueries(StoreBase):
             await self._write_changes(conn, changes)
         return len(changes.transitions)
 
-    async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:
-        """Store the latest presence of each sensor (last message wins)."""
-        latest = dict(updates)
+    async def record_presence(self, updates: Sequence[tuple[int, bool, datetime]]) -> None:
+        """Store each sensor's presence as heard at its time, unless a later one is stored: every
+        instance hears every presence message, and one that lags (or was frozen) must not put
+        an old "offline" over a newer "online" (the sensor would get nothing until it reconnects)."""
+        latest: dict[int, tuple[bool, datetime]] = {}
+        for serial, online, at in updates:
+            if serial not in latest or latest[serial][1] <= at:
+                latest[serial] = (online, at)
         async with self._write() as conn:
-            known = set()
-            for group in chunks(sorted(latest)):
-                known |= set((await conn.execute(select(S.c.serial).where(S.c.serial.in_(group)))).scalars())
-            new = [{"serial": s, "online": o, "last_seen": now} for s, o in latest.items() if s not in known]
-            old = [{"k": s, "v_online": o, "v_seen": now} for s, o in latest.items() if s in known]
-            if new:
-                await conn.execute(insert(S), new)
-            if old:
-                stmt = (
-                    update(S)
-                    .where(S.c.serial == bindparam("k"))
-                    .values(online=bindparam("v_online"), last_seen=bindparam("v_seen", type_=S.c.last_seen.type))
+            await insert_missing(conn, [{"serial": s} for s in sorted(latest)])
+            stmt = (
+                update(S)
+                .where(
+                    S.c.serial == bindparam("k"),
+                    or_(S.c.presence_at.is_(None), S.c.presence_at <= bindparam("v_at")),
                 )
-                await conn.execute(stmt, old)
+                .values(online=bindparam("v_online"), last_seen=bindparam("v_at"), presence_at=bindparam("v_at"))
+            )
+            params = [{"k": s, "v_online": o, "v_at": at} for s, (o, at) in latest.items()]
+            await conn.execute(stmt, params)
 
     async def sensor(self, serial: int, *, customer_id: int | None = None) -> SensorInfo:
         async with self._read() as conn:

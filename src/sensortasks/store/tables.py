@@ -111,6 +111,8 @@ class Sensor(SQLModel, table=True):
     serial: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     online: bool | None = None
     last_seen: datetime | None = None
+    #: When the presence stored in `online` was heard: an older one never replaces it.
+    presence_at: datetime | None = None
     customer_id: int | None = Field(default=None, index=True)
     registered_at: datetime | None = None
 

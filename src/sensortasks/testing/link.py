@@ -12,6 +12,7 @@ import asyncio
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from sensortasks.dispatcher.link import Incoming, Link, OnConnect
@@ -62,6 +63,7 @@ class FakeLink:
 
     def __init__(self, clock: FakeClock | None = None, *, connect: bool = True) -> None:
         """With `connect`, `run` connects at once (else the test calls `connect`)."""
+        self._clock = clock
         self.messages: asyncio.Queue[Incoming] = _Inbox(clock)
         self.connected: asyncio.Event = _Connection(clock)
         self.connects = 0
@@ -130,9 +132,14 @@ class FakeLink:
         """The connection drops: publishes fail, messages of this connection are never acknowledged."""
         self.connected.clear()
 
-    def deliver(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> Incoming:
-        """A message from the broker, as if a sensor (or a backend) had published it."""
-        message = Incoming(topic, payload, retain, next(self._mids), qos, self._generation)
+    def deliver(
+        self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, heard_at: datetime | None = None
+    ) -> Incoming:
+        """A message from the broker, as if a sensor (or a backend) had published it; heard now,
+        or at `heard_at` (a copy that waited, as in an instance that lagged)."""
+        if heard_at is None and self._clock is not None:
+            heard_at = self._clock.now()
+        message = Incoming(topic, payload, retain, next(self._mids), qos, self._generation, heard_at=heard_at)
         self.messages.put_nowait(message)
         return message
 

@@ -40,7 +40,7 @@ class InMemoryStore:
         self.tasks: dict[int, dict[str, Any]] = {}
         #: Task events by id, in insertion order: the history and the outbox.
         self.task_events: dict[int, dict[str, Any]] = {}
-        #: serial -> {"online": bool | None, "last_seen": datetime | None}
+        #: serial -> {"online": bool | None, "last_seen": datetime | None, "presence_at": datetime | None}
         self.sensors: dict[int, dict[str, Any]] = {}
         self.members: dict[str, Member] = {}
         self.lease = LeaseState()
@@ -139,9 +139,11 @@ class InMemoryStore:
             changes.expire(work, self.policy)
         return self._commit(changes).expiry()
 
-    async def record_presence(self, updates: Sequence[tuple[int, bool]], *, now: datetime) -> None:
-        for serial, online in dict(updates).items():
-            self.sensors[serial] = {"online": online, "last_seen": now}
+    async def record_presence(self, updates: Sequence[tuple[int, bool, datetime]]) -> None:
+        for serial, online, at in updates:
+            known = self.sensors.get(serial)
+            if known is None or known["presence_at"] is None or known["presence_at"] <= at:
+                self.sensors[serial] = {"online": online, "last_seen": at, "presence_at": at}
 
     async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
         pending = [(i, e) for i, e in self.task_events.items() if not e["published"]][:limit]

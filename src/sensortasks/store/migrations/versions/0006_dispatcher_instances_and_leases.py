@@ -1,4 +1,5 @@
-"""dispatcher instances, leases, and the index of cancels not yet told to their sensor
+"""dispatcher instances, leases, when a sensor's presence was heard, and the index of cancels
+not yet told to their sensor
 
 Revision ID: 0006
 Revises: 0005
@@ -43,6 +44,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name"),
     )
     op.bulk_insert(leases, [{"name": "leader", "holder": None, "expires_at": None}])
+    with op.batch_alter_table("sensors", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("presence_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
     op.create_index(
         "ix_task_events_unpublished_cancels",
         "task_events",
@@ -54,5 +57,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_task_events_unpublished_cancels", table_name="task_events")
+    with op.batch_alter_table("sensors", schema=None) as batch_op:
+        batch_op.drop_column("presence_at")
     op.drop_table("leases")
     op.drop_table("dispatcher_instances")
