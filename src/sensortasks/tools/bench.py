@@ -5,9 +5,12 @@ process and a fleet process with one MQTT client per sensor) and the same messag
 per task (one task message, an "ongoing" and a "completed" status), one task at a
 time per sensor:
 
-- product: ``sensortasks serve`` (REST API + dispatcher on SQLite) and
-  ``sensortasks simulate`` (the SDK fleet, zero work time); the driver creates the
-  tasks through ``POST /v1/tasks/bulk`` and watches ``ops/events`` for completions.
+- product: ``sensortasks serve`` (REST API + dispatcher on SQLite, or with ``--database``
+  on a scratch PostgreSQL database; with ``--instances N``, N of them in one share group)
+  and ``sensortasks simulate`` (the SDK fleet, zero work time); the driver creates the
+  tasks through ``POST /v1/tasks/bulk`` of every instance in turn and watches
+  ``ops/events`` for completions. The CPU of each serve process during the run is
+  reported, and summed.
 - baseline: a bare aiomqtt "dispatcher" holding the queues in memory and a bare
   aiomqtt fleet; no database, no API.
 
@@ -24,13 +27,12 @@ import multiprocessing
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,8 @@ import httpx
 
 from sensortasks.mqtt import MqttTarget, new_client
 from sensortasks.protocol import StatusReport, TaskMessage, Topics
-from sensortasks.testing import MosquittoBroker, free_port
+from sensortasks.testing import MosquittoBroker
+from sensortasks.tools.deployment import Deployment, Instance, InstanceFigures, spawn_cli, tool_database
 from sensortasks.tools.stats import percentile
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
@@ -153,27 +156,9 @@ def run_baseline(host: str, port: int, sensors: int, tasks: int) -> RunResult:
 
 
 # -- product -------------------------------------------------------------------
-def spawn_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "sensortasks", *args], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-async def wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    async with httpx.AsyncClient() as http:
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get(f"{url}/healthz")).status_code == 200:  # noqa: PLR2004
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("sensortasks serve did not become healthy")
-
-
-async def _drive(url: str, host: str, port: int, sensors: int, tasks: int) -> RunResult:
+async def _drive(instances: list[Instance], host: str, port: int, sensors: int, tasks: int) -> RunResult:
+    """Create the tasks through every instance's API in turn, chunk by chunk, and wait until
+    ``ops/events`` reported each one Completed."""
     accepted: dict[int, float] = {}
     completed: dict[int, float] = {}
     done = asyncio.Event()
@@ -193,57 +178,73 @@ async def _drive(url: str, host: str, port: int, sensors: int, tasks: int) -> Ru
             {"sensor_serial": FIRST_SERIAL + i % sensors, "file_id": FILE_ID, "type": "update_firmware"}
             for i in range(tasks)
         ]
+        chunk = min(BULK_CHUNK, -(-tasks // len(instances)))
         start = time.perf_counter()
-        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
-            for offset in range(0, tasks, BULK_CHUNK):
-                response = await http.post("/v1/tasks/bulk", json={"tasks": bodies[offset : offset + BULK_CHUNK]})
+        async with httpx.AsyncClient(timeout=120) as http:
+            for n, offset in enumerate(range(0, tasks, chunk)):
+                instance = instances[n % len(instances)]
+                body = {"tasks": bodies[offset : offset + chunk]}
+                response = await http.post(f"{instance.url}/v1/tasks/bulk", json=body)
                 response.raise_for_status()
                 now = time.perf_counter()
-                accepted.update(dict.fromkeys(response.json()["ids"], now))
+                ids = response.json()["ids"]
+                accepted.update(dict.fromkeys(ids, now))
+                instance.accepted += len(ids)
         await asyncio.wait_for(done.wait(), 600)
         seconds = max(completed.values()) - start
         watching.cancel()
-    return RunResult("sensortasks", tasks, seconds, [completed[i] - accepted[i] for i in accepted])
+    name = "sensortasks" if len(instances) == 1 else f"sensortasks x{len(instances)}"
+    return RunResult(name, tasks, seconds, [completed[i] - accepted[i] for i in accepted])
 
 
-def run_product(host: str, port: int, sensors: int, tasks: int, workdir: Path) -> RunResult:
-    http_port = free_port()
+def run_product(
+    host: str, port: int, sensors: int, tasks: int, workdir: Path, *, instances: int, database_url: str
+) -> tuple[RunResult, list[InstanceFigures]]:
+    """The run, and per instance the tasks created through it and the CPU it used during the run."""
     env = os.environ | {
         "SENSORTASKS_MQTT_URL": f"mqtt://{host}:{port}",
-        "SENSORTASKS_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench.db",
         "SENSORTASKS_AUTH": "disabled",
-        "SENSORTASKS_HTTP_PORT": str(http_port),
-        "SENSORTASKS_INSTANCE": f"bench-{uuid.uuid4().hex[:6]}",
         "SENSORTASKS_ACK_TIMEOUT_S": "600",
     }
-    serve = spawn_cli(["serve", "--log-level", "warning"], env, workdir / "serve.log")
-    fleet = spawn_cli(
-        ["simulate", "--sensors", str(sensors), "--first-serial", str(FIRST_SERIAL), "--work-s", "0"],
-        env,
-        workdir / "simulate.log",
-    )
-    try:
-        url = f"http://127.0.0.1:{http_port}"
+    with Deployment(instances, env, database_url, workdir, f"bench-{uuid.uuid4().hex[:6]}") as deployment:
+        fleet = spawn_cli(
+            ["simulate", "--sensors", str(sensors), "--first-serial", str(FIRST_SERIAL), "--work-s", "0"],
+            env,
+            workdir / "simulate.log",
+        )
         try:
-            asyncio.run(wait_healthy(url))
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}:\n{(workdir / 'serve.log').read_text()[-3000:]}") from None
-        time.sleep(1.0 + sensors / 500)  # let the fleet connect (it does so in batches)
-        return asyncio.run(_drive(url, host, port, sensors, tasks))
-    finally:
-        for process in (fleet, serve):
-            process.terminate()
-        for process in (fleet, serve):
+            asyncio.run(deployment.start())
+            time.sleep(1.0 + sensors / 500)  # let the fleet connect (it does so in batches)
+            idle_cpu = [i.cpu_s() for i in deployment.instances]
+            result = asyncio.run(_drive(deployment.instances, host, port, sensors, tasks))
+            figures = [
+                replace(i.figures(), cpu_s=i.cpu_s() - before)
+                for i, before in zip(deployment.instances, idle_cpu, strict=True)
+            ]
+        finally:
+            fleet.terminate()
             try:
-                process.wait(15)
+                fleet.wait(15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                fleet.kill()
+    return result, figures
 
 
 def bench(
-    *, tasks: int, sensors: int, mqtt_host: str | None, mqtt_port: int | None, say: Callable[[str], None]
-) -> tuple[RunResult, RunResult]:
-    with tempfile.TemporaryDirectory(prefix="sensortasks-bench-") as tmp:
+    *,
+    tasks: int,
+    sensors: int,
+    mqtt_host: str | None,
+    mqtt_port: int | None,
+    instances: int = 1,
+    database: str | None = None,
+    say: Callable[[str], None],
+) -> tuple[RunResult, RunResult, list[InstanceFigures]]:
+    """`database` is a PostgreSQL server URL to run on (in a scratch database); default SQLite."""
+    with (
+        tempfile.TemporaryDirectory(prefix="sensortasks-bench-") as tmp,
+        tool_database(database, Path(tmp), "bench", say) as url,
+    ):
         workdir = Path(tmp)
         broker = None
         if mqtt_host is None or mqtt_port is None:
@@ -253,20 +254,31 @@ def bench(
         try:
             say(f"baseline: {tasks} tasks over {sensors} sensors ...")
             baseline = run_baseline(mqtt_host, mqtt_port, sensors, tasks)
-            say(f"sensortasks: {tasks} tasks over {sensors} sensors ...")
-            product = run_product(mqtt_host, mqtt_port, sensors, tasks, workdir)
+            say(f"sensortasks ({instances} instance(s)): {tasks} tasks over {sensors} sensors ...")
+            product, figures = run_product(
+                mqtt_host, mqtt_port, sensors, tasks, workdir, instances=instances, database_url=url
+            )
         finally:
             if broker is not None:
                 broker.stop()
-    return product, baseline
+    return product, baseline, figures
 
 
-def summary(product: RunResult, baseline: RunResult) -> list[str]:
+def summary(product: RunResult, baseline: RunResult, instances: list[InstanceFigures]) -> list[str]:
+    """The runs, then each serve process's share (tasks created through it, CPU during the
+    run) and their sum; the last line is ``ratio: X.XX``."""
     lines = [f"{'run':<20} {'tasks':>7} {'seconds':>8} {'lifecycles/s':>13} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
     for run in (baseline, product):
         lines.append(
             f"{run.name:<20} {run.tasks:>7} {run.seconds:>8.2f} {run.rate:>13.1f} "
             + " ".join(f"{run.percentile(p) * 1000:>8.0f}" for p in (50, 95, 99))
+        )
+    lines.append(f"{'serve instance':<20} {'created':>7} {'CPU s':>8} {'CPU ms/lifecycle':>17}")
+    total = InstanceFigures("all serve processes", 0, 0, 0.0, product.tasks, sum(i.cpu_s for i in instances))
+    for instance in [*instances, total] if len(instances) > 1 else instances:
+        lines.append(
+            f"{instance.name:<20} {instance.accepted:>7} {instance.cpu_s:>8.2f} "
+            f"{instance.cpu_s * 1000 / product.tasks:>17.2f}"
         )
     lines.append(
         f"median latency ratio: {statistics.median(product.latencies) / statistics.median(baseline.latencies):.2f}"
