@@ -19,7 +19,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from sensortasks.protocol import TaskMessage, Topics
 from sensortasks.store import utcnow
@@ -62,8 +62,9 @@ async def seen_online(service: Service, serial: int, *, online: bool = True) -> 
 
 
 async def reserve_task_ids_below(service: Service, first_id: int) -> None:
-    """Make the next task id `first_id`: SQLite gives max(id) + 1. The filler is a Cancelled
-    task of another sensor, whose id is the rounded one a double-based parser would produce."""
+    """Make the next task id `first_id`: SQLite gives max(id) + 1, PostgreSQL's sequence is moved
+    there. The filler is a Cancelled task of another sensor, whose id is the rounded one a
+    double-based parser would produce."""
     now = utcnow()
     row = {
         "id": first_id - 1, "sensor_serial": 1, "type": "update_firmware", "status_id": 5, "attempt_count": 0,
@@ -71,6 +72,10 @@ async def reserve_task_ids_below(service: Service, first_id: int) -> None:
     }  # fmt: skip
     async with service.store.db.writer.begin() as conn:  # type: ignore[attr-defined]
         await conn.execute(insert(TaskRow.__table__), row)  # type: ignore[attr-defined]
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT setval(pg_get_serial_sequence('tasks', 'id'), :last)"), {"last": first_id - 1}
+            )
 
 
 @contextlib.asynccontextmanager
