@@ -15,6 +15,13 @@
   the persistent session (which has had the live copy queued already).
 - A broker that is down is retried with back off (`Backoff`: doubling, jittered) for ever; one that refuses the login
   (bad credentials, not authorized) raises `BrokerRefused`: retrying cannot fix that.
+- A broker behind a partition does not close the connection, it falls silent: only the MQTT
+  keepalive finds that out (paho gives up one to two keepalives after the last packet in; the
+  broker drops the connection 1.5 keepalives after the last packet it got, or later). So a
+  dispatcher keeps alive at half its instance timeout (`keepalive_for`): it stops beating, and
+  the others recover its share, about the timeout after a partition, not a minute or two later
+  as with paho's default keepalive of 60 s. A connect that gets no CONNACK gives up after
+  `PUBLISH_TIMEOUT_S`.
 - Concurrent publishes are bounded (`MAX_INFLIGHT`, through aiomqtt's
   ``max_concurrent_outgoing_calls``), and aiomqtt's "There are N pending publish calls."
   warning is set to that same bound: it fires above 10 by default, i.e. on every batch
@@ -51,6 +58,19 @@ PUBLISH_TIMEOUT_S = 10.0
 #: QoS 1 messages paho keeps in flight towards the broker (its default is 20), and the bound
 #: on concurrent publish/subscribe calls awaiting their acknowledgement.
 MAX_INFLIGHT = 1000
+
+
+#: The shortest keepalive: Mosquitto counts whole seconds (``now - last_in > keepalive * 3 / 2``
+#: in integers), so at 1 s it may drop a client that pings every 1 to 2 s (aiomqtt checks the
+#: keepalive once a second), and did here, idle for 17 s.
+MIN_KEEPALIVE_S = 2
+
+
+def keepalive_for(instance_timeout_s: float) -> int:
+    """The MQTT keepalive (whole seconds) of a dispatcher whose instance timeout is
+    `instance_timeout_s`: half of it, `MIN_KEEPALIVE_S` at least. paho notices a silent broker
+    within two keepalives (and a second: aiomqtt checks once a second), about the timeout."""
+    return max(MIN_KEEPALIVE_S, int(instance_timeout_s / 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +190,7 @@ def dispatcher_link(settings: Settings) -> MqttLink:
         session_expiry_s=settings.session_expiry,
         ca_file=settings.mqtt_ca_file,
         retain_as_published=[share + topics.all_status],
+        keepalive_s=keepalive_for(settings.instance_timeout_s),
     )
 
 
@@ -184,6 +205,7 @@ class MqttLink:
         session_expiry_s: int = 7 * 24 * 3600,
         ca_file: str | None = None,
         retain_as_published: Collection[str] = (),
+        keepalive_s: int = 60,
     ) -> None:
         self.target = target
         self.identifier = identifier
@@ -192,6 +214,7 @@ class MqttLink:
         self.will = will
         self.session_expiry_s = session_expiry_s
         self.ca_file = ca_file
+        self.keepalive_s = keepalive_s
         self.messages: asyncio.Queue[Incoming] = asyncio.Queue()
         self.connected = asyncio.Event()
         self.connects = 0
@@ -213,6 +236,7 @@ class MqttLink:
             max_outgoing_calls=MAX_INFLIGHT,
         )
         client._client.manual_ack_set(True)
+        client._keepalive = self.keepalive_s  # aiomqtt 2.x passes it to paho's connect(); new_client does not take it
         return client
 
     async def run(self, on_connect: OnConnect | None = None) -> None:

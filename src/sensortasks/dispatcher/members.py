@@ -9,7 +9,13 @@
   never both act as leader while their clocks agree (docs/scaling.md).
 - An instance that cannot reach the database for half the timeout leaves the broker
   (`Link.pause`): statuses it cannot commit then stop coming to it, and what its session holds
-  is recovered by the others. It rejoins when the database answers again.
+  is recovered by the others. It rejoins when the database answers again. A beat that gets no
+  answer within its interval has failed: behind a partition the database is silent, and a
+  statement waits for TCP's own timeouts (many minutes) before it fails.
+- The session expiry it reports with each beat, which tells the leader when nothing of its
+  share can be held by the broker any more (`store.membership`), is how long after its last beat
+  the broker may still route statuses to it (`broker_hold_s`): a broker cut off from it by a
+  partition finds out only through the keepalive, and late, before the session expiry starts.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from sensortasks.dispatcher.clock import Clock
-from sensortasks.dispatcher.link import Link
+from sensortasks.dispatcher.link import Link, keepalive_for
 from sensortasks.errors import Unavailable
 from sensortasks.ops.metrics import Counters
 from sensortasks.store import StaleBatch
@@ -33,6 +39,17 @@ log = logging.getLogger(__name__)
 
 #: What a database action can raise that retrying (later) may fix.
 STORE_ERRORS = (SQLAlchemyError, StaleBatch, Unavailable, OSError)
+#: How late, past 1.5 keepalives (MQTT 5, 3.1.2.10), a broker may drop a connection that fell
+#: silent and then expire its session: Mosquitto 2.0 checks keepalives every 6 s and session
+#: expiries every second (its src/keepalive.c and src/session_expiry.c; measured here: a client
+#: with a keepalive of 1 s dropped 4.2 to 5.0 s after a partition, its 4 s session gone 5 s later).
+BROKER_TIMERS_S = 7
+
+
+def broker_hold_s(timeout_s: float, session_expiry_s: int) -> int:
+    """How long after an instance's last beat the broker may still route its share of statuses
+    to its session: until it drops the silent connection (`keepalive_for`), then the expiry."""
+    return int(1.5 * keepalive_for(timeout_s)) + 1 + BROKER_TIMERS_S + session_expiry_s
 
 
 class Membership:
@@ -56,7 +73,7 @@ class Membership:
         self.counters = counters
         self.timeout_s = timeout_s
         self.interval_s = timeout_s / 4
-        self.session_expiry_s = session_expiry_s
+        self.hold_s = broker_hold_s(timeout_s, session_expiry_s)
         self.on_resend = on_resend
         self.on_lead = on_lead
         self.started_at = clock.now()
@@ -93,19 +110,29 @@ class Membership:
 
     async def _step(self) -> None:
         now = self.clock.now()
+        beat = None
         try:
-            if self.link.connected.is_set():
-                self._apply(await self.store.beat(self._me(now), now=now, timeout_s=self.timeout_s), now)
-            else:
-                await self.store.ping()
+            # Bounded: a database behind a partition does not fail, it just never answers.
+            async with asyncio.timeout(self.interval_s):
+                if self.link.connected.is_set():
+                    beat = await self.store.beat(self._me(now), now=now, timeout_s=self.timeout_s)
+                else:
+                    await self.store.ping()
         except STORE_ERRORS as exc:
-            silent = (now - self._reachable_at).total_seconds()
-            log.warning("heartbeat failed (%s: %s) for %.1f s", type(exc).__name__, exc, silent)
+            silent = (self.clock.now() - self._reachable_at).total_seconds()
+            why = (
+                f"no answer in {self.interval_s:.1f} s"
+                if isinstance(exc, TimeoutError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            log.warning("heartbeat failed (%s) for %.1f s", why, silent)
             if silent >= self.timeout_s / 2 and not self._left_broker:
                 self._left_broker = True
                 self._lead_until = None
                 self.link.pause(f"the database has been unreachable for {silent:.1f} s")
             return
+        if beat is not None:
+            self._apply(beat, now)
         self._reachable_at = now
         if self._left_broker:
             self._left_broker = False
@@ -133,7 +160,7 @@ class Membership:
             self.instance,
             self.started_at,
             now,
-            self.session_expiry_s,
+            self.hold_s,
             dispatch_rate=round((self.counters.dispatched - dispatched) / elapsed, 2),
             complete_rate=round((self.counters.completed - completed) / elapsed, 2),
             rejected=self.counters.rejected.total(),
