@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel
 
 from sensortasks.config import ALONE_SESSION_EXPIRY_S, SHARED_SESSION_EXPIRY_S, Settings
+from sensortasks.dispatcher.link import keepalive_for
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
     CancelMessage,
@@ -251,7 +252,7 @@ def _default(function: Any, name: str) -> Any:
 def test_the_sessions_are_those_of_the_sdk_and_the_dispatcher() -> None:
     """Server bindings: a sensor's session (the SDK's values); x-dispatcher: the dispatcher's."""
     topics = Topics()
-    keepalive = _default(aiomqtt.Client, "keepalive")  # neither the SDK nor the dispatcher changes it
+    keepalive = _default(aiomqtt.Client, "keepalive")  # the SDK does not change it
     will = json.loads(Presence(v=1, online=False).to_json())
     for name, server in DOC["servers"].items():
         assert server["protocolVersion"] == "5", name
@@ -270,7 +271,7 @@ def test_the_sessions_are_those_of_the_sdk_and_the_dispatcher() -> None:
         assert dispatcher["sessionExpiryInterval"] == Settings().session_expiry == ALONE_SESSION_EXPIRY_S
         shared = Settings(mqtt_share_group="g").session_expiry
         assert dispatcher["x-sessionExpiryIntervalInShareGroup"] == shared == SHARED_SESSION_EXPIRY_S
-        assert dispatcher["keepAlive"] == keepalive
+        assert dispatcher["keepAlive"] == keepalive_for(Settings().instance_timeout_s)
         assert dispatcher["lastWill"]["topic"] == topics.ops_dispatcher("{instance}")
         offline = json.loads(DispatcherPresence(v=1, instance="{instance}", online=False).to_json())
         assert json.loads(dispatcher["lastWill"]["message"]) == offline

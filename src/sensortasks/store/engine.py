@@ -54,6 +54,11 @@ DATABASE_DOWN: tuple[type[Exception], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
 )
+#: PostgreSQL ends a session idle inside a transaction this long (ms). Every store transaction
+#: runs its statements back to back; one left idle belongs to a process that was cut off or
+#: frozen mid-transaction, and its row locks would otherwise block every other instance until
+#: TCP gives up (minutes). The instance that loses it retries on a new connection.
+IDLE_IN_TRANSACTION_MS = 3000
 #: What a caller is told when the database cannot take its request.
 DATABASE_UNAVAILABLE = "database unavailable; retry the request"
 
@@ -154,7 +159,13 @@ class Database:
 def open_database(url: str) -> Database:
     if _sqlite_path(url) is not None:
         return Database(url, _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False))
-    engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)}},
+    )
     return Database(url, engine, engine)
 
 

@@ -10,7 +10,9 @@ re-sent attempt it already finished with its final status again, SPEC 4.3):
 
 1. when a member has been silent for the instance timeout: statuses delivered to it and never
    committed come back (through the members that are alive, mostly);
-2. when its broker session has expired too (``seen_at`` + timeout + its session expiry): a
+2. when its broker session has expired too (``seen_at`` + timeout + ``session_expiry_s``, which
+   the instance reports as how long after its last beat the broker may still hold its share:
+   its session expiry, plus the time a broker takes to drop a connection that fell silent): a
    broker (Mosquitto does) may route a shared subscription's messages to an offline member's
    session until then, so some answers to the first re-send may have gone there as well.
 
@@ -34,6 +36,7 @@ class Member:
     instance: str
     started_at: datetime
     seen_at: datetime
+    #: How long after `seen_at` the broker may still route statuses to its session.
     session_expiry_s: int
     recovered: int = ALIVE
     dispatch_rate: float = 0.0

@@ -185,7 +185,8 @@ class DispatcherInstance(SQLModel, table=True):
     instance: str = Field(primary_key=True, max_length=64)
     started_at: datetime
     seen_at: datetime
-    #: The MQTT session expiry it connects with: how long the broker may hold its share.
+    #: How long after `seen_at` the broker may still hold its share: its MQTT session expiry,
+    #: plus the time the broker takes to drop a silent connection (`dispatcher.members`).
     session_expiry_s: int
     recovered: int = 0
     dispatch_rate: float = 0.0
