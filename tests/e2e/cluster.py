@@ -137,17 +137,6 @@ async def create_rounds(cluster: Cluster, rounds: int) -> list[int]:
     return ids
 
 
-async def all_tasks(api: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
-    tasks: dict[int, dict[str, Any]] = {}
-    params: dict[str, Any] = {"limit": 1000}
-    while True:
-        page = (await api.get("/v1/tasks", params=params)).json()
-        tasks |= {t["id"]: t for t in page["data"]}
-        if not page["has_more"]:
-            return tasks
-        params["cursor"] = page["next_cursor"]
-
-
 async def events_of(cluster: Cluster, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """Every task's history, fetched through the live instances in turn."""
     gate = asyncio.Semaphore(EVENT_FETCHES)

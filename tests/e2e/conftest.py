@@ -81,6 +81,18 @@ class ServeProcess:
             self.process.wait()
 
 
+async def all_tasks(api: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
+    """Every task the API lists, by id (all pages)."""
+    tasks: dict[int, dict[str, Any]] = {}
+    params: dict[str, Any] = {"limit": 1000}
+    while True:
+        page = (await api.get("/v1/tasks", params=params)).json()
+        tasks |= {t["id"]: t for t in page["data"]}
+        if not page["has_more"]:
+            return tasks
+        params["cursor"] = page["next_cursor"]
+
+
 @pytest.fixture
 def serve(broker: MosquittoBroker, tmp_path: Path) -> Iterator[ServeProcess]:
     process = ServeProcess(broker, tmp_path)

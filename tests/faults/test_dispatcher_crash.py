@@ -17,7 +17,7 @@ import pytest
 from sensortasks.protocol import StatusReport
 from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import MosquittoBroker
-from tests.e2e.conftest import ServeProcess
+from tests.e2e.conftest import ServeProcess, all_tasks
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 TASKS, SENSORS, KILLS = 2000, 200, 4
@@ -63,7 +63,7 @@ async def test_sigkill_during_2000_tasks(broker: MosquittoBroker, tmp_path: Path
             started = time.monotonic()
             tasks: dict[int, dict[str, Any]] = {}
             while time.monotonic() - started < 120:
-                tasks = await _all_tasks(api)
+                tasks = await all_tasks(api)
                 if sum(t["status_name"] == "Completed" for t in tasks.values()) == TASKS:
                     break
                 await asyncio.sleep(0.5)
@@ -87,14 +87,3 @@ async def test_sigkill_during_2000_tasks(broker: MosquittoBroker, tmp_path: Path
     finally:
         await asyncio.gather(*(s.stop() for s in sensors), return_exceptions=True)
         serve.stop()
-
-
-async def _all_tasks(api: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
-    tasks: dict[int, dict[str, Any]] = {}
-    params: dict[str, Any] = {"limit": 1000}
-    while True:
-        page = (await api.get("/v1/tasks", params=params)).json()
-        tasks |= {t["id"]: t for t in page["data"]}
-        if not page["has_more"]:
-            return tasks
-        params["cursor"] = page["next_cursor"]
