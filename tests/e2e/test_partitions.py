@@ -38,7 +38,6 @@ from .cluster import (
     SESSION_EXPIRY_S,
     STRANDED_BOUND_S,
     Cluster,
-    all_tasks,
     check_exactly_once,
     create_rounds,
     fleet_completed,
@@ -48,6 +47,7 @@ from .cluster import (
     stuck,
     task_body,
 )
+from .conftest import all_tasks
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -27,7 +27,6 @@ from .cluster import (
     SERIALS,
     STRANDED_BOUND_S,
     Cluster,
-    all_tasks,
     check_exactly_once,
     create_rounds,
     fleet_completed,
@@ -37,6 +36,7 @@ from .cluster import (
     stuck,
     task_body,
 )
+from .conftest import all_tasks
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
