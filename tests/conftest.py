@@ -68,6 +68,13 @@ async def postgres_database() -> AsyncIterator[str]:
         await conn.close()
 
 
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, for tests that need PostgreSQL itself (mark them `postgres`)."""
+    async with postgres_database() as url:
+        yield url
+
+
 #: The databases `database_url` runs a test on, with the marks each one needs.
 DATABASES: dict[str, tuple[pytest.MarkDecorator, ...]] = {"sqlite": (), "postgresql": (pytest.mark.postgres,)}
 
