@@ -104,8 +104,9 @@ class Membership:
         self._lead_until = None
         now = self.clock.now()
         try:
-            await self.store.leave(self._me(now), now=now, timeout_s=self.timeout_s)
-        except STORE_ERRORS as exc:
+            async with asyncio.timeout(self.interval_s):  # a silent database must not hold the stop
+                await self.store.leave(self._me(now), now=now, timeout_s=self.timeout_s)
+        except STORE_ERRORS as exc:  # TimeoutError is an OSError
             log.warning("could not leave the group cleanly (%s); the lead expires in %.0f s", exc, self.timeout_s)
 
     async def _step(self) -> None:
