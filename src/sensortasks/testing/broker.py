@@ -31,7 +31,12 @@ def mosquitto_binary() -> str:
 
 
 class MosquittoBroker:
-    """A Mosquitto process with a generated configuration, for tests and benchmarks."""
+    """A Mosquitto process with a generated configuration, for tests and benchmarks.
+
+    `tcp_nodelay` writes ``set_tcp_nodelay true``: the broker then sends each small packet at
+    once instead of holding it for Nagle's algorithm (benchmarks want that); off by default,
+    as Mosquitto ships.
+    """
 
     def __init__(
         self,
@@ -40,11 +45,13 @@ class MosquittoBroker:
         persistence: bool = False,
         extra_config: str = "",
         workdir: Path | None = None,
+        tcp_nodelay: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.persistence = persistence
         self.extra_config = extra_config
+        self.tcp_nodelay = tcp_nodelay
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="sensortasks-mosquitto-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +76,8 @@ class MosquittoBroker:
             "log_type warning",
             "log_type notice",
         ]
+        if self.tcp_nodelay:
+            lines.append("set_tcp_nodelay true")
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to `mosquitto`, which cannot write here
         if self.persistence:

@@ -1,212 +1,177 @@
-"""``sensortasks bench``: task lifecycles per second, against a raw MQTT baseline in the same run.
+"""``sensortasks bench``: task lifecycles per second of the product, against the raw MQTT flows
+(`tools.baseline`) measured in the same run, on the same broker with the same settings.
 
-Both runs use the same broker and the same process topology (a driver, a dispatcher
-process and a fleet process with one MQTT client per sensor) and the same message flow
-per task (one task message, an "ongoing" and a "completed" status), one task at a
-time per sensor:
+Every run has the same topology and message flow per task: a dispatcher side, a fleet
+process with one MQTT client per sensor answering each task with an "ongoing" and a
+"completed" status, one task at a time per sensor, and the driver (this process):
 
-- product: ``sensortasks serve`` (REST API + dispatcher on SQLite, or with ``--database``
-  on a scratch PostgreSQL database; with ``--instances N``, N of them in one share group)
-  and ``sensortasks simulate`` (the SDK fleet, zero work time); the driver creates the
-  tasks through ``POST /v1/tasks/bulk`` of every instance in turn and watches
-  ``ops/events`` for completions. The CPU of each serve process during the run is
-  reported, and summed.
-- baseline: a bare aiomqtt "dispatcher" holding the queues in memory and a bare
-  aiomqtt fleet; no database, no API.
+- the raw flows (``raw paho``, the strongest; ``raw aiomqtt``): queues in memory, no database;
+- ``sensortasks``: ``sensortasks serve`` (REST API + dispatcher on SQLite, or with ``--database``
+  on a scratch PostgreSQL database; with ``--instances N``, N of them in one share group) and
+  ``sensortasks simulate`` (the SDK fleet, zero work time). The driver creates the tasks
+  through ``POST /v1/tasks/bulk`` of every instance in turn.
 
-A lifecycle is created -> Completed. Latency is measured from the moment a task was
-accepted (baseline: the start, when every task is queued at once) to the moment its
-completion was seen. The last line is ``ratio: X.XX`` = product rate / baseline rate.
+The broker is the bench's own Mosquitto with ``set_tcp_nodelay true`` (or the one given with
+``--mqtt-url``, settings unknown, and said so in the header).
+
+Timing is the same for every run, and no observer is charged to one run only: a lifecycle
+runs from its task's creation to its completion **as its dispatcher recorded them** (a raw
+dispatcher: every task created when it starts publishing, each completion when it handles the
+report; the product: ``created_at`` and ``completed_at`` in its database, written by serve).
+The driver watches no event during a run, so its own watching is off the measured work: it
+waits on the raw dispatcher's result, or polls the product's task counts every `POLL_S`. The
+run's rate is tasks / (last completion - first creation). CPU is read from ``/proc/<pid>/stat``
+of every process (serve, fleet, driver, broker) over the run, serve's peak RSS (``VmHWM``) at
+its end.
+
+Sessions: whatever session the product's clients leave (the dispatcher's and every sensor's
+are persistent) is removed at the end, and the sensors' first too, in case a killed run left
+them (they would queue the raw flows' tasks); so are the retained presence messages. The raw
+flows use sessions that end with their connections. The last line is ``ratio: X.XX`` =
+product rate / the best raw flow's rate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import multiprocessing
 import os
-import statistics
 import subprocess
 import tempfile
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
 import httpx
+from sqlalchemy import select
 
-from sensortasks.mqtt import MqttTarget, new_client
-from sensortasks.protocol import StatusReport, TaskMessage, Topics
+from sensortasks.domain import TaskStatus
+from sensortasks.protocol import Topics
+from sensortasks.store import Task, TaskStore, open_database, utcnow
 from sensortasks.testing import MosquittoBroker
-from sensortasks.tools.deployment import Deployment, Instance, InstanceFigures, spawn_cli, tool_database
-from sensortasks.tools.stats import percentile
+from sensortasks.testing.broker import mosquitto_binary
+from sensortasks.tools.baseline import FILE_ID as FILE_ID  # noqa: PLC0414 (soak imports it from here)
+from sensortasks.tools.baseline import (
+    FIRST_SERIAL,
+    RAW_FLOWS,
+    ROLES,
+    START_TIMEOUT_S,
+    CpuMeter,
+    RunResult,
+    clear_retained,
+    end_sessions,
+    measured_roles,
+    run_raw,
+    run_timeout_s,
+)
+from sensortasks.tools.deployment import Deployment, InstanceFigures, is_postgres, spawn_cli, tool_database
 
-FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
-FIRST_SERIAL = 500_000_000_000_000
 BULK_CHUNK = 1000
-START_TIMEOUT_S = 30.0
+#: How often the driver reads the product's task counts while waiting for the end.
+POLL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
-class RunResult:
-    name: str
-    tasks: int
-    seconds: float
-    latencies: list[float]
+class ServeFigures:
+    """One serve process over the run: tasks created through it, CPU, peak resident memory."""
+
+    instance: InstanceFigures
+    peak_rss_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BenchReport:
+    header: list[str]
+    baselines: list[RunResult]
+    product: RunResult
+    serve: list[ServeFigures]
 
     @property
-    def rate(self) -> float:
-        return self.tasks / self.seconds if self.seconds > 0 else 0.0
-
-    def percentile(self, p: float) -> float:
-        return percentile(self.latencies, p)
+    def best_baseline(self) -> RunResult:
+        return max(self.baselines, key=lambda run: run.rate)
 
 
-def _client(host: str, port: int, identifier: str | None = None) -> aiomqtt.Client:
-    return new_client(MqttTarget(host, port, None, None, tls=False), identifier=identifier, max_inflight=1000)
+def mosquitto_version() -> str:
+    """``2.0.11``, from the first line ``mosquitto -h`` prints (``mosquitto version 2.0.11``)."""
+    done = subprocess.run([mosquitto_binary(), "-h"], capture_output=True, text=True, check=False)  # noqa: S603
+    return done.stdout.splitlines()[0].split()[-1] if done.stdout else "(unknown version)"
 
 
-# -- baseline processes -----------------------------------------------------------
-async def _bare_sensor(host: str, port: int, serial: int, ready: asyncio.Event, counter: list[int]) -> None:
-    topics = Topics()
-    async with _client(host, port) as client:
-        await client.subscribe(topics.tasks(serial), qos=1)
-        counter[0] += 1
-        if counter[0] == counter[1]:
-            ready.set()
-        async for message in client.messages:
-            task = TaskMessage.model_validate_json(message.payload if isinstance(message.payload, bytes) else b"")
-            status = topics.status(serial)
-            for state in ("ongoing", "completed"):
-                report = StatusReport(task_id=task.task_id, attempt=task.attempt, status=state)
-                await client.publish(status, report.to_json(), qos=1)
+def peak_rss_bytes(pid: int) -> int:
+    """``VmHWM`` of a live process (Linux): the most resident memory it has had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
-def _bare_fleet(host: str, port: int, sensors: int, ready: Any) -> None:  # noqa: ANN401
-    async def main() -> None:
-        connected = asyncio.Event()
-        counter = [0, sensors]
-        tasks = [
-            asyncio.create_task(_bare_sensor(host, port, FIRST_SERIAL + i, connected, counter)) for i in range(sensors)
-        ]
-        await connected.wait()
-        ready.set()
-        await asyncio.gather(*tasks)
-
-    asyncio.run(main())
+# -- the product -------------------------------------------------------------------
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands UTC timestamps back without their zone."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _bare_dispatcher(host: str, port: int, sensors: int, tasks: int, results: Any) -> None:  # noqa: ANN401
-    async def main() -> None:
-        topics = Topics()
-        queues: dict[int, deque[int]] = {FIRST_SERIAL + i: deque() for i in range(sensors)}
-        for task_id in range(1, tasks + 1):
-            queues[FIRST_SERIAL + (task_id - 1) % sensors].append(task_id)
-        latencies: list[float] = []
-        async with _client(host, port, f"bench-baseline-{uuid.uuid4().hex[:6]}") as client:
-            await client.subscribe(topics.all_status, qos=1)
-
-            async def send(serial: int) -> None:
-                if queues[serial]:
-                    task_id = queues[serial][0]
-                    message = TaskMessage(
-                        task_id=task_id, type="update_firmware", file_id=FILE_ID, attempt=1, timeout_s=3600
-                    )
-                    await client.publish(topics.tasks(serial), message.to_json(), qos=1)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(send(serial) for serial in queues))
-            async for message in client.messages:
-                parsed = topics.parse_sensor(str(message.topic))
-                report = StatusReport.model_validate_json(
-                    message.payload if isinstance(message.payload, bytes) else b""
-                )
-                if parsed is None or report.status != "completed":
-                    continue
-                queues[parsed.serial].popleft()
-                latencies.append(time.perf_counter() - start)
-                if len(latencies) == tasks:
-                    break
-                asyncio.create_task(send(parsed.serial))  # noqa: RUF006
-            results.put((time.perf_counter() - start, latencies))
-
-    asyncio.run(main())
+async def _wait_online(store: TaskStore, sensors: int, fleet: subprocess.Popen[bytes]) -> None:
+    """Until serve has every simulated sensor online (each subscribed before it said so)."""
+    deadline = time.monotonic() + START_TIMEOUT_S + sensors / 20
+    while await store.sensors_online() < sensors:
+        if fleet.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the simulated fleet did not come online (see simulate.log)")
+        await asyncio.sleep(POLL_S)
 
 
-def run_baseline(host: str, port: int, sensors: int, tasks: int) -> RunResult:
-    spawn = multiprocessing.get_context("spawn")
-    ready, results = spawn.Event(), spawn.Queue()
-    fleet = spawn.Process(target=_bare_fleet, args=(host, port, sensors, ready), daemon=True)
-    fleet.start()
+async def _create(deployment: Deployment, sensors: int, tasks: int) -> None:
+    """The tasks, through every instance's API in turn, a chunk at a time."""
+    instances = deployment.instances
+    bodies = [
+        {"sensor_serial": FIRST_SERIAL + i % sensors, "file_id": FILE_ID, "type": "update_firmware"}
+        for i in range(tasks)
+    ]
+    chunk = min(BULK_CHUNK, -(-tasks // len(instances)))
+    async with httpx.AsyncClient(timeout=120) as http:
+        for n, offset in enumerate(range(0, tasks, chunk)):
+            instance = instances[n % len(instances)]
+            response = await http.post(f"{instance.url}/v1/tasks/bulk", json={"tasks": bodies[offset : offset + chunk]})
+            response.raise_for_status()
+            instance.accepted += len(response.json()["ids"])
+
+
+async def _drive(
+    deployment: Deployment, fleet: subprocess.Popen[bytes], sensors: int, tasks: int, broker_pid: int | None
+) -> tuple[RunResult, CpuMeter]:
+    """Create the tasks, wait until the database counts them all Completed, then read their
+    creation and completion times from it."""
+    store = TaskStore(open_database(deployment.database_url))
     try:
-        if not ready.wait(START_TIMEOUT_S):
-            raise RuntimeError("baseline fleet did not connect")
-        dispatcher = spawn.Process(target=_bare_dispatcher, args=(host, port, sensors, tasks, results), daemon=True)
-        dispatcher.start()
-        seconds, latencies = results.get(timeout=600)
-        dispatcher.join(10)
+        await _wait_online(store, sensors, fleet)
+        serve_pids = [i.pid or 0 for i in deployment.instances]
+        meter = CpuMeter(measured_roles(serve_pids, fleet.pid, broker_pid))
+        start = utcnow()
+        await _create(deployment, sensors, tasks)
+        deadline = time.monotonic() + run_timeout_s(tasks)
+        while (counts := await store.counts())[TaskStatus.COMPLETED] < tasks:
+            if counts[TaskStatus.ERROR] or counts[TaskStatus.CANCELLED] or time.monotonic() > deadline:
+                named = ", ".join(f"{status.label} {n}" for status, n in counts.items())
+                raise RuntimeError(f"the product's run did not complete: {named}")
+            await asyncio.sleep(POLL_S)
+        cpu = meter.stop()
+        async with store.db.reader.connect() as conn:
+            rows = (await conn.execute(select(Task.created_at, Task.completed_at))).all()  # type: ignore[call-overload]
     finally:
-        fleet.kill()
-        fleet.join()
-    return RunResult("raw MQTT baseline", tasks, seconds, latencies)
-
-
-# -- product -------------------------------------------------------------------
-async def _drive(instances: list[Instance], host: str, port: int, sensors: int, tasks: int) -> RunResult:
-    """Create the tasks through every instance's API in turn, chunk by chunk, and wait until
-    ``ops/events`` reported each one Completed."""
-    accepted: dict[int, float] = {}
-    completed: dict[int, float] = {}
-    done = asyncio.Event()
-    async with _client(host, port) as watcher:
-        await watcher.subscribe(Topics().all_ops_events, qos=1)
-
-        async def watch() -> None:
-            async for message in watcher.messages:
-                event = json.loads(message.payload if isinstance(message.payload, bytes) else b"{}")
-                if event.get("to") == "Completed":
-                    completed[event["task_id"]] = time.perf_counter()
-                    if len(completed) == tasks:
-                        done.set()
-
-        watching = asyncio.create_task(watch())
-        bodies = [
-            {"sensor_serial": FIRST_SERIAL + i % sensors, "file_id": FILE_ID, "type": "update_firmware"}
-            for i in range(tasks)
-        ]
-        chunk = min(BULK_CHUNK, -(-tasks // len(instances)))
-        start = time.perf_counter()
-        async with httpx.AsyncClient(timeout=120) as http:
-            for n, offset in enumerate(range(0, tasks, chunk)):
-                instance = instances[n % len(instances)]
-                body = {"tasks": bodies[offset : offset + chunk]}
-                response = await http.post(f"{instance.url}/v1/tasks/bulk", json=body)
-                response.raise_for_status()
-                now = time.perf_counter()
-                ids = response.json()["ids"]
-                accepted.update(dict.fromkeys(ids, now))
-                instance.accepted += len(ids)
-        await asyncio.wait_for(done.wait(), 600)
-        seconds = max(completed.values()) - start
-        watching.cancel()
-    name = "sensortasks" if len(instances) == 1 else f"sensortasks x{len(instances)}"
-    return RunResult(name, tasks, seconds, [completed[i] - accepted[i] for i in accepted])
+        await store.db.dispose()
+    completed = [(_utc(created), _utc(done)) for created, done in rows]
+    seconds = (max(done for _, done in completed) - start).total_seconds()
+    name = "sensortasks" if len(deployment.instances) == 1 else f"sensortasks x{len(deployment.instances)}"
+    return RunResult(name, tasks, seconds, [(d - c).total_seconds() for c, d in completed], cpu), meter
 
 
 def run_product(
-    host: str, port: int, sensors: int, tasks: int, workdir: Path, *, instances: int, database_url: str
-) -> tuple[RunResult, list[InstanceFigures]]:
-    """The run, and per instance the tasks created through it and the CPU it used during the run."""
-    env = os.environ | {
-        "SENSORTASKS_MQTT_URL": f"mqtt://{host}:{port}",
-        "SENSORTASKS_AUTH": "disabled",
-        "SENSORTASKS_ACK_TIMEOUT_S": "600",
-    }
-    with Deployment(instances, env, database_url, workdir, f"bench-{uuid.uuid4().hex[:6]}") as deployment:
+    deployment: Deployment, env: dict[str, str], sensors: int, tasks: int, workdir: Path, broker_pid: int | None
+) -> tuple[RunResult, list[ServeFigures]]:
+    """The run, and per serve process the tasks created through it, its CPU and peak RSS."""
+    with deployment:
         fleet = spawn_cli(
             ["simulate", "--sensors", str(sensors), "--first-serial", str(FIRST_SERIAL), "--work-s", "0"],
             env,
@@ -214,12 +179,10 @@ def run_product(
         )
         try:
             asyncio.run(deployment.start())
-            time.sleep(1.0 + sensors / 500)  # let the fleet connect (it does so in batches)
-            idle_cpu = [i.cpu_s() for i in deployment.instances]
-            result = asyncio.run(_drive(deployment.instances, host, port, sensors, tasks))
-            figures = [
-                replace(i.figures(), cpu_s=i.cpu_s() - before)
-                for i, before in zip(deployment.instances, idle_cpu, strict=True)
+            result, meter = asyncio.run(_drive(deployment, fleet, sensors, tasks, broker_pid))
+            serve = [
+                ServeFigures(replace(i.figures(), cpu_s=meter.used[i.pid or 0]), peak_rss_bytes(i.pid or 0))
+                for i in deployment.instances
             ]
         finally:
             fleet.terminate()
@@ -227,7 +190,42 @@ def run_product(
                 fleet.wait(15)
             except subprocess.TimeoutExpired:
                 fleet.kill()
-    return result, figures
+                fleet.wait()
+    return result, serve
+
+
+# -- the broker's state -------------------------------------------------------------
+def _sensor_leftovers(sensors: int) -> tuple[list[str], list[str]]:
+    """The SDK fleet's client ids (`SensorClient`'s default ``sensor-<serial>``) and its retained presence."""
+    serials = range(FIRST_SERIAL, FIRST_SERIAL + sensors)
+    return [f"sensor-{serial}" for serial in serials], [Topics().presence(serial) for serial in serials]
+
+
+def _deployment_leftovers(deployment: Deployment) -> tuple[list[str], list[str]]:
+    """Each instance's client id (``sensortasks-<instance>``, as `dispatcher_link` names it) and
+    its retained presence."""
+    names = [i.name for i in deployment.instances]
+    return [f"sensortasks-{name}" for name in names], [Topics().ops_dispatcher(name) for name in names]
+
+
+def clean_broker(host: str, port: int, leftovers: Sequence[tuple[list[str], list[str]]]) -> None:
+    """End the sessions and delete the retained messages of `leftovers`."""
+    end_sessions(host, port, [identifier for identifiers, _ in leftovers for identifier in identifiers])
+    clear_retained(host, port, [topic for _, topics in leftovers for topic in topics])
+
+
+# -- the bench ------------------------------------------------------------------------
+def _header(tasks: int, sensors: int, instances: int, database: str, broker: str, load: float) -> list[str]:
+    where = "PostgreSQL (a scratch database)" if is_postgres(database) else "SQLite"
+    return [
+        f"bench: {tasks} tasks over {sensors} sensors, one at a time per sensor; "
+        f"sensortasks: {instances} serve instance(s) on {where}",
+        f"machine: {os.cpu_count()} cores, load average {load:.2f} at the start "
+        "(anything else running here shares them)",
+        broker,
+        "timed by each run's dispatcher: from a task's creation to its completion "
+        "(sensortasks: created_at, completed_at in its database); no watcher runs during a run",
+    ]
 
 
 def bench(
@@ -239,49 +237,84 @@ def bench(
     instances: int = 1,
     database: str | None = None,
     say: Callable[[str], None],
-) -> tuple[RunResult, RunResult, list[InstanceFigures]]:
+) -> BenchReport:
     """`database` is a PostgreSQL server URL to run on (in a scratch database); default SQLite."""
     with (
         tempfile.TemporaryDirectory(prefix="sensortasks-bench-") as tmp,
         tool_database(database, Path(tmp), "bench", say) as url,
     ):
+        load = os.getloadavg()[0]
         workdir = Path(tmp)
         broker = None
         if mqtt_host is None or mqtt_port is None:
-            broker = MosquittoBroker(workdir=workdir / "broker")
+            broker = MosquittoBroker(workdir=workdir / "broker", tcp_nodelay=True)
             broker.start()
             mqtt_host, mqtt_port = broker.host, broker.port
+            about = f"broker: mosquitto {mosquitto_version()}, set_tcp_nodelay true (the bench's own, for every run)"
+        else:
+            about = f"broker: {mqtt_host}:{mqtt_port} (--mqtt-url: its version and settings unknown, its CPU not read)"
+        broker_pid = broker.process.pid if broker and broker.process else None
+        env = os.environ | {
+            "SENSORTASKS_MQTT_URL": f"mqtt://{mqtt_host}:{mqtt_port}",
+            "SENSORTASKS_AUTH": "disabled",
+            "SENSORTASKS_ACK_TIMEOUT_S": "600",
+        }
+        leftovers = [_sensor_leftovers(sensors)]
         try:
-            say(f"baseline: {tasks} tasks over {sensors} sensors ...")
-            baseline = run_baseline(mqtt_host, mqtt_port, sensors, tasks)
-            say(f"sensortasks ({instances} instance(s)): {tasks} tasks over {sensors} sensors ...")
-            product, figures = run_product(
-                mqtt_host, mqtt_port, sensors, tasks, workdir, instances=instances, database_url=url
-            )
+            clean_broker(mqtt_host, mqtt_port, leftovers)
+            baselines = []
+            for flow in RAW_FLOWS:
+                say(f"{flow.name}: {tasks} tasks over {sensors} sensors ...")
+                baselines.append(run_raw(flow, mqtt_host, mqtt_port, sensors, tasks, broker_pid))
+            say(f"sensortasks ({instances} serve instance(s)): {tasks} tasks over {sensors} sensors ...")
+            # Made now, as it picks its free HTTP ports.
+            deployment = Deployment(instances, env, url, workdir, f"bench-{uuid.uuid4().hex[:6]}")
+            leftovers.append(_deployment_leftovers(deployment))
+            product, serve = run_product(deployment, env, sensors, tasks, workdir, broker_pid)
         finally:
+            clean_broker(mqtt_host, mqtt_port, leftovers)
             if broker is not None:
                 broker.stop()
-    return product, baseline, figures
+    return BenchReport(_header(tasks, sensors, instances, url, about, load), baselines, product, serve)
 
 
-def summary(product: RunResult, baseline: RunResult, instances: list[InstanceFigures]) -> list[str]:
-    """The runs, then each serve process's share (tasks created through it, CPU during the
-    run) and their sum; the last line is ``ratio: X.XX``."""
-    lines = [f"{'run':<20} {'tasks':>7} {'seconds':>8} {'lifecycles/s':>13} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
-    for run in (baseline, product):
+def summary(report: BenchReport) -> list[str]:
+    """The header, the runs, the CPU of each run's processes, each serve process's share (and
+    their sum when there are several); the last line is ``ratio: X.XX``."""
+    runs = [*report.baselines, report.product]
+    lines = [*report.header]
+    lines.append(
+        f"{'run':<20} {'tasks':>7} {'seconds':>8} {'lifecycles/s':>13} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    )
+    for run in runs:
         lines.append(
             f"{run.name:<20} {run.tasks:>7} {run.seconds:>8.2f} {run.rate:>13.1f} "
             + " ".join(f"{run.percentile(p) * 1000:>8.0f}" for p in (50, 95, 99))
         )
-    lines.append(f"{'serve instance':<20} {'created':>7} {'CPU s':>8} {'CPU ms/lifecycle':>17}")
-    total = InstanceFigures("all serve processes", 0, 0, 0.0, product.tasks, sum(i.cpu_s for i in instances))
-    for instance in [*instances, total] if len(instances) > 1 else instances:
+    lines.append(f"{'CPU µs per lifecycle':<20} " + " ".join(f"{role:>10}" for role in ROLES) + f" {'total':>10}")
+    for run in runs:
+        cells = [run.cpu_us(role) for role in ROLES]
+        total = sum(cell for cell in cells if cell is not None)
         lines.append(
-            f"{instance.name:<20} {instance.accepted:>7} {instance.cpu_s:>8.2f} "
-            f"{instance.cpu_s * 1000 / product.tasks:>17.2f}"
+            f"{run.name:<20} "
+            + " ".join("-".rjust(10) if c is None else f"{c:>10.0f}" for c in cells)
+            + f" {total:>10.0f}"
         )
-    lines.append(
-        f"median latency ratio: {statistics.median(product.latencies) / statistics.median(baseline.latencies):.2f}"
-    )
-    lines.append(f"ratio: {product.rate / baseline.rate:.2f}")
+    lines.append("(dispatcher: serve for sensortasks; driver: the bench itself, creating tasks and waiting)")
+    lines.append(f"{'serve instance':<20} {'created':>7} {'CPU s':>8} {'CPU µs/lifecycle':>17} {'peak RSS MiB':>13}")
+    for figures in report.serve:
+        serve = figures.instance
+        lines.append(
+            f"{serve.name:<20} {serve.accepted:>7} {serve.cpu_s:>8.2f} "
+            f"{serve.cpu_s * 1e6 / report.product.tasks:>17.0f} {figures.peak_rss_bytes / 2**20:>13.1f}"
+        )
+    if len(report.serve) > 1:
+        cpu_s = sum(f.instance.cpu_s for f in report.serve)
+        lines.append(
+            f"{'all serve processes':<20} {report.product.tasks:>7} {cpu_s:>8.2f} "
+            f"{cpu_s * 1e6 / report.product.tasks:>17.0f} {'-':>13}"
+        )
+    best = report.best_baseline
+    lines.append(f"ratio = {report.product.name} / the best raw flow of this run, {best.name}")
+    lines.append(f"ratio: {report.product.rate / best.rate:.2f}")
     return lines

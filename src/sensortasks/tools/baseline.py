@@ -1,0 +1,439 @@
+"""The raw MQTT flows ``sensortasks bench`` measures the product against, and what every run
+of it reports (`RunResult`, `CpuMeter`).
+
+A raw flow does the product's work per task stripped to the wire: a dispatcher process holds
+the queues in memory (one task at a time per sensor; no database, no API) and a fleet process
+has one MQTT client per sensor, which answers each task with an "ongoing" and a "completed"
+status, all QoS 1. Both halves build and parse their messages with the protocol's models, as
+the product's do. Two flows:
+
+- ``raw paho``, the strongest honest Python flow: paho-mqtt driven directly, the dispatcher's
+  callbacks on paho's network thread (``loop_start``), the fleet's clients all on one thread
+  (`SelectorLoop`: one selector over every socket), QoS 1 pipelined: publish, count the PUBACKs,
+  never wait for one; TCP_NODELAY on every socket (`no_delay`).
+- ``raw aiomqtt``: the same flow in asyncio through aiomqtt, each publish awaited, as the SDK
+  and the dispatcher are written, with the sockets as aiomqtt leaves them (Nagle on), as theirs.
+
+Their clients connect with clean sessions that end with the connection, so a raw flow leaves
+nothing on the broker. The dispatcher records the time of each completion as it handles the
+report: that is the record the product's dispatcher keeps in its database too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import selectors
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sensortasks.mqtt import MqttTarget, new_client
+from sensortasks.protocol import StatusReport, TaskMessage, Topics, parse_sensor_command
+from sensortasks.tools.deployment import cpu_seconds
+from sensortasks.tools.stats import percentile
+
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
+FIRST_SERIAL = 500_000_000_000_000
+START_TIMEOUT_S = 60.0
+#: Clients connecting at once (the broker's listen backlog is finite).
+CONNECT_BATCH = 50
+#: How often each client of a `SelectorLoop` gets its keep-alive turn.
+MISC_INTERVAL_S = 1.0
+#: QoS 1 task messages the raw paho dispatcher keeps in flight: paho walks its in-flight
+#: messages on every PUBACK; 100 did as well as 1000 at 100 and at 1000 sensors.
+DISPATCH_WINDOW = 100
+#: The order of a run's processes in every table.
+ROLES = ("dispatcher", "fleet", "driver", "broker")
+
+
+def run_timeout_s(tasks: int) -> float:
+    """How long a run of `tasks` may take: generous (20 ms a lifecycle, plus a minute)."""
+    return 60.0 + tasks * 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    name: str
+    tasks: int
+    seconds: float
+    latencies: list[float]
+    #: CPU seconds per role during the run; a role whose process is not ours to read is absent.
+    cpu_s: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, p: float) -> float:
+        return percentile(self.latencies, p)
+
+    def cpu_us(self, role: str) -> float | None:
+        """CPU microseconds per lifecycle of `role`'s processes, None when not measured."""
+        return self.cpu_s[role] * 1e6 / self.tasks if role in self.cpu_s else None
+
+
+class CpuMeter:
+    """CPU seconds (user + system, every thread) of each role's processes since it was made."""
+
+    def __init__(self, roles: dict[str, Sequence[int]]) -> None:
+        self.roles = roles
+        self._start = {pid: cpu_seconds(pid) for pids in roles.values() for pid in pids}
+        #: Per process, filled in by `stop`.
+        self.used: dict[int, float] = {}
+
+    def stop(self) -> dict[str, float]:
+        self.used = {pid: cpu_seconds(pid) - start for pid, start in self._start.items()}
+        return {role: sum(self.used[pid] for pid in pids) for role, pids in self.roles.items()}
+
+
+def measured_roles(dispatcher: Sequence[int], fleet: int, broker: int | None) -> dict[str, Sequence[int]]:
+    """The processes of a run by role; the driver is this process."""
+    pids = {"dispatcher": dispatcher, "fleet": [fleet], "driver": [os.getpid()]}
+    return pids | ({"broker": [broker]} if broker is not None else {})
+
+
+def task_json(task_id: int) -> bytes:
+    return TaskMessage(task_id=task_id, type="update_firmware", file_id=FILE_ID, attempt=1, timeout_s=3600).to_json()
+
+
+def task_queues(sensors: int, tasks: int) -> dict[int, deque[int]]:
+    """Task ids 1..`tasks` dealt round-robin over the sensors, as the product's driver creates
+    them; a sensor with no task has no queue."""
+    return {FIRST_SERIAL + i: deque(range(i + 1, tasks + 1, sensors)) for i in range(min(sensors, tasks))}
+
+
+# -- paho on one thread ---------------------------------------------------------------
+def paho_client(identifier: str, userdata: Any = None) -> paho.Client:  # noqa: ANN401
+    """An MQTT 5 paho client; connected with ``clean_start=True`` and no session expiry, its
+    session ends with its connection."""
+    return paho.Client(CallbackAPIVersion.VERSION2, client_id=identifier, userdata=userdata, protocol=paho.MQTTv5)
+
+
+def no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:  # noqa: ANN401
+    """Send each packet at once (TCP_NODELAY), as the broker does with ``set_tcp_nodelay``:
+    paho leaves Nagle's algorithm on, which holds a client's second status until the first is
+    acknowledged by TCP."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SelectorLoop:
+    """Many paho clients driven by the calling thread: one selector over all their sockets.
+
+    paho tells us when a client has something to send (its socket "register write" callback);
+    those clients write once the selector round is handled, in one pass, and only a client
+    whose socket is full waits for the selector to say it is writable again.
+    """
+
+    def __init__(self) -> None:
+        self.clients: list[paho.Client] = []
+        self._selector = selectors.DefaultSelector()
+        self._pending: set[paho.Client] = set()
+        self._blocked: set[paho.Client] = set()
+
+    def add(self, client: paho.Client, host: str, port: int) -> None:
+        """Connect `client` (the TCP connection now, the MQTT handshake in `run_until`)."""
+        client.on_socket_open = self._opened
+        client.on_socket_close = self._closed
+        client.on_socket_register_write = lambda c, _u, _sock: self._pending.add(c)
+        client.on_socket_unregister_write = self._written
+        client.connect(host, port, clean_start=True)
+        self.clients.append(client)
+
+    def connect(self, clients: Sequence[paho.Client], host: str, port: int, settled: Callable[[], int]) -> None:
+        """Connect `clients` `CONNECT_BATCH` at a time, the next batch once `settled()` counts
+        every client so far."""
+        for first in range(0, len(clients), CONNECT_BATCH):
+            batch = clients[first : first + CONNECT_BATCH]
+            for client in batch:
+                self.add(client, host, port)
+            wanted = first + len(batch)
+            self.run_until(lambda wanted=wanted: settled() >= wanted, START_TIMEOUT_S)  # type: ignore[misc]
+
+    def run_until(self, done: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        next_misc = time.monotonic() + MISC_INTERVAL_S
+        while not done():
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(f"MQTT clients did not settle within {timeout_s:.0f} s")
+            for key, events in self._selector.select(0 if self._pending else min(deadline - now, MISC_INTERVAL_S)):
+                client: paho.Client = key.data
+                if events & selectors.EVENT_READ:
+                    client.loop_read()
+                if events & selectors.EVENT_WRITE:
+                    client.loop_write()
+            self._write_pending()
+            if now >= next_misc:
+                for client in self.clients:
+                    client.loop_misc()
+                next_misc = now + MISC_INTERVAL_S
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, set()
+        for client in pending:
+            client.loop_write()
+            sock = client.socket()
+            if client.want_write() and sock is not None and client not in self._blocked:
+                self._blocked.add(client)
+                self._selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+
+    def _opened(self, client: paho.Client, _userdata: Any, sock: Any) -> None:  # noqa: ANN401
+        no_delay(client, _userdata, sock)
+        self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _written(self, client: paho.Client, _userdata: Any, sock: Any) -> None:  # noqa: ANN401
+        self._pending.discard(client)
+        if client in self._blocked:
+            self._blocked.discard(client)
+            self._selector.modify(sock, selectors.EVENT_READ, client)
+
+    def _closed(self, client: paho.Client, _userdata: Any, sock: Any) -> None:  # noqa: ANN401
+        self._pending.discard(client)
+        self._blocked.discard(client)
+        self._selector.unregister(sock)
+
+
+def end_sessions(host: str, port: int, identifiers: Sequence[str]) -> None:
+    """Remove whatever session the broker keeps for `identifiers` (their subscriptions and
+    queued messages): connect as each with a clean start and no session expiry, and leave."""
+    loop, ended = SelectorLoop(), [0]
+
+    def on_disconnect(*_: Any) -> None:  # noqa: ANN401
+        ended[0] += 1
+
+    clients = [paho_client(identifier) for identifier in identifiers]
+    for client in clients:
+        client.on_connect = lambda c, *_: c.disconnect()
+        client.on_disconnect = on_disconnect
+    loop.connect(clients, host, port, lambda: ended[0])
+
+
+def clear_retained(host: str, port: int, topics: Sequence[str]) -> None:
+    """Delete the retained messages of `topics` (an empty retained message each, acknowledged)."""
+    loop, acked = SelectorLoop(), [0]
+    client = paho_client(f"bench-clear-{uuid.uuid4().hex[:8]}")
+
+    def on_connect(*_: Any) -> None:  # noqa: ANN401
+        for topic in topics:
+            client.publish(topic, b"", qos=1, retain=True)
+
+    client.on_connect = on_connect
+    client.on_publish = lambda *_: acked.__setitem__(0, acked[0] + 1)
+    loop.add(client, host, port)
+    loop.run_until(lambda: acked[0] == len(topics), START_TIMEOUT_S)
+    client.disconnect()
+    loop.run_until(lambda: not loop.clients[0].is_connected(), START_TIMEOUT_S)
+
+
+def _paho_fleet(host: str, port: int, sensors: int, ready: Any) -> None:  # noqa: ANN401
+    topics, loop, subscribed = Topics(), SelectorLoop(), [0]
+
+    def on_connect(client: paho.Client, serial: int, *_: Any) -> None:  # noqa: ANN401
+        client.subscribe(topics.tasks(serial), qos=1)
+
+    def on_subscribe(*_: Any) -> None:  # noqa: ANN401
+        subscribed[0] += 1
+
+    def on_message(client: paho.Client, serial: int, message: paho.MQTTMessage) -> None:
+        task = parse_sensor_command(bytes(message.payload))
+        if isinstance(task, TaskMessage):
+            for state in ("ongoing", "completed"):
+                report = StatusReport(task_id=task.task_id, attempt=task.attempt, status=state)
+                client.publish(topics.status(serial), report.to_json(), qos=1)
+
+    clients = []
+    for serial in range(FIRST_SERIAL, FIRST_SERIAL + sensors):
+        client = paho_client(f"bench-raw-sensor-{serial}", serial)
+        client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+        clients.append(client)
+    loop.connect(clients, host, port, lambda: subscribed[0])
+    ready.set()
+    loop.run_until(lambda: False, float("inf"))  # until the driver kills this process
+
+
+def _paho_dispatcher(host: str, port: int, sensors: int, tasks: int, ready: Any, go: Any, results: Any) -> None:  # noqa: ANN401
+    topics, queues = Topics(), task_queues(sensors, tasks)
+    completions: list[float] = []
+    counts = {"published": 0, "acked": 0}
+    #: Guards `counts`: the first sends are made on this thread, the rest on paho's.
+    acks = threading.Condition()
+    subscribed, done = threading.Event(), threading.Event()
+    client = paho_client(f"bench-raw-dispatcher-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(DISPATCH_WINDOW)
+
+    def send(serial: int) -> None:
+        with acks:
+            counts["published"] += 1
+        client.publish(topics.tasks(serial), task_json(queues[serial][0]), qos=1)
+
+    def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:  # noqa: ANN401
+        parsed = topics.parse_sensor(message.topic)
+        if parsed is None or StatusReport.from_wire(bytes(message.payload)).status != "completed":
+            return
+        completions.append(time.time())
+        queues[parsed.serial].popleft()
+        if queues[parsed.serial]:
+            send(parsed.serial)
+        elif len(completions) == tasks:
+            done.set()
+
+    client.on_socket_open = no_delay
+    client.on_connect = lambda c, *_: c.subscribe(topics.all_status, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+
+    def on_publish(*_: Any) -> None:  # noqa: ANN401
+        with acks:
+            counts["acked"] += 1
+            acks.notify_all()
+
+    client.on_publish = on_publish
+    client.connect(host, port, clean_start=True)
+    client.loop_start()
+    if not subscribed.wait(START_TIMEOUT_S):
+        raise RuntimeError("raw paho dispatcher: no SUBACK")
+    ready.set()
+    go.wait()
+    start = time.time()
+    for serial in list(queues):
+        send(serial)
+    if not done.wait(run_timeout_s(tasks)):
+        raise RuntimeError(f"raw paho dispatcher: {len(completions)} of {tasks} tasks completed")
+    with acks:
+        acks.wait_for(lambda: counts["acked"] == counts["published"], START_TIMEOUT_S)
+        results.put((start, completions, counts["published"] - counts["acked"]))
+    client.disconnect()
+    client.loop_stop()
+
+
+# -- aiomqtt ------------------------------------------------------------------------
+def _aiomqtt_client(host: str, port: int, identifier: str) -> aiomqtt.Client:
+    target = MqttTarget(host, port, None, None, tls=False)
+    return new_client(target, identifier=identifier, max_inflight=1000, max_outgoing_calls=1000)
+
+
+async def _aiomqtt_sensor(host: str, port: int, serial: int, subscribed: asyncio.Event) -> None:
+    topics = Topics()
+    async with _aiomqtt_client(host, port, f"bench-aiomqtt-sensor-{serial}") as client:
+        await client.subscribe(topics.tasks(serial), qos=1)
+        subscribed.set()
+        async for message in client.messages:
+            task = parse_sensor_command(message.payload if isinstance(message.payload, bytes) else b"")
+            if isinstance(task, TaskMessage):
+                for state in ("ongoing", "completed"):
+                    report = StatusReport(task_id=task.task_id, attempt=task.attempt, status=state)
+                    await client.publish(topics.status(serial), report.to_json(), qos=1)
+
+
+def _aiomqtt_fleet(host: str, port: int, sensors: int, ready: Any) -> None:  # noqa: ANN401
+    async def main() -> None:
+        running = []
+        for first in range(FIRST_SERIAL, FIRST_SERIAL + sensors, CONNECT_BATCH):
+            batch = [
+                (serial, asyncio.Event()) for serial in range(first, min(first + CONNECT_BATCH, FIRST_SERIAL + sensors))
+            ]
+            running += [asyncio.create_task(_aiomqtt_sensor(host, port, serial, event)) for serial, event in batch]
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for _, event in batch)), START_TIMEOUT_S)
+        ready.set()
+        await asyncio.gather(*running)
+
+    asyncio.run(main())
+
+
+def _aiomqtt_dispatcher(host: str, port: int, sensors: int, tasks: int, ready: Any, go: Any, results: Any) -> None:  # noqa: ANN401
+    async def main() -> None:
+        topics, queues = Topics(), task_queues(sensors, tasks)
+        completions: list[float] = []
+        sending: set[asyncio.Task[None]] = set()
+        async with _aiomqtt_client(host, port, f"bench-aiomqtt-dispatcher-{uuid.uuid4().hex[:8]}") as client:
+            await client.subscribe(topics.all_status, qos=1)
+
+            def send(serial: int) -> None:
+                publishing = asyncio.create_task(
+                    client.publish(topics.tasks(serial), task_json(queues[serial][0]), qos=1)
+                )
+                sending.add(publishing)
+                publishing.add_done_callback(sending.discard)
+
+            ready.set()
+            await asyncio.to_thread(go.wait)
+            start = time.time()
+            for serial in queues:
+                send(serial)
+            async for message in client.messages:
+                parsed = topics.parse_sensor(str(message.topic))
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                if parsed is None or StatusReport.from_wire(payload).status != "completed":
+                    continue
+                completions.append(time.time())
+                queues[parsed.serial].popleft()
+                if queues[parsed.serial]:
+                    send(parsed.serial)
+                elif len(completions) == tasks:
+                    break
+            unacknowledged = (await asyncio.wait(sending, timeout=START_TIMEOUT_S))[1] if sending else set()
+            results.put((start, completions, len(unacknowledged)))
+
+    asyncio.run(main())
+
+
+# -- a run --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RawFlow:
+    name: str
+    fleet: Callable[[str, int, int, Any], None]
+    dispatcher: Callable[[str, int, int, int, Any, Any, Any], None]
+
+
+RAW_FLOWS = (
+    RawFlow("raw paho", _paho_fleet, _paho_dispatcher),
+    RawFlow("raw aiomqtt", _aiomqtt_fleet, _aiomqtt_dispatcher),
+)
+
+
+def _wait(event: Any, process: multiprocessing.process.BaseProcess, what: str) -> None:  # noqa: ANN401
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not event.wait(0.1):
+        if not process.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not get ready (exit code {process.exitcode})")
+
+
+def run_raw(flow: RawFlow, host: str, port: int, sensors: int, tasks: int, broker_pid: int | None) -> RunResult:
+    """Start the fleet, then the dispatcher; time the run from the dispatcher's first publish
+    (every task is created then) to its last completion."""
+    spawn = multiprocessing.get_context("spawn")
+    fleet_ready, ready, go, results = spawn.Event(), spawn.Event(), spawn.Event(), spawn.Queue()
+    fleet = spawn.Process(target=flow.fleet, args=(host, port, sensors, fleet_ready), daemon=True)
+    dispatcher = spawn.Process(
+        target=flow.dispatcher, args=(host, port, sensors, tasks, ready, go, results), daemon=True
+    )
+    fleet.start()
+    try:
+        _wait(fleet_ready, fleet, f"{flow.name} fleet")
+        dispatcher.start()
+        _wait(ready, dispatcher, f"{flow.name} dispatcher")
+        meter = CpuMeter(measured_roles([dispatcher.pid or 0], fleet.pid or 0, broker_pid))
+        go.set()
+        start, completions, unacknowledged = results.get(timeout=run_timeout_s(tasks))
+        cpu = meter.stop()
+        dispatcher.join(START_TIMEOUT_S)
+    finally:
+        for process in (dispatcher, fleet):
+            if process.is_alive():
+                process.kill()
+            if process.pid is not None:
+                process.join()
+    if unacknowledged:
+        raise RuntimeError(f"{flow.name}: {unacknowledged} task messages were never acknowledged")
+    return RunResult(flow.name, tasks, completions[-1] - start, [c - start for c in completions], cpu)
