@@ -52,8 +52,8 @@ from sensortasks.protocol import Topics
 from sensortasks.store import Task, TaskStore, open_database, utcnow
 from sensortasks.testing import MosquittoBroker
 from sensortasks.testing.broker import mosquitto_binary
-from sensortasks.tools.baseline import FILE_ID as FILE_ID  # noqa: PLC0414 (soak imports it from here)
 from sensortasks.tools.baseline import (
+    FILE_ID,
     FIRST_SERIAL,
     RAW_FLOWS,
     ROLES,

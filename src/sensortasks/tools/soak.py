@@ -38,7 +38,7 @@ import httpx
 from sensortasks.sensor import Job, SensorClient, SensorOptions, TaskFailed
 from sensortasks.testing import MosquittoBroker
 from sensortasks.tools.audit import Audit, audit
-from sensortasks.tools.bench import FILE_ID
+from sensortasks.tools.baseline import FILE_ID
 from sensortasks.tools.deployment import Deployment, Instance, InstanceFigures, tool_database
 from sensortasks.tools.stats import percentile
 
