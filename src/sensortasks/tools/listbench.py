@@ -3,7 +3,8 @@
 ``python -m sensortasks.tools.listbench [ROWS]`` (default 1,000,000) on a temporary SQLite file.
 The rows are spread like a real fleet (20,000 sensors, 3 customers, mostly Completed, 90
 days of history); every query goes through `TaskStore.list_tasks`, the code path of
-``GET /v1/tasks``, and export through `TaskStore.iter_tasks`.
+``GET /v1/tasks``, and export through `TaskStore.iter_tasks`. The polls follow the cursor of
+"what changed since T" to its last page, every page a sample: the last one reads the furthest.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ STATUS_WEIGHTS = {
 CHUNK = 50_000
 TYPES = ("update_firmware", "update_configuration")
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
+#: A query to time: its filter and cursor, drawn from the run's random numbers.
+Query = Callable[[random.Random], tuple[TaskFilter, int | None]]
 
 
 async def _fill(store: TaskStore, rows: int, now: datetime, rng: random.Random) -> None:
@@ -61,16 +64,20 @@ def _one_day(start: datetime) -> TaskFilter:
     return TaskFilter(created_since=start, created_until=start + timedelta(days=1))
 
 
-async def _time(
-    store: TaskStore, make: Callable[[random.Random], tuple[TaskFilter, int | None]], n: int
-) -> list[float]:
+async def _time(store: TaskStore, make: Query, n: int, *, walk: bool = False) -> list[float]:
+    """`n` runs of `make`'s query, each a sample; with `walk`, each run follows the cursor to the
+    last page as a poller does, and every page is a sample."""
     rng = random.Random(1)
     samples = []
     for _ in range(n):
         where, before = make(rng)
-        started = time.perf_counter()
-        await store.list_tasks(where, before_id=before, limit=100)
-        samples.append(time.perf_counter() - started)
+        more = True
+        while more:
+            started = time.perf_counter()
+            page, more = await store.list_tasks(where, before_id=before, limit=100)
+            samples.append(time.perf_counter() - started)
+            more = more and walk
+            before = page[-1].id if page else None
     return samples
 
 
@@ -83,7 +90,10 @@ async def _measure(store: TaskStore, rows: int, now: datetime, samples: int, say
     def day(rng: random.Random) -> datetime:
         return now - timedelta(days=rng.randrange(1, DAYS))
 
-    queries: dict[str, Callable[[random.Random], tuple[TaskFilter, int | None]]] = {
+    def recent(rng: random.Random) -> datetime:
+        return now - timedelta(minutes=rng.randrange(1, 11))
+
+    queries: dict[str, Query] = {
         "newest page": lambda _r: (TaskFilter(), None),
         "one sensor": lambda r: (TaskFilter(sensor_serial=serial(r)), None),
         "status=Error (rare)": lambda _r: (TaskFilter(statuses=(TaskStatus.ERROR,)), None),
@@ -91,6 +101,7 @@ async def _measure(store: TaskStore, rows: int, now: datetime, samples: int, say
         "type": lambda _r: (TaskFilter(type="update_configuration"), None),
         "created in one day": lambda r: (_one_day(day(r)), None),
         "updated in the last hour": lambda _r: (TaskFilter(updated_since=now - timedelta(hours=1)), None),
+        "updated in the last 30 days": lambda _r: (TaskFilter(updated_since=now - timedelta(days=30)), None),
         "customer + one day": lambda r: (
             replace(_one_day(day(r)), customer_id=r.randrange(1, CUSTOMERS + 1)),
             None,
@@ -108,12 +119,21 @@ async def _measure(store: TaskStore, rows: int, now: datetime, samples: int, say
         "deep page (cursor)": lambda r: (TaskFilter(), r.randrange(100, rows)),
         "customer, deep page": lambda r: (TaskFilter(customer_id=1), r.randrange(100, rows)),
     }
+    #: What changed since a poll 1-10 minutes ago, every page of it (auth off, then one customer's).
+    polls: dict[str, Query] = {
+        "poll: updated since T": lambda r: (TaskFilter(updated_since=recent(r)), None),
+        "customer poll: since T": lambda r: (
+            TaskFilter(customer_id=r.randrange(1, CUSTOMERS + 1), updated_since=recent(r)),
+            None,
+        ),
+    }
     lines = [f"{'query (limit 100)':<28} {'p50 ms':>8} {'p99 ms':>8}"]
-    for name, make in queries.items():
-        timings = await _time(store, make, samples)
-        p50, p99 = percentile(timings, 50) * 1000, percentile(timings, 99) * 1000
-        lines.append(f"{name:<28} {p50:>8.2f} {p99:>8.2f}")
-        say(lines[-1])
+    for table, walk in ((queries, False), (polls, True)):
+        for name, make in table.items():
+            timings = await _time(store, make, samples, walk=walk)
+            p50, p99 = percentile(timings, 50) * 1000, percentile(timings, 99) * 1000
+            lines.append(f"{name:<28} {p50:>8.2f} {p99:>8.2f}")
+            say(lines[-1])
     started = time.perf_counter()
     exported = 0
     async for page in store.iter_tasks(TaskFilter(statuses=(TaskStatus.PENDING,))):
