@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -46,53 +45,35 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from sensortasks.config import Settings
+from sensortasks.dispatcher.linktypes import (
+    MAX_INFLIGHT,
+    PUBLISH_TIMEOUT_S,
+    RECONNECT_BACKOFF_MAX_S,
+    RECONNECT_BACKOFF_S,
+    Incoming,
+    OnConnect,
+    keepalive_for,
+)
+from sensortasks.dispatcher.paho_link import PahoLink
 from sensortasks.errors import InvalidInput, Unavailable
 from sensortasks.mqtt import Backoff, MqttTarget, new_client, reason, refusal, refused, tls_context
 from sensortasks.protocol import DispatcherPresence
 
+__all__ = [
+    "MAX_INFLIGHT",
+    "PUBLISH_TIMEOUT_S",
+    "RECONNECT_BACKOFF_MAX_S",
+    "RECONNECT_BACKOFF_S",
+    "Incoming",
+    "Link",
+    "MqttLink",
+    "OnConnect",
+    "PahoLink",
+    "dispatcher_link",
+    "keepalive_for",
+]
+
 log = logging.getLogger(__name__)
-
-RECONNECT_BACKOFF_S = 0.2
-RECONNECT_BACKOFF_MAX_S = 10.0
-PUBLISH_TIMEOUT_S = 10.0
-#: QoS 1 messages paho keeps in flight towards the broker (its default is 20), and the bound
-#: on concurrent publish/subscribe calls awaiting their acknowledgement.
-MAX_INFLIGHT = 1000
-
-
-#: The shortest keepalive: Mosquitto counts whole seconds (``now - last_in > keepalive * 3 / 2``
-#: in integers), so at 1 s it may drop a client that pings every 1 to 2 s (aiomqtt checks the
-#: keepalive once a second), and did here, idle for 17 s.
-MIN_KEEPALIVE_S = 2
-
-
-def keepalive_for(instance_timeout_s: float) -> int:
-    """The MQTT keepalive (whole seconds) of a dispatcher whose instance timeout is
-    `instance_timeout_s`: half of it, `MIN_KEEPALIVE_S` at least. paho notices a silent broker
-    within two keepalives (and a second: aiomqtt checks once a second), about the timeout."""
-    return max(MIN_KEEPALIVE_S, int(instance_timeout_s / 2))
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A received message and the connection it came on (acks go to that connection only)."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-    mid: int
-    qos: int
-    generation: int
-    #: MQTT 5 request/response: where to reply, and what to echo.
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    user_properties: tuple[tuple[str, str], ...] = ()
-    content_type: str | None = None
-    #: When it arrived (before any queueing): orders presence heard by several instances.
-    heard_at: datetime | None = None
-
-    def user_property(self, name: str) -> str | None:
-        return next((v for k, v in self.user_properties if k.lower() == name), None)
 
 
 def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
@@ -119,9 +100,6 @@ def _incoming(message: aiomqtt.Message, generation: int) -> Incoming:
         getattr(props, "ContentType", None),
         heard_at,
     )
-
-
-OnConnect = Callable[[], Awaitable[None]]
 
 
 class Link(Protocol):
@@ -172,7 +150,7 @@ class Link(Protocol):
         ...
 
 
-def dispatcher_link(settings: Settings) -> MqttLink:
+def dispatcher_link(settings: Settings) -> PahoLink:
     """A dispatcher instance's link: its own client id, the subscriptions, an offline will.
 
     Statuses and commands go through the share group (each to one instance). Presence does
@@ -182,7 +160,7 @@ def dispatcher_link(settings: Settings) -> MqttLink:
     topics = settings.topics
     share = f"$share/{settings.mqtt_share_group}/" if settings.mqtt_share_group else ""
     offline = DispatcherPresence(instance=settings.instance, online=False).to_json()
-    return MqttLink(
+    return PahoLink(
         settings.mqtt,
         identifier=f"sensortasks-{settings.instance}",
         subscriptions=[share + topics.all_status, topics.all_presence, share + topics.all_commands],
