@@ -158,8 +158,11 @@ async def test_attempts_used_up_end_in_error(make_service: ServiceFactory) -> No
 
 
 async def test_offline_sensor_pauses_the_clock_and_gets_its_task_back(make_service: ServiceFactory) -> None:
-    """End to end with SDK sensors; tests/behaviour drives the same rule with a fake clock."""
-    service = await make_service(ack_timeout_s=0.3)
+    """End to end with SDK sensors; tests/behaviour drives the same rule with a fake clock.
+
+    The acknowledgement timeout must outlast the sensor's stop and its offline presence being
+    recorded (tens of ms); 0.3 s did not always on a loaded 2-core machine in the full suite."""
+    service = await make_service(ack_timeout_s=1.0)
     stalled = asyncio.Event()
 
     async def never(job: Job) -> None:

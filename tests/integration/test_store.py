@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 
 from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.errors import Conflict, InvalidInput, NotFound
@@ -150,6 +151,28 @@ async def test_an_older_presence_never_replaces_a_newer_one_and_instances_may_ad
     assert (info.online, info.last_seen) == (True, later)
     await store.record_presence([(7, False, later + timedelta(seconds=1))])
     assert (await store.sensor(7)).online is False
+
+
+async def test_a_bulk_create_is_a_few_statements_and_keeps_the_request_order(store: TaskStore) -> None:
+    """Not one INSERT per task (SQLAlchemy's fallback for ordered RETURNING on SQLite)."""
+    await store.create(new(9), customer_id=None, now=utcnow())  # ids do not start at 1
+    statements = 0
+
+    def count(*_args: object, **_kwargs: object) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(store.db.writer.sync_engine, "before_cursor_execute", count)
+    try:
+        tasks = [NewTask(1000 + i % 7, "update_firmware", FILE_ID, 3, 3600 + i) for i in range(1000)]
+        created = await store.create(tasks, customer_id=None, now=utcnow())
+    finally:
+        event.remove(store.db.writer.sync_engine, "before_cursor_execute", count)
+    assert statements <= 6
+    assert [(t.sensor_serial, t.timeout_s) for t in created] == [(t.sensor_serial, t.timeout_s) for t in tasks]
+    ids = [t.id or 0 for t in created]
+    assert ids == sorted(ids)
+    assert len(await store.unpublished(limit=2000)) == 1001
 
 
 async def test_upgrade_is_idempotent(store: TaskStore) -> None:

@@ -72,6 +72,21 @@ async def _check_owned(conn: AsyncConnection, serials: set[int], customer_id: in
         )
 
 
+async def _insert_in_order(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[Task]:
+    """SQLite: one prepared INSERT run for every row, then the new rows read back. SQLAlchemy
+    cannot keep ``RETURNING`` in parameter order there and falls back to one statement per row
+    (1,000 statements for 1,000 tasks). The writer holds the database (``BEGIN IMMEDIATE``) and
+    rowids grow by one from the largest, so the new rows are those above the old largest id,
+    in insertion order."""
+    before = (await conn.execute(select(func.coalesce(func.max(T.c.id), 0)))).scalar_one()
+    await conn.execute(insert(T), rows)
+    result = await conn.execute(select(T).where(T.c.id > before).order_by(T.c.id))
+    created = [Task.model_validate(dict(r._mapping)) for r in result]
+    if len(created) != len(rows):  # someone else wrote inside our transaction: impossible on SQLite
+        raise RuntimeError(f"inserted {len(rows)} tasks but read back {len(created)}")
+    return created
+
+
 async def insert_tasks(
     conn: AsyncConnection, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime, origin: str
 ) -> list[Task]:
@@ -80,8 +95,11 @@ async def insert_tasks(
     if customer_id is not None:
         await _check_owned(conn, {t.sensor_serial for t in tasks}, customer_id)
     rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
-    result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
-    created = [Task.model_validate(dict(r._mapping)) for r in result]
+    if conn.dialect.name == "sqlite":
+        created = await _insert_in_order(conn, rows)
+    else:
+        result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
+        created = [Task.model_validate(dict(r._mapping)) for r in result]
     await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
     await notify(conn, origin, {t.sensor_serial for t in tasks})
     return created
