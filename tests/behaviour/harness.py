@@ -8,7 +8,7 @@ returns once the dispatcher has handled its consequences (`settle`). Backends:
     memory    InMemoryStore + FakeLink                       the fast tier
     sqlite    TaskStore on a SQLite file + FakeLink
     postgres  TaskStore on a fresh PostgreSQL database + FakeLink
-    broker    TaskStore on SQLite + the real MqttLink on a real Mosquitto, the test
+    broker    TaskStore on SQLite + the real link (PahoLink) on a real Mosquitto, the test
               playing the sensors with a raw MQTT client
 """
 
@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import text
 
 from sensortasks.config import Settings
-from sensortasks.dispatcher import Dispatcher, Link, MqttLink, dispatcher_link
+from sensortasks.dispatcher import Dispatcher, Link, dispatcher_link
 from sensortasks.dispatcher.link import Incoming, OnConnect
 from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.protocol import (
@@ -42,7 +42,7 @@ from sensortasks.testing import FakeClock, FakeLink, InMemoryStore, MosquittoBro
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 BACKENDS = ("memory", "sqlite", "postgres")
-#: The core rules also go through a real broker and the real MqttLink.
+#: The core rules also go through a real broker and the real link.
 EVERYWHERE = pytest.mark.parametrize("backend", [*BACKENDS, "broker"])
 DEFAULTS: dict[str, Any] = {
     "auth": "disabled",
@@ -104,7 +104,7 @@ class ObservedLink:
     """The real link, counting what `settle` must see through: messages the dispatcher
     acknowledged, publishes it attempted, and its `on_connect` still running."""
 
-    inner: MqttLink
+    inner: Link
     acked: int = 0
     attempted: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)

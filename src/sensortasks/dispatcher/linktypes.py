@@ -1,4 +1,5 @@
-"""What both broker links share: timings, the keepalive rule and the shape of a received message.
+"""What the broker link and its protocol share: timings, the keepalive rule and the shape of a
+received message.
 
 Apart from `link.py` so that `paho_link.py` can use it without an import cycle (`link.py`
 builds the link `dispatcher_link` returns)."""
@@ -8,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+
+from paho.mqtt.client import MQTTMessage
 
 RECONNECT_BACKOFF_S = 0.2
 RECONNECT_BACKOFF_MAX_S = 10.0
@@ -50,6 +53,30 @@ class Incoming:
 
     def user_property(self, name: str) -> str | None:
         return next((v for k, v in self.user_properties if k.lower() == name), None)
+
+
+def incoming(message: MQTTMessage, generation: int, heard_at: datetime) -> Incoming:
+    """What the dispatcher sees of a message paho received (MQTT 5 properties copied out)."""
+    props = getattr(message, "properties", None)
+    payload = bytes(message.payload)
+    if props is None:
+        return Incoming(message.topic, payload, message.retain, message.mid, message.qos, generation, heard_at=heard_at)
+    response_topic = getattr(props, "ResponseTopic", None)
+    correlation = getattr(props, "CorrelationData", None)
+    user = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()) or ())
+    return Incoming(
+        message.topic,
+        payload,
+        message.retain,
+        message.mid,
+        message.qos,
+        generation,
+        None if response_topic is None else str(response_topic),
+        None if correlation is None else bytes(correlation),
+        user,
+        getattr(props, "ContentType", None),
+        heard_at,
+    )
 
 
 OnConnect = Callable[[], Awaitable[None]]

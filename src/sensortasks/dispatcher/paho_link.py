@@ -1,5 +1,5 @@
-"""The dispatcher's broker connection, driven on paho directly: every behaviour of `MqttLink`
-(see link.py: persistent MQTT 5 session, ack after commit, subscription options, will, TLS,
+"""The dispatcher's broker connection, driven on paho directly: every behaviour link.py lists
+(persistent MQTT 5 session, ack after commit, subscription options, will, TLS,
 keepalive, back off for ever, `BrokerRefused`) without aiomqtt's per-message asyncio objects.
 
 - paho runs on the asyncio loop, paho's documented external event loop: the socket is watched
@@ -42,6 +42,7 @@ from sensortasks.dispatcher.linktypes import (
     RECONNECT_BACKOFF_S,
     Incoming,
     OnConnect,
+    incoming,
 )
 from sensortasks.errors import InvalidInput, Unavailable
 from sensortasks.mqtt import Backoff, MqttTarget, reason, refusal, refused, session_properties, tls_context
@@ -188,7 +189,7 @@ class _Connection:
             waiter.set_result(None)
 
     def _on_message(self, _c: object, _u: object, message: paho.MQTTMessage) -> None:
-        self.link.messages.put_nowait(_incoming(message, self.generation, self.heard_at))
+        self.link.messages.put_nowait(incoming(message, self.generation, self.heard_at))
 
     def _on_publish(self, _c: object, _u: object, mid: int, _code: object, _p: object = None) -> None:
         batch = self.pending.pop(mid, None)
@@ -247,29 +248,6 @@ class _Connection:
                 await waiter
         except TimeoutError:
             raise aiomqtt.MqttError("no SUBACK from the broker") from None
-
-
-def _incoming(message: paho.MQTTMessage, generation: int, heard_at: datetime) -> Incoming:
-    props = getattr(message, "properties", None)
-    payload = bytes(message.payload)
-    if props is None:
-        return Incoming(message.topic, payload, message.retain, message.mid, message.qos, generation, heard_at=heard_at)
-    response_topic = getattr(props, "ResponseTopic", None)
-    correlation = getattr(props, "CorrelationData", None)
-    user = tuple((str(k), str(v)) for k, v in getattr(props, "UserProperty", ()) or ())
-    return Incoming(
-        message.topic,
-        payload,
-        message.retain,
-        message.mid,
-        message.qos,
-        generation,
-        None if response_topic is None else str(response_topic),
-        None if correlation is None else bytes(correlation),
-        user,
-        getattr(props, "ContentType", None),
-        heard_at,
-    )
 
 
 class PahoLink:
