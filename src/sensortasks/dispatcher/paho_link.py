@@ -50,7 +50,9 @@ from sensortasks.mqtt import Backoff, MqttTarget, reason, refusal, refused, sess
 #: The link's log, under one name whichever client drives it (operators and tests filter on it).
 log = logging.getLogger("sensortasks.dispatcher.link")
 
-#: QoS 1 publishes handed to paho and not yet acknowledged, at most.
+#: QoS 1 publishes handed to paho and not yet acknowledged, at most. Measured on loopback
+#: (20,000 messages in batches of 500, nodelay broker): 100, 300 and 1,000 all gave 28,000 to
+#: 32,000 messages/s at 31 to 36 µs of CPU each, so the bound is about memory, not speed.
 WINDOW = 1000
 #: How often paho's keepalive is checked (as aiomqtt did: `keepalive_for` counts on it).
 MISC_INTERVAL_S = 1.0
