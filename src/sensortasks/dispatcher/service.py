@@ -210,8 +210,7 @@ class Dispatcher:
             self._resend("dispatcher reconnected")
         elif self._returning:
             self._resend("dispatcher restarted")
-        self._sweep = True
-        self._wake.set()
+        self._sweep_soon()
         self.members.poke()
         self._outbox_wake.set()
 
@@ -220,13 +219,17 @@ class Dispatcher:
         self._resync = reason
         self._wake.set()
 
+    def _sweep_soon(self) -> None:
+        """Look at every sensor's queue at the next dispatch round."""
+        self._sweep = True
+        self._wake.set()
+
     def _on_wake(self, wake: Wake) -> None:
         """Another instance wrote: new tasks for these sensors, or events for the outbox."""
         if wake.origin == self.instance:
             return  # our own process woke us already
         if wake.serials is None:
-            self._sweep = True
-            self._wake.set()
+            self._sweep_soon()
         elif wake.serials:
             self.kick(wake.serials)
         self._outbox_wake.set()
@@ -423,7 +426,7 @@ class Dispatcher:
             cancels = [
                 (self.topics.tasks(t.sensor_serial), CancelMessage(task_id=t.task_id).to_json())
                 for _, t in pending
-                if t.target is TaskStatus.CANCELLED and t.attempt > 0
+                if t.tells_sensor
             ]
             events = [(self.topics.ops_event(t.sensor_serial, t.task_id), event_json(t)) for _, t in pending]
             # Cancels first: the sensor must hear of the cancel before its next task.

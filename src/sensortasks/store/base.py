@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Select, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import RetryPolicy, TaskStatus
@@ -69,14 +68,6 @@ class StaleBatch(SensortasksError):
 def chunks(items: Sequence[int], size: int = IN_CHUNK) -> Iterable[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-async def insert_missing(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert the rows whose primary key is not taken (``ON CONFLICT DO NOTHING``): several
-    instances may add the same sensor at once."""
-    if rows:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        await conn.execute(dialect.insert(S).on_conflict_do_nothing(), rows)
 
 
 def owned(query: Select[Any], customer_id: int | None) -> Select[Any]:

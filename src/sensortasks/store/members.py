@@ -26,7 +26,7 @@ class MemberQueries(StoreBase):
             lease = await self._lease(conn)
             members = {m.instance: m for m in await self._members(conn)}
             beat = plan_beat(members, lease, me, now=now, timeout_s=timeout_s)
-            await self._save(conn, beat.me, known=me.instance in members)
+            await self._save(conn, beat.me)
             if beat.lease != lease:
                 await conn.execute(update(L).where(L.c.name == LEADER).values(asdict(beat.lease)))
             if beat.resent:
@@ -39,9 +39,8 @@ class MemberQueries(StoreBase):
         """A clean stop (see `membership.plan_leave`)."""
         async with self._write() as conn:
             lease = await self._lease(conn)
-            members = {m.instance for m in await self._members(conn)}
             member, freed = plan_leave(lease, me, now=now, timeout_s=timeout_s)
-            await self._save(conn, member, known=me.instance in members)
+            await self._save(conn, member)
             if freed != lease:
                 await conn.execute(update(L).where(L.c.name == LEADER).values(asdict(freed)))
 
@@ -59,9 +58,9 @@ class MemberQueries(StoreBase):
         return [Member(**dict(r._mapping)) for r in await conn.execute(select(M).order_by(M.c.instance))]
 
     @staticmethod
-    async def _save(conn: AsyncConnection, member: Member, *, known: bool) -> None:
+    async def _save(conn: AsyncConnection, member: Member) -> None:
+        """Update the instance's row, or add it (the locked lease row serialises beats)."""
         values: dict[str, Any] = asdict(member)
-        if known:
-            await conn.execute(update(M).where(M.c.instance == member.instance).values(values))
-        else:
+        updated = await conn.execute(update(M).where(M.c.instance == member.instance).values(values))
+        if updated.rowcount == 0:
             await conn.execute(insert(M).values(values))

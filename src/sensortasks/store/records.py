@@ -90,6 +90,12 @@ class Transition:
     reason: str | None
     at: datetime
 
+    @property
+    def tells_sensor(self) -> bool:
+        """A cancel of an attempt the sensor was sent: the outbox sends it a cancel message, and
+        its next task waits for that (``ix_task_events_unpublished_cancels`` in SQL)."""
+        return self.target is TaskStatus.CANCELLED and self.attempt > 0
+
 
 @dataclass(frozen=True, slots=True)
 class IncomingReport:

@@ -7,13 +7,23 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.errors import Conflict, NotFound
-from sensortasks.store.base import ACTIVE, S, StoreBase, T, insert_missing, owned
+from sensortasks.store.base import ACTIVE, S, StoreBase, T, owned
 from sensortasks.store.changes import Changes
 from sensortasks.store.records import SensorInfo
+
+
+async def _add_missing(conn: AsyncConnection, serials: Sequence[int]) -> None:
+    """Add the sensors not known yet (``ON CONFLICT DO NOTHING``): several instances may add
+    the same sensor at once."""
+    if serials:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        await conn.execute(dialect.insert(S).on_conflict_do_nothing(), [{"serial": s} for s in serials])
 
 
 class SensorQueries(StoreBase):
@@ -59,7 +69,7 @@ class SensorQueries(StoreBase):
             if serial not in latest or latest[serial][1] <= at:
                 latest[serial] = (online, at)
         async with self._write() as conn:
-            await insert_missing(conn, [{"serial": s} for s in sorted(latest)])
+            await _add_missing(conn, sorted(latest))
             stmt = (
                 update(S)
                 .where(

@@ -146,8 +146,7 @@ class InMemoryStore:
                 self.sensors[serial] = {"online": online, "last_seen": at, "presence_at": at}
 
     async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
-        pending = [(i, e) for i, e in self.task_events.items() if not e["published"]][:limit]
-        return [(i, transition_of(e, *self._serial_and_type(e["task_id"]))) for i, e in pending]
+        return self._unpublished()[:limit]
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:
         for event_id in event_ids:
@@ -198,13 +197,13 @@ class InMemoryStore:
     def _offline(self) -> set[int]:
         return {serial for serial, s in self.sensors.items() if s["online"] is False}
 
+    def _unpublished(self) -> list[tuple[int, Transition]]:
+        pending = [(i, e) for i, e in self.task_events.items() if not e["published"]]
+        return [(i, transition_of(e, *self._serial_and_type(e["task_id"]))) for i, e in pending]
+
     def _cancel_untold(self) -> set[int]:
         """Sensors with a cancel in the outbox: their next task waits for it."""
-        return {
-            self.tasks[e["task_id"]]["sensor_serial"]
-            for e in self.task_events.values()
-            if not e["published"] and e["to_status"] == TaskStatus.CANCELLED and e["attempt"] > 0
-        }
+        return {t.sensor_serial for _, t in self._unpublished() if t.tells_sensor}
 
     def _serial_and_type(self, task_id: int) -> tuple[int, str]:
         row = self.tasks[task_id]
