@@ -8,17 +8,20 @@ means "ask again".
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import BigInteger, bindparam, column, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from sensortasks.domain import TaskStatus
-from sensortasks.store.base import ACTIVE, E, S, StoreBase, T, chunks
+from sensortasks.store.base import E, S, StoreBase, T, chunks
 from sensortasks.store.changes import Changes
 from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.records import Dispatch, Expiry, IncomingReport, ReportBatchResult
+from sensortasks.store.tables import ACTIVE_SQL, RUNNING_SQL, UNACKED_SQL, UNPUBLISHED_CANCEL_SQL
 
 
 def _not_offline() -> Any:  # noqa: ANN401
@@ -27,20 +30,24 @@ def _not_offline() -> Any:  # noqa: ANN401
 
 def _no_cancel_untold() -> Any:  # noqa: ANN401
     """No cancel of the sensor's waits in the outbox: it must reach the sensor before the next
-    task does (whichever instance, or sweep, claims that one). Served by the partial index
-    ``ix_task_events_unpublished_cancels``."""
+    task does (whichever instance, or sweep, claims that one). Read once per query from the
+    partial index ``ix_task_events_unpublished_cancels``, which is empty but for a moment."""
     cancelled = T.alias("cancelled")
     untold = (
-        select(1)
+        select(cancelled.c.sensor_serial)
         .select_from(E.join(cancelled, cancelled.c.id == E.c.task_id))
-        .where(
-            E.c.published.is_(False),
-            E.c.to_status == TaskStatus.CANCELLED,
-            E.c.attempt > 0,
-            cancelled.c.sensor_serial == T.c.sensor_serial,
-        )
+        .where(UNPUBLISHED_CANCEL_SQL)
     )
-    return ~exists(untold)
+    return T.c.sensor_serial.not_in(untold)
+
+
+#: Every sensor with a Pending or Ongoing task: one index seek per sensor, not per task.
+_ACTIVE_SENSORS = """WITH RECURSIVE active(serial) AS (
+    SELECT min(sensor_serial) FROM {tasks} WHERE {active}
+    UNION ALL
+    SELECT (SELECT min(sensor_serial) FROM {tasks} WHERE {active} AND sensor_serial > active.serial)
+    FROM active WHERE active.serial IS NOT NULL
+) SELECT serial FROM active WHERE serial IS NOT NULL"""
 
 
 class DispatchQueries(StoreBase):
@@ -52,16 +59,16 @@ class DispatchQueries(StoreBase):
         is not known to be offline. ``serials=None`` looks at every sensor.
         """
         dispatches: list[Dispatch] = []
-        groups = [None] if serials is None else list(chunks(serials))
+        # At most one claim per sensor: a group of CLAIM_BATCH sensors fits in one batch.
+        groups = [None] if serials is None else list(chunks(serials, CLAIM_BATCH))
         for group in groups:
-            heads = select(func.min(T.c.id)).where(T.c.status_id.in_(ACTIVE))
-            if group is not None:
-                heads = heads.where(T.c.sensor_serial.in_(group))
-            heads = heads.group_by(T.c.sensor_serial)
+            wanted = self._wanted(group)
+            # One index seek per sensor, however long its queue (a GROUP BY would read it all).
+            head = select(func.min(T.c.id)).where(T.c.sensor_serial == wanted.c.serial, ACTIVE_SQL)
             query = (
                 select(T)
                 .where(
-                    T.c.id.in_(heads),
+                    T.c.id.in_(select(head.scalar_subquery()).select_from(wanted)),
                     T.c.status_id == TaskStatus.PENDING,
                     T.c.sent_at.is_(None),
                     or_(T.c.not_before.is_(None), T.c.not_before <= now),
@@ -78,6 +85,24 @@ class DispatchQueries(StoreBase):
                 await self._write_changes(conn, changes)
             dispatches += changes.dispatches
         return dispatches
+
+    def _wanted(self, serials: Sequence[int] | None) -> Any:  # noqa: ANN401
+        """The sensors to look at, as a table of one column, ``serial``: the given ones, as one
+        array parameter (one statement for any number of them), or, for None, every sensor
+        with a Pending or Ongoing task, found by a skip scan of ``ix_tasks_active_sensor``."""
+        if serials is not None:
+            if self.db.is_sqlite:
+                each = func.json_each(bindparam("serials", json.dumps(list(serials)))).table_valued("value")
+                return select(each.c.value.label("serial")).subquery("wanted")
+            array = bindparam("serials", list(serials), type_=ARRAY(BigInteger))
+            return select(func.unnest(array).column_valued("serial")).subquery("wanted")
+        # SQLite has no statistics to prefer the partial index over ix_tasks_status_id.
+        hint = " INDEXED BY ix_tasks_active_sensor" if self.db.is_sqlite else ""
+        return (
+            text(_ACTIVE_SENSORS.format(tasks=f"tasks{hint}", active=ACTIVE_SQL.text))
+            .columns(column("serial", BigInteger))
+            .subquery("wanted")
+        )
 
     async def redeliver(self, serials: Sequence[int] | None, *, now: datetime, reason: str) -> list[Dispatch]:
         """Re-send the current attempt of every in-flight task (same attempt number).
@@ -130,13 +155,8 @@ class DispatchQueries(StoreBase):
         Tasks of sensors known to be offline do not time out unacknowledged.
         """
         ack_cutoff = now - timedelta(seconds=ack_timeout_s)
-        unacked = select(T).where(
-            T.c.status_id == TaskStatus.PENDING,
-            T.c.sent_at.is_not(None),
-            T.c.sent_at <= ack_cutoff,
-            _not_offline(),
-        )
-        overdue = select(T).where(T.c.status_id == TaskStatus.ONGOING, T.c.deadline_at <= now)
+        unacked = select(T).where(UNACKED_SQL, T.c.sent_at <= ack_cutoff, _not_offline())
+        overdue = select(T).where(RUNNING_SQL, T.c.deadline_at <= now)
         changes = Changes(now)
         async with self._write() as conn:
             for query in (unacked, overdue):

@@ -11,6 +11,7 @@ from sensortasks.store.base import E, StoreBase, T, chunks
 from sensortasks.store.changes import transition_of
 from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.records import Transition
+from sensortasks.store.tables import UNPUBLISHED_SQL
 
 
 class Outbox(StoreBase):
@@ -19,7 +20,7 @@ class Outbox(StoreBase):
         query = (
             select(E, T.c.sensor_serial, T.c.type)
             .join(T, T.c.id == E.c.task_id)
-            .where(E.c.published.is_(False))
+            .where(UNPUBLISHED_SQL)  # served by ix_task_events_unpublished
             .order_by(E.c.id)
             .limit(limit)
         )

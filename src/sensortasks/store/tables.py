@@ -20,6 +20,13 @@ ACTIVE_SQL = text("status_id IN (1, 4)")
 UNPUBLISHED_SQL = text("published = false")
 #: Cancels not yet told to their sensor: a sensor's next task waits for them (per-sensor order).
 UNPUBLISHED_CANCEL_SQL = text("published = false AND to_status = 5 AND attempt > 0")
+#: Sent and not yet acknowledged: what the acknowledgement timeout watches.
+UNACKED_SQL = text("status_id = 1 AND sent_at IS NOT NULL")
+#: Running: what the run timeout watches.
+RUNNING_SQL = text("status_id = 4")
+# Queries that should use a partial index say its condition in these same words: a planner
+# may fail to prove it from other words (``published IS 0``) or from bound parameters
+# (PostgreSQL's generic plans).
 
 
 class Task(SQLModel, table=True):
@@ -34,6 +41,9 @@ class Task(SQLModel, table=True):
             sqlite_where=ACTIVE_SQL,
             postgresql_where=ACTIVE_SQL,
         ),
+        # (status_id, ...): SQLite, with no statistics, then prefers them to ix_tasks_status_id.
+        Index("ix_tasks_unacked", "status_id", "sent_at", sqlite_where=UNACKED_SQL, postgresql_where=UNACKED_SQL),
+        Index("ix_tasks_running", "status_id", "deadline_at", sqlite_where=RUNNING_SQL, postgresql_where=RUNNING_SQL),
         Index("ix_tasks_created", "created_at"),
         Index("ix_tasks_updated", "updated_at"),
         # Without ANALYZE statistics SQLite picks single-column indexes badly for these
