@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, text
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Field, SQLModel
 
 #: 64-bit ids on PostgreSQL; SQLite only autoincrements a plain INTEGER PRIMARY KEY (64-bit anyway).
@@ -213,3 +214,8 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=32)
     holder: str | None = Field(default=None, max_length=64)
     expires_at: datetime | None = None
+
+
+# Mapped now rather than at the first constructor call: the store builds tasks and events
+# from its own rows with `model_construct`, which skips the step that would map them.
+configure_mappers()

@@ -3,7 +3,7 @@ count, export, cancel, each task's events; and the bulk load of a history."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,12 @@ from sensortasks.store.changes import Changes, created_event, task_row
 from sensortasks.store.notify import notify
 from sensortasks.store.records import NewTask, PastTask, TaskFilter
 from sensortasks.store.tables import Task, TaskEvent
+
+
+def _task(row: Mapping[Any, Any]) -> Task:
+    """A task from one of our rows, not validated again: its column types already made the
+    values (validation cost 190 µs a row, eight times the rest of a bulk create)."""
+    return Task.model_construct(**row)
 
 
 def _filtered(where: TaskFilter) -> Select[Any]:
@@ -81,7 +87,7 @@ async def _insert_in_order(conn: AsyncConnection, rows: Sequence[dict[str, Any]]
     before = (await conn.execute(select(func.coalesce(func.max(T.c.id), 0)))).scalar_one()
     await conn.execute(insert(T), rows)
     result = await conn.execute(select(T).where(T.c.id > before).order_by(T.c.id))
-    created = [Task.model_validate(dict(r._mapping)) for r in result]
+    created = [_task(r._mapping) for r in result]
     if len(created) != len(rows):  # someone else wrote inside our transaction: impossible on SQLite
         raise RuntimeError(f"inserted {len(rows)} tasks but read back {len(created)}")
     return created
@@ -99,7 +105,7 @@ async def insert_tasks(
         created = await _insert_in_order(conn, rows)
     else:
         result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
-        created = [Task.model_validate(dict(r._mapping)) for r in result]
+        created = [_task(r._mapping) for r in result]
     await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
     await notify(conn, origin, {t.sensor_serial for t in tasks})
     return created
@@ -130,7 +136,7 @@ class TaskQueries(StoreBase):
             row = (await conn.execute(owned(select(T).where(T.c.id == task_id), customer_id))).first()
         if row is None:
             raise NotFound(f"task {task_id} not found")
-        return Task.model_validate(dict(row._mapping))
+        return _task(row._mapping)
 
     async def list_tasks(
         self, where: TaskFilter, *, before_id: int | None = None, limit: int = 100
@@ -139,7 +145,7 @@ class TaskQueries(StoreBase):
         async with self._read() as conn:
             query = await self._page(conn, where, before_id)
             query = query.order_by(T.c.id.desc()).limit(limit + 1)
-            rows = [Task.model_validate(dict(r._mapping)) for r in await conn.execute(query)]
+            rows = [_task(r._mapping) for r in await conn.execute(query)]
         return rows[:limit], len(rows) > limit
 
     async def _page(self, conn: AsyncConnection, where: TaskFilter, before_id: int | None) -> Select[Any]:
@@ -189,7 +195,7 @@ class TaskQueries(StoreBase):
         await self.get(task_id, customer_id=customer_id)
         async with self._read() as conn:
             rows = await conn.execute(select(E).where(E.c.task_id == task_id).order_by(E.c.id))
-            return [TaskEvent.model_validate(dict(r._mapping)) for r in rows]
+            return [TaskEvent.model_construct(**r._mapping) for r in rows]
 
     async def cancel(self, task_id: int, *, customer_id: int | None = None, now: datetime) -> Task:
         """Cancel a task; cancelling a Cancelled task again is a no-op, a finished one a Conflict."""
@@ -202,4 +208,4 @@ class TaskQueries(StoreBase):
             work = works[0]
             changes.cancel(work)
             await self._write_changes(conn, changes)
-        return Task.model_validate(work.row)
+        return _task(work.row)
