@@ -29,16 +29,16 @@ def event(task_id: int, to: str) -> bytes:
     return json.dumps({"task_id": task_id, "to": to, "at": "2024-01-02 03:04:05"}).encode()
 
 
-def test_lateness_is_against_the_stored_at_of_the_same_transition_in_the_window() -> None:
+def test_lateness_is_against_the_stored_at_of_transitions_applied_in_the_window() -> None:
     received = [
         (10.0, "ops/events/1/7", event(7, "Pending")),
         (10.5, "ops/events/1/7", event(7, "Ongoing")),
         (11.0, "ops/events/1/8", event(8, "Pending")),  # not in `stored`: another run's task
-        (20.0, "ops/events/1/7", event(7, "Completed")),  # after the window
+        (40.0, "ops/events/1/7", event(7, "Completed")),  # applied in the window, received long after
     ]
-    stored = {(7, "Pending"): 9.9, (7, "Ongoing"): 10.0, (7, "Completed"): 19.0}
-    assert lateness(received, stored, 10.0, 15.0) == pytest.approx([0.1, 0.5])
-    assert lateness(received, stored, 0.0, 30.0) == pytest.approx([0.1, 0.5, 1.0])
+    stored = {(7, "Pending"): 9.9, (7, "Ongoing"): 10.0, (7, "Completed"): 12.0}
+    assert lateness(received, stored, 10.0, 15.0) == pytest.approx([0.5, 28.0])
+    assert lateness(received, stored, 0.0, 10.0) == pytest.approx([0.1, 0.5])
 
 
 def test_the_messages_at_field_reads_as_utc() -> None:
