@@ -1,6 +1,7 @@
 """`sensortasks bench` runs the raw flows and the product on one broker, prints its tables and
 the ratio line last, nothing on stderr, and leaves no session or retained message of its
-clients on the broker; with several serve processes on a scratch PostgreSQL database too."""
+clients on the broker; with several serve processes on a scratch PostgreSQL database too; and
+its opt-in scenarios (backlog, paced, bulk-during, resume) print their figures before the ratio."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ RUNS = ("raw paho", "raw aiomqtt")
 RUN_ROW = re.compile(r"(.+?) +(\d+) +([\d.]+) +([\d.]+) +(\d+) +(\d+) +(\d+)")
 CPU_ROW = re.compile(r"(.+?) +(\d+|-) +(\d+|-) +(\d+|-) +(\d+|-) +(\d+)")
 FIRST_SERIAL = 500_000_000_000_000
+PACED_ROW = re.compile(r"(raw paho|sensortasks) +(\d+) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)")
+SCENARIO_LINES = ("backlog:", "paced", "bulk-during:", "resume:")
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,6 +83,59 @@ def test_bench_on_its_own_broker_reports_every_process_and_the_ratio_last() -> N
     assert float(per_lifecycle) == pytest.approx(float(cpu_s) * 1e6 / 200, rel=0.01)
     assert int(per_lifecycle) == pytest.approx(int(cpu["sensortasks"][0]), abs=1)
     assert 20 < float(rss_mib) < 1000
+    assert not [line for line in lines if line.startswith(SCENARIO_LINES)]
+
+
+def found(lines: list[str], prefix: str, pattern: str) -> tuple[str, ...]:
+    """The groups of `pattern` in the one line starting with `prefix`."""
+    (line,) = [line for line in lines if line.startswith(prefix)]
+    matched = re.search(pattern, line)
+    assert matched, line
+    return matched.groups()
+
+
+def check_lateness(lines: list[str], prefix: str) -> None:
+    events, applied, p50, p99, top = found(
+        lines, prefix, r": (\d+) of (\d+) events received, late p50 (\d+) ms, p99 (\d+) ms, max (\d+) ms$"
+    )
+    assert 0 < int(events) <= int(applied)
+    assert 0 < int(p50) <= int(p99) <= int(top) < 60_000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_scenarios_print_their_figures_before_the_ratio() -> None:
+    lines = check_report(
+        run_bench("--backlog", "2000", "--paced", "--bulk-during", "2000", "--resume", "500"), "sensortasks"
+    )
+    saturated = float(section(lines, "run ", RUN_ROW)["sensortasks"][2])
+    rss, rate = found(
+        lines, "backlog: serve", r"RSS ([\d.]+) MiB with 2200 tasks in the database; sensortasks ([\d.]+) lifecycles/s"
+    )
+    assert 20 < float(rss) < 1000
+    assert float(rate) == saturated
+
+    (target,) = found(lines, "paced: 200 tasks", r"at ([\d.]+)/s \(half of the saturated")
+    assert float(target) == pytest.approx(saturated / 2, abs=0.06)
+    paced = section(lines, "paced run", PACED_ROW)
+    assert list(paced) == ["raw paho", "sensortasks"]
+    for tasks, achieved, p50, p95, p99 in paced.values():
+        assert tasks == "200"
+        assert float(achieved) == pytest.approx(float(target), rel=0.25)
+        assert 0 < float(p50) <= float(p95) <= float(p99)
+
+    assert found(lines, "bulk-during: posted", r"its (\d+) of (\d+) 'created' events received [\d.]+ s after") == (
+        "2000",
+        "2000",
+    )
+    check_lateness(lines, "bulk-during: paced tasks' events before")
+    check_lateness(lines, "bulk-during: paced tasks' events applied while")
+
+    first, healthy = found(
+        lines, "resume: from", r"first dispatch \(earliest started_at\) ([\d.]+) s; /healthz 200 ([\d.]+) s"
+    )
+    assert 0 < float(first) < 60
+    assert 0 < float(healthy) < 60
 
 
 def session_present(broker: MosquittoBroker, identifier: str) -> bool:

@@ -15,7 +15,7 @@ from sensortasks.domain import TaskStatus
 from sensortasks.store import TaskFilter, TaskStore, open_database, upgrade, utcnow
 from sensortasks.store.base import T
 from sensortasks.store.tasks import FEW_CHANGES
-from sensortasks.tools import listbench
+from sensortasks.tools import history
 from sensortasks.tools.listbench import run
 
 #: More rows than `FEW_CHANGES`, so that a wide window changed too many to read by id.
@@ -37,16 +37,16 @@ async def test_listbench_builds_its_fleet_through_the_store(sqlite_url: str) -> 
     store = TaskStore(open_database(sqlite_url))
     try:
         now = utcnow()
-        await listbench._fill(store, 3_000, now, random.Random(7))
+        await history.fill(store, 3_000, now, random.Random(7))
         assert await store.count_tasks(TaskFilter()) == 3_000
-        for customer in range(1, listbench.CUSTOMERS + 1):
+        for customer in range(1, history.CUSTOMERS + 1):
             assert await store.count_tasks(TaskFilter(customer_id=customer)) > 0
         counts = await store.counts()
-        assert all(counts[status] > 0 for status in listbench.STATUS_WEIGHTS)
+        assert all(counts[status] > 0 for status in history.STATUS_WEIGHTS)
         assert counts[TaskStatus.COMPLETED] > 0.8 * 3_000
-        history = TaskFilter(created_since=now - timedelta(days=listbench.DAYS), created_until=now)
-        assert await store.count_tasks(history) == 3_000
-        assert await store.count_tasks(TaskFilter(created_until=now - timedelta(days=listbench.DAYS - 1))) > 0
+        window = TaskFilter(created_since=now - timedelta(days=history.DAYS), created_until=now)
+        assert await store.count_tasks(window) == 3_000
+        assert await store.count_tasks(TaskFilter(created_until=now - timedelta(days=history.DAYS - 1))) > 0
     finally:
         await store.db.dispose()
 
@@ -57,7 +57,7 @@ async def fleet(sqlite_url: str) -> AsyncIterator[tuple[TaskStore, datetime]]:
     await upgrade(sqlite_url)
     store = TaskStore(open_database(sqlite_url))
     now = utcnow()
-    await listbench._fill(store, ROWS, now, random.Random(7))
+    await history.fill(store, ROWS, now, random.Random(7))
     yield store, now
     await store.db.dispose()
 
@@ -142,7 +142,7 @@ async def test_a_poll_with_more_filters_lists_what_it_matches(fleet: tuple[TaskS
 async def test_a_wide_window_is_read_in_id_order(fleet: tuple[TaskStore, datetime]) -> None:
     """When more than `FEW_CHANGES` rows changed, a page is found soon in id order: no sort of the window."""
     store, now = fleet
-    where = TaskFilter(updated_since=now - timedelta(days=listbench.DAYS + 1))
+    where = TaskFilter(updated_since=now - timedelta(days=history.DAYS + 1))
     page, more, plans = await _page(store, where, None)
     assert more
     assert page == (await _expected(store, where))[:10]

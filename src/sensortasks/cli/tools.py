@@ -75,14 +75,38 @@ def bench(
     ] = None,
     instances: Instances = 1,
     database: Database = None,
+    paced: Annotated[
+        bool,
+        typer.Option(
+            "--paced",
+            help="Then pace the product and raw paho at half the product's rate: dispatch latency of each.",
+        ),
+    ] = False,
+    backlog: Annotated[
+        int,
+        typer.Option(min=0, max=10_000_000, help="Historic tasks put in the product's database before its run."),
+    ] = 0,
+    resume: Annotated[
+        int,
+        typer.Option(
+            min=0, max=1_000_000, help="kill -9 serve, add this many Pending tasks, restart: seconds to dispatch."
+        ),
+    ] = 0,
+    bulk_during: Annotated[
+        int,
+        typer.Option(
+            min=0, max=1_000_000, help="One bulk of this many tasks during a paced run: how late its events come."
+        ),
+    ] = 0,
 ) -> None:
     """Lifecycles per second, latency, CPU per lifecycle of every process and serve's peak memory,
-    against the raw MQTT flows of the same run on the same broker. Everything goes to stdout;
-    the last line is `ratio: X.XX`. Settings the tool does not choose itself are passed from the
-    environment to every instance."""
+    against the raw MQTT flows of the same run on the same broker; the opt-in scenarios after it.
+    Everything goes to stdout; the last line is `ratio: X.XX`. Settings the tool does not choose
+    itself are passed from the environment to every instance."""
     from sensortasks.mqtt import parse_mqtt_url, probe  # noqa: PLC0415
     from sensortasks.tools.bench import bench as run_bench  # noqa: PLC0415
     from sensortasks.tools.bench import summary  # noqa: PLC0415
+    from sensortasks.tools.scenarios import Scenarios  # noqa: PLC0415
 
     server = _database_server(database, instances)
     target = parse_mqtt_url(mqtt_url) if mqtt_url else None
@@ -95,6 +119,7 @@ def bench(
         mqtt_port=target.port if target else None,
         instances=instances,
         database=server,
+        scenarios=Scenarios(paced=paced, backlog=backlog, resume=resume, bulk_during=bulk_during),
         say=_say,
     )
     for line in summary(report):

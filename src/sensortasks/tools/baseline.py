@@ -236,7 +236,7 @@ def clear_retained(host: str, port: int, topics: Sequence[str]) -> None:
     loop.run_until(lambda: not loop.clients[0].is_connected(), START_TIMEOUT_S)
 
 
-def _paho_fleet(host: str, port: int, sensors: int, ready: Any) -> None:  # noqa: ANN401
+def paho_fleet(host: str, port: int, sensors: int, ready: Any) -> None:  # noqa: ANN401
     topics, loop, subscribed = Topics(), SelectorLoop(), [0]
 
     def on_connect(client: paho.Client, serial: int, *_: Any) -> None:  # noqa: ANN401
@@ -397,7 +397,7 @@ class RawFlow:
 
 
 RAW_FLOWS = (
-    RawFlow("raw paho", _paho_fleet, _paho_dispatcher),
+    RawFlow("raw paho", paho_fleet, _paho_dispatcher),
     RawFlow("raw aiomqtt", _aiomqtt_fleet, _aiomqtt_dispatcher),
 )
 
@@ -409,9 +409,11 @@ def _wait(event: Any, process: multiprocessing.process.BaseProcess, what: str) -
             raise RuntimeError(f"{what} did not get ready (exit code {process.exitcode})")
 
 
-def run_raw(flow: RawFlow, host: str, port: int, sensors: int, tasks: int, broker_pid: int | None) -> RunResult:
-    """Start the fleet, then the dispatcher; time the run from the dispatcher's first publish
-    (every task is created then) to its last completion."""
+def raw_processes(
+    flow: RawFlow, host: str, port: int, sensors: int, tasks: int, broker_pid: int | None
+) -> tuple[Any, dict[str, float]]:
+    """Start the fleet, then the dispatcher; once both are ready, let the dispatcher go. Returns
+    what it puts on its result queue and the CPU of each role until then."""
     spawn = multiprocessing.get_context("spawn")
     fleet_ready, ready, go, results = spawn.Event(), spawn.Event(), spawn.Event(), spawn.Queue()
     fleet = spawn.Process(target=flow.fleet, args=(host, port, sensors, fleet_ready), daemon=True)
@@ -425,7 +427,7 @@ def run_raw(flow: RawFlow, host: str, port: int, sensors: int, tasks: int, broke
         _wait(ready, dispatcher, f"{flow.name} dispatcher")
         meter = CpuMeter(measured_roles([dispatcher.pid or 0], fleet.pid or 0, broker_pid))
         go.set()
-        start, completions, unacknowledged = results.get(timeout=run_timeout_s(tasks))
+        result = results.get(timeout=run_timeout_s(tasks))
         cpu = meter.stop()
         dispatcher.join(START_TIMEOUT_S)
     finally:
@@ -434,6 +436,12 @@ def run_raw(flow: RawFlow, host: str, port: int, sensors: int, tasks: int, broke
                 process.kill()
             if process.pid is not None:
                 process.join()
+    return result, cpu
+
+
+def run_raw(flow: RawFlow, host: str, port: int, sensors: int, tasks: int, broker_pid: int | None) -> RunResult:
+    """Time the run from the dispatcher's first publish (every task is created then) to its last completion."""
+    (start, completions, unacknowledged), cpu = raw_processes(flow, host, port, sensors, tasks, broker_pid)
     if unacknowledged:
         raise RuntimeError(f"{flow.name}: {unacknowledged} task messages were never acknowledged")
     return RunResult(flow.name, tasks, completions[-1] - start, [c - start for c in completions], cpu)

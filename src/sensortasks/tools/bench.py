@@ -29,6 +29,10 @@ are persistent) is removed at the end, and the sensors' first too, in case a kil
 them (they would queue the raw flows' tasks); so are the retained presence messages. The raw
 flows use sessions that end with their connections. The last line is ``ratio: X.XX`` =
 product rate / the best raw flow's rate.
+
+Opt-in scenarios (`tools.scenarios`: ``--backlog``, ``--paced``, ``--bulk-during``, ``--resume``)
+run around the product's saturated run, on the same broker and deployment; their lines come
+after the tables, before the ratio. A default bench runs none of them.
 """
 
 from __future__ import annotations
@@ -41,19 +45,17 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from sqlalchemy import select
 
-from sensortasks.domain import TaskStatus
 from sensortasks.protocol import Topics
-from sensortasks.store import Task, TaskStore, open_database, utcnow
+from sensortasks.store import TaskStore, open_database, utcnow
+from sensortasks.store.base import T
 from sensortasks.testing import MosquittoBroker
 from sensortasks.testing.broker import mosquitto_binary
 from sensortasks.tools.baseline import (
-    FILE_ID,
     FIRST_SERIAL,
     RAW_FLOWS,
     ROLES,
@@ -64,9 +66,18 @@ from sensortasks.tools.baseline import (
     end_sessions,
     measured_roles,
     run_raw,
-    run_timeout_s,
 )
-from sensortasks.tools.deployment import Deployment, InstanceFigures, is_postgres, spawn_cli, tool_database
+from sensortasks.tools.deployment import (
+    Deployment,
+    InstanceFigures,
+    as_utc,
+    is_postgres,
+    peak_rss_bytes,
+    spawn_cli,
+    tool_database,
+)
+from sensortasks.tools.paced import bulk_json, fleet_rows, fleet_serial, post_tasks, product_name, wait_completed
+from sensortasks.tools.scenarios import Findings, Product, Scenarios, fill_backlog, raw_paced, with_product
 
 BULK_CHUNK = 1000
 #: How often the driver reads the product's task counts while waiting for the end.
@@ -87,6 +98,8 @@ class BenchReport:
     baselines: list[RunResult]
     product: RunResult
     serve: list[ServeFigures]
+    scenarios: Scenarios
+    findings: Findings
 
     @property
     def best_baseline(self) -> RunResult:
@@ -99,20 +112,7 @@ def mosquitto_version() -> str:
     return done.stdout.splitlines()[0].split()[-1] if done.stdout else "(unknown version)"
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """``VmHWM`` of a live process (Linux): the most resident memory it has had."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 # -- the product -------------------------------------------------------------------
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands UTC timestamps back without their zone."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 async def _wait_online(store: TaskStore, sensors: int, fleet: subprocess.Popen[bytes]) -> None:
     """Until serve has every simulated sensor online (each subscribed before it said so)."""
     deadline = time.monotonic() + START_TIMEOUT_S + sensors / 20
@@ -122,20 +122,15 @@ async def _wait_online(store: TaskStore, sensors: int, fleet: subprocess.Popen[b
         await asyncio.sleep(POLL_S)
 
 
-async def _create(deployment: Deployment, sensors: int, tasks: int) -> None:
-    """The tasks, through every instance's API in turn, a chunk at a time."""
-    instances = deployment.instances
-    bodies = [
-        {"sensor_serial": FIRST_SERIAL + i % sensors, "file_id": FILE_ID, "type": "update_firmware"}
-        for i in range(tasks)
-    ]
-    chunk = min(BULK_CHUNK, -(-tasks // len(instances)))
+async def _create(deployment: Deployment, sensors: int, tasks: int) -> list[int]:
+    """The tasks, through every instance's API in turn, a chunk at a time; their ids."""
+    chunk = min(BULK_CHUNK, -(-tasks // len(deployment.instances)))
+    ids = []
     async with httpx.AsyncClient(timeout=120) as http:
         for n, offset in enumerate(range(0, tasks, chunk)):
-            instance = instances[n % len(instances)]
-            response = await http.post(f"{instance.url}/v1/tasks/bulk", json={"tasks": bodies[offset : offset + chunk]})
-            response.raise_for_status()
-            instance.accepted += len(response.json()["ids"])
+            serials = (fleet_serial(i, sensors) for i in range(offset, min(tasks, offset + chunk)))
+            ids += await post_tasks(http, deployment, n, bulk_json(serials))
+    return ids
 
 
 async def _drive(
@@ -149,29 +144,39 @@ async def _drive(
         serve_pids = [i.pid or 0 for i in deployment.instances]
         meter = CpuMeter(measured_roles(serve_pids, fleet.pid, broker_pid))
         start = utcnow()
-        await _create(deployment, sensors, tasks)
-        deadline = time.monotonic() + run_timeout_s(tasks)
-        while (counts := await store.counts())[TaskStatus.COMPLETED] < tasks:
-            if counts[TaskStatus.ERROR] or counts[TaskStatus.CANCELLED] or time.monotonic() > deadline:
-                named = ", ".join(f"{status.label} {n}" for status, n in counts.items())
-                raise RuntimeError(f"the product's run did not complete: {named}")
-            await asyncio.sleep(POLL_S)
+        ids = await _create(deployment, sensors, tasks)
+        await wait_completed(store, ids, sensors, POLL_S)
         cpu = meter.stop()
         async with store.db.reader.connect() as conn:
-            rows = (await conn.execute(select(Task.created_at, Task.completed_at))).all()  # type: ignore[call-overload]
+            query = select(T.c.created_at, T.c.completed_at).where(fleet_rows(ids, sensors))
+            rows = (await conn.execute(query)).all()
     finally:
         await store.db.dispose()
-    completed = [(_utc(created), _utc(done)) for created, done in rows]
+    completed = [(as_utc(created), as_utc(done)) for created, done in rows]
     seconds = (max(done for _, done in completed) - start).total_seconds()
-    name = "sensortasks" if len(deployment.instances) == 1 else f"sensortasks x{len(deployment.instances)}"
-    return RunResult(name, tasks, seconds, [(d - c).total_seconds() for c, d in completed], cpu), meter
+    return RunResult(
+        product_name(deployment), tasks, seconds, [(d - c).total_seconds() for c, d in completed], cpu
+    ), meter
 
 
 def run_product(
-    deployment: Deployment, env: dict[str, str], sensors: int, tasks: int, workdir: Path, broker_pid: int | None
-) -> tuple[RunResult, list[ServeFigures]]:
-    """The run, and per serve process the tasks created through it, its CPU and peak RSS."""
+    deployment: Deployment,
+    env: dict[str, str],
+    sensors: int,
+    tasks: int,
+    workdir: Path,
+    broker_pid: int | None,
+    scenarios: Scenarios,
+    mqtt: tuple[str, int],
+    say: Callable[[str], None],
+) -> tuple[RunResult, list[ServeFigures], Findings]:
+    """The run, and per serve process the tasks created through it, its CPU and peak RSS; then
+    the scenarios that need the product (`tools.scenarios`)."""
+    findings = Findings()
     with deployment:
+        if scenarios.backlog:
+            say(f"sensortasks backlog: {scenarios.backlog} historic tasks through the store ...")
+            findings.backlog_s = asyncio.run(fill_backlog(deployment.database_url, scenarios.backlog))
         fleet = spawn_cli(
             ["simulate", "--sensors", str(sensors), "--first-serial", str(FIRST_SERIAL), "--work-s", "0"],
             env,
@@ -184,6 +189,7 @@ def run_product(
                 ServeFigures(replace(i.figures(), cpu_s=meter.used[i.pid or 0]), peak_rss_bytes(i.pid or 0))
                 for i in deployment.instances
             ]
+            with_product(Product(deployment, mqtt, sensors, tasks, result.rate), scenarios, findings, say)
         finally:
             fleet.terminate()
             try:
@@ -191,7 +197,7 @@ def run_product(
             except subprocess.TimeoutExpired:
                 fleet.kill()
                 fleet.wait()
-    return result, serve
+    return result, serve, findings
 
 
 # -- the broker's state -------------------------------------------------------------
@@ -236,6 +242,7 @@ def bench(
     mqtt_port: int | None,
     instances: int = 1,
     database: str | None = None,
+    scenarios: Scenarios = Scenarios(),  # noqa: B008 (frozen)
     say: Callable[[str], None],
 ) -> BenchReport:
     """`database` is a PostgreSQL server URL to run on (in a scratch database); default SQLite."""
@@ -270,12 +277,20 @@ def bench(
             # Made now, as it picks its free HTTP ports.
             deployment = Deployment(instances, env, url, workdir, f"bench-{uuid.uuid4().hex[:6]}")
             leftovers.append(_deployment_leftovers(deployment))
-            product, serve = run_product(deployment, env, sensors, tasks, workdir, broker_pid)
+            mqtt = (mqtt_host, mqtt_port)
+            product, serve, findings = run_product(
+                deployment, env, sensors, tasks, workdir, broker_pid, scenarios, mqtt, say
+            )
+            if scenarios.paced:
+                say(f"raw paho paced: {tasks} tasks at {product.rate / 2:.1f}/s ...")
+                clean_broker(mqtt_host, mqtt_port, leftovers)  # the product's sessions would queue its messages
+                raw_paced(mqtt, sensors, tasks, product.rate, findings)
         finally:
             clean_broker(mqtt_host, mqtt_port, leftovers)
             if broker is not None:
                 broker.stop()
-    return BenchReport(_header(tasks, sensors, instances, url, about, load), baselines, product, serve)
+    header = _header(tasks, sensors, instances, url, about, load)
+    return BenchReport(header, baselines, product, serve, scenarios, findings)
 
 
 def summary(report: BenchReport) -> list[str]:
@@ -314,6 +329,8 @@ def summary(report: BenchReport) -> list[str]:
             f"{'all serve processes':<20} {report.product.tasks:>7} {cpu_s:>8.2f} "
             f"{cpu_s * 1e6 / report.product.tasks:>17.0f} {'-':>13}"
         )
+    peak_rss = max(f.peak_rss_bytes for f in report.serve)
+    lines += report.findings.report(report.scenarios, report.product.tasks, report.product.rate, peak_rss)
     best = report.best_baseline
     lines.append(f"ratio = {report.product.name} / the best raw flow of this run, {best.name}")
     lines.append(f"ratio: {report.product.rate / best.rate:.2f}")

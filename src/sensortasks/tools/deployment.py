@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -48,8 +49,8 @@ def spawn_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         )
 
 
-async def wait_healthy(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `url`/healthz until it answers 200; give up when `process` exits or at the deadline."""
+async def wait_healthy(url: str, process: subprocess.Popen[bytes] | None = None, *, poll_s: float = 0.1) -> None:
+    """Poll `url`/healthz every `poll_s` until it answers 200; give up when `process` exits or at the deadline."""
     deadline = time.monotonic() + START_TIMEOUT_S
     async with httpx.AsyncClient() as http:
         while time.monotonic() < deadline and (process is None or process.poll() is None):
@@ -58,7 +59,7 @@ async def wait_healthy(url: str, process: subprocess.Popen[bytes] | None = None)
                     return
             except httpx.HTTPError:
                 pass
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(poll_s)
     raise RuntimeError(f"sensortasks serve at {url} did not become healthy")
 
 
@@ -70,6 +71,19 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """``VmHWM`` of a live process (Linux): the most resident memory it has had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands UTC timestamps back without their zone."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # -- the scratch database -------------------------------------------------------------
@@ -168,11 +182,12 @@ class Instance:
     def log(self) -> Path:
         return self.workdir / f"{self.name}.{self.starts}.log"
 
-    async def start(self) -> None:
+    async def start(self, *, poll_s: float = 0.1) -> None:
+        """Spawn serve and wait until its /healthz answers 200 (asked every `poll_s`)."""
         self.starts += 1
         self.process = spawn_cli(["serve", "--log-level", "warning"], self.env, self.log)
         try:
-            await wait_healthy(self.url, self.process)
+            await wait_healthy(self.url, self.process, poll_s=poll_s)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{self.log.read_text(errors='replace')[-3000:]}") from None
         self.serving = True

@@ -1,8 +1,8 @@
 """Filtered listing on a large table: builds N tasks and prints the p50/p99 of the common queries.
 
 ``python -m sensortasks.tools.listbench [ROWS]`` (default 1,000,000) on a temporary SQLite file.
-The rows are spread like a real fleet (20,000 sensors, 3 customers, mostly Completed, 90
-days of history); every query goes through `TaskStore.list_tasks`, the code path of
+The rows are `tools.history`'s (20,000 sensors, 3 customers, mostly Completed, 90 days of
+history); every query goes through `TaskStore.list_tasks`, the code path of
 ``GET /v1/tasks``, and export through `TaskStore.iter_tasks`. The polls follow the cursor of
 "what changed since T" to its last page, every page a sample: the last one reads the furthest.
 """
@@ -20,44 +20,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sensortasks.domain import TaskStatus
-from sensortasks.store import NewTask, PastTask, TaskFilter, TaskStore, open_database, upgrade
+from sensortasks.store import TaskFilter, TaskStore, open_database, upgrade
+from sensortasks.tools.history import CUSTOMERS, DAYS, FIRST_SERIAL, SENSORS, fill
 from sensortasks.tools.stats import percentile
 
-SENSORS = 20_000
-FIRST_SERIAL = 100_000_000_000_000
-CUSTOMERS = 3
-DAYS = 90
-#: Status shares of a fleet that has been running for a while.
-STATUS_WEIGHTS = {
-    TaskStatus.COMPLETED: 0.90,
-    TaskStatus.ERROR: 0.01,
-    TaskStatus.CANCELLED: 0.02,
-    TaskStatus.PENDING: 0.05,
-    TaskStatus.ONGOING: 0.02,
-}
-#: Tasks per `TaskStore.bulk_insert` transaction.
-CHUNK = 50_000
-TYPES = ("update_firmware", "update_configuration")
-FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 #: A query to time: its filter and cursor, drawn from the run's random numbers.
 Query = Callable[[random.Random], tuple[TaskFilter, int | None]]
-
-
-async def _fill(store: TaskStore, rows: int, now: datetime, rng: random.Random) -> None:
-    """Load `rows` tasks of a 90-day history through `TaskStore.bulk_insert`, a chunk per transaction."""
-    statuses, weights = list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values())
-    start = now - timedelta(days=DAYS)
-    step = timedelta(days=DAYS) / rows
-    for offset in range(0, rows, CHUNK):
-        batch = []
-        for i in range(offset, min(rows, offset + CHUNK)):
-            serial = FIRST_SERIAL + rng.randrange(SENSORS)
-            created = start + step * i
-            status = rng.choices(statuses, weights)[0]
-            updated = created + timedelta(seconds=rng.randrange(1, 3600))
-            task = NewTask(serial, rng.choice(TYPES), FILE_ID, max_attempts=3, timeout_s=3600)
-            batch.append(PastTask(task, serial % CUSTOMERS + 1, status, 1, created, updated))
-        await store.bulk_insert(batch)
 
 
 def _one_day(start: datetime) -> TaskFilter:
@@ -151,7 +119,7 @@ async def run(rows: int = 1_000_000, *, samples: int = 200, say: Callable[[str],
         store = TaskStore(open_database(url))
         try:
             started = time.perf_counter()
-            await _fill(store, rows, now, random.Random(7))
+            await fill(store, rows, now, random.Random(7))
             lines = [f"{rows:,} tasks inserted in {time.perf_counter() - started:.1f} s", ""]
             return lines + await _measure(store, rows, now, samples, say)
         finally:
