@@ -1,31 +1,50 @@
 """The outbox of ``ops/events``: transition events are written unpublished in the
-transaction that applies them; the dispatcher reads them here and marks them published."""
+transaction that applies them; the dispatcher reads them here and marks them published.
+
+It has two lanes (`outbox_order`): changes of tasks under way first, then creations, each
+oldest first. A bulk of 50,000 new tasks fills the second lane without holding back the
+first, and a task's change waits for its own creation, so each task's events still go out in
+the order they were committed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, text, update
 
 from sensortasks.store.base import E, StoreBase, T, chunks
 from sensortasks.store.changes import transition_of
 from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.records import Transition
-from sensortasks.store.tables import UNPUBLISHED_SQL
+from sensortasks.store.tables import UNPUBLISHED_CHANGE_SQL, UNPUBLISHED_CREATION_SQL
+
+
+def _lane(where: Any, limit: int) -> Any:  # noqa: ANN401
+    return (
+        select(E, T.c.sensor_serial, T.c.type).join(T, T.c.id == E.c.task_id).where(where).order_by(E.c.id).limit(limit)
+    )
 
 
 class Outbox(StoreBase):
     async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
-        """Transitions not yet published on ``ops/events``, oldest first, with their event ids."""
-        query = (
-            select(E, T.c.sensor_serial, T.c.type)
-            .join(T, T.c.id == E.c.task_id)
-            .where(UNPUBLISHED_SQL)  # served by ix_task_events_unpublished
-            .order_by(E.c.id)
-            .limit(limit)
+        """Transitions not yet published on ``ops/events``, in `outbox_order`, with their event ids."""
+        creation = E.alias("creation")
+        # UNPUBLISHED_CREATION_SQL of the alias, so that ix_task_events_unpublished_creations serves it.
+        unpublished_creation = text("creation.published = false AND creation.from_status IS NULL")
+        created_first = exists(
+            select(1).select_from(creation).where(creation.c.task_id == E.c.task_id, unpublished_creation)
         )
+        changes = _lane(UNPUBLISHED_CHANGE_SQL, limit).where(~created_first)
         async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = list((await conn.execute(changes)).all())
+            if len(rows) < limit:
+                created = list((await conn.execute(_lane(UNPUBLISHED_CREATION_SQL, limit - len(rows)))).all())
+                rows += created
+                if created:  # their changes held back above go right after them
+                    of_created = E.c.task_id.in_([r.task_id for r in created])
+                    rows += (await conn.execute(_lane(UNPUBLISHED_CHANGE_SQL, limit).where(of_created))).all()
         return [(r.id, transition_of(r._mapping, r.sensor_serial, r.type)) for r in rows]
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:

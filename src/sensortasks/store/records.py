@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -95,6 +96,19 @@ class Transition:
         """A cancel of an attempt the sensor was sent: the outbox sends it a cancel message, and
         its next task waits for that (``ix_task_events_unpublished_cancels`` in SQL)."""
         return self.target is TaskStatus.CANCELLED and self.attempt > 0
+
+
+def outbox_order(pending: Iterable[tuple[int, Transition]], limit: int) -> list[tuple[int, Transition]]:
+    """What the outbox publishes next (`store.outbox` says it in SQL): up to `limit` changes of
+    tasks whose creation is out, then creations up to `limit` in all, then the changes of those
+    newly created tasks; each part oldest first. A task's change never goes before its
+    creation, and goes in the same round as it."""
+    ordered = sorted(pending, key=lambda item: item[0])
+    waiting = {t.task_id for _, t in ordered if t.source is None}
+    changes = [(i, t) for i, t in ordered if t.source is not None and t.task_id not in waiting][:limit]
+    creations = [(i, t) for i, t in ordered if t.source is None][: limit - len(changes)]
+    created = {t.task_id for _, t in creations}
+    return changes + creations + [(i, t) for i, t in ordered if t.source is not None and t.task_id in created]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,10 @@ ACTIVE_SQL = text("status_id IN (1, 4)")
 UNPUBLISHED_SQL = text("published = false")
 #: Cancels not yet told to their sensor: a sensor's next task waits for them (per-sensor order).
 UNPUBLISHED_CANCEL_SQL = text("published = false AND to_status = 5 AND attempt > 0")
+#: The outbox's two lanes: changes of tasks under way, and creations (which a bulk makes by the
+#: ten thousand). Only a creation has no source status.
+UNPUBLISHED_CHANGE_SQL = text("published = false AND from_status IS NOT NULL")
+UNPUBLISHED_CREATION_SQL = text("published = false AND from_status IS NULL")
 #: Sent and not yet acknowledged: what the acknowledgement timeout watches.
 UNACKED_SQL = text("status_id = 1 AND sent_at IS NOT NULL")
 #: Running: what the run timeout watches.
@@ -94,6 +98,18 @@ class TaskEvent(SQLModel, table=True):
             "id",
             sqlite_where=UNPUBLISHED_SQL,
             postgresql_where=UNPUBLISHED_SQL,
+        ),
+        Index(
+            "ix_task_events_unpublished_changes",
+            "id",
+            sqlite_where=UNPUBLISHED_CHANGE_SQL,
+            postgresql_where=UNPUBLISHED_CHANGE_SQL,
+        ),
+        Index(
+            "ix_task_events_unpublished_creations",
+            "task_id",
+            sqlite_where=UNPUBLISHED_CREATION_SQL,
+            postgresql_where=UNPUBLISHED_CREATION_SQL,
         ),
         Index(
             "ix_task_events_unpublished_cancels",

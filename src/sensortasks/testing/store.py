@@ -25,7 +25,15 @@ from sensortasks.store.changes import Changes, Work, created_event, task_row, tr
 from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
 from sensortasks.store.membership import RESENT_ONCE, Beat, LeaseState, Member, plan_beat, plan_leave
 from sensortasks.store.notify import OnWake
-from sensortasks.store.records import Dispatch, Expiry, IncomingReport, NewTask, ReportBatchResult, Transition
+from sensortasks.store.records import (
+    Dispatch,
+    Expiry,
+    IncomingReport,
+    NewTask,
+    ReportBatchResult,
+    Transition,
+    outbox_order,
+)
 from sensortasks.store.tables import Task, TaskEvent
 
 _COLUMNS = tuple(Task.__table__.columns.keys())  # type: ignore[attr-defined]
@@ -146,7 +154,7 @@ class InMemoryStore:
                 self.sensors[serial] = {"online": online, "last_seen": at, "presence_at": at}
 
     async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
-        return self._unpublished()[:limit]
+        return outbox_order(self._unpublished(), limit)
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:
         for event_id in event_ids:
