@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sensortasks.dispatcher import paho_link
 from sensortasks.dispatcher.paho_link import PahoLink
-from sensortasks.mqtt import parse_mqtt_url
+from sensortasks.mqtt import loop, parse_mqtt_url
 from sensortasks.testing import MosquittoBroker
 
 from .conftest import eventually, listening
@@ -18,7 +17,7 @@ from .conftest import eventually, listening
 async def test_publish_many_keeps_order_within_the_window(
     broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(paho_link, "WINDOW", 7)
+    monkeypatch.setattr(loop, "WINDOW", 7)
     link = PahoLink(parse_mqtt_url(broker.url), identifier="window-test", subscriptions=["nothing/here"])
     runner = asyncio.create_task(link.run())
     seen: list[bytes] = []
@@ -54,3 +53,19 @@ async def _sample(note: Callable[[], None]) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_batch_larger_than_the_socket_buffer_leaves_whole_and_in_order(broker: MosquittoBroker) -> None:
+    """Writes go straight to the socket; only a full one puts a writer on the selector."""
+    link = PahoLink(parse_mqtt_url(broker.url), identifier="full-socket-test", subscriptions=["nothing/here"])
+    runner = asyncio.create_task(link.run())
+    seen: list[bytes] = []
+    batch = [("full/socket", i.to_bytes(4, "big") * 25_000) for i in range(200)]  # 20 MB
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        async with listening(broker, "full/socket", lambda m: seen.append(bytes(m.payload))):  # type: ignore[arg-type]
+            assert await link.publish_many(batch, limit=500) == 200
+            await eventually(lambda: _true(len(seen) == 200), what="200 messages")
+        assert seen == [p for _, p in batch]
+    finally:
+        runner.cancel()

@@ -15,9 +15,12 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+from paho.mqtt import client as paho
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
-from sensortasks.mqtt import Backoff, MqttTarget, new_client, refusal
+from sensortasks.mqtt import Backoff, MqttTarget, refusal
+from sensortasks.mqtt.loop import Connection, new_paho_client
 from sensortasks.protocol import (
     MAX_PAYLOAD_BYTES,
     CancelMessage,
@@ -35,8 +38,11 @@ logger = logging.getLogger(__name__)
 
 _PRESENCE_TIMEOUT_S = 5.0
 _PUBLISH_RETRY_PAUSE_S = 0.2
-#: A publish caught by a disconnection waits for its PUBACK until this timeout, so keep it short.
+#: How long connect and subscribe wait for the broker, and a publish for its PUBACK (a publish
+#: caught by a disconnection fails at once; a silent broker keeps it this long, so keep it short).
 _PUBLISH_ATTEMPT_TIMEOUT_S = 10.0
+#: The MQTT keepalive (aiomqtt's default, which the AsyncAPI document gives for the sensors).
+_KEEPALIVE_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,9 @@ class SensorClient:
         self.client_id = options.client_id or f"sensor-{serial}"
         self._handler = handler
         self._topics = options.topics
+        self._target = MqttTarget(
+            options.host, options.port, options.username, options.password, tls=options.tls_context is not None
+        )
         self._backoff = Backoff(options.reconnect_backoff_s, options.reconnect_backoff_max_s)
 
         #: Set while subscribed and announced online; cleared on any disconnection.
@@ -97,7 +106,7 @@ class SensorClient:
         #: Valid commands received on the task topic (tasks, re-sends and cancels).
         self.received_count = 0
 
-        self._client: aiomqtt.Client | None = None
+        self._connection: Connection | None = None
         self._ledger: Ledger[_Run] = Ledger(options.remember)
         self._replies: set[asyncio.Task[Any]] = set()
         self._stop_requested = asyncio.Event()
@@ -197,23 +206,21 @@ class SensorClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.publish_wait_s
         while (remaining := deadline - loop.time()) > 0:
-            try:
-                async with asyncio.timeout(remaining):
-                    await self.connected.wait()
-            except TimeoutError:
-                break
-            client = self._client
-            if client is None or not self.connected.is_set():
+            connection = self._connection
+            if connection is None or not self.connected.is_set():
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self.connected.wait()
+                except TimeoutError:
+                    break
                 continue
-            try:
-                await client.publish(topic, payload, qos=1, timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT_S))
-            except aiomqtt.MqttError as exc:
-                # A timeout means "maybe delivered"; a broken connection is noticed by
-                # run(). Either way re-publishing is safe because reports are idempotent.
-                logger.debug("sensor %s: publish to %s failed (%s), retrying", self.serial, topic, exc)
-                await asyncio.sleep(_PUBLISH_RETRY_PAUSE_S)
-            else:
+            message = (topic, payload, 1, False, None)
+            if await connection.publish([message], 1, min(remaining, _PUBLISH_ATTEMPT_TIMEOUT_S)):
                 return True
+            # No PUBACK in time means "maybe delivered"; a broken connection is noticed by
+            # run(). Either way re-publishing is safe because reports are idempotent.
+            logger.debug("sensor %s: publish to %s failed (%s), retrying", self.serial, topic, connection.problem())
+            await asyncio.sleep(_PUBLISH_RETRY_PAUSE_S)
         logger.warning(
             "sensor %s: gave up publishing to %s after %.0f s",
             self.serial,
@@ -223,70 +230,63 @@ class SensorClient:
         return False
 
     # -- connection --------------------------------------------------------
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_connection(self) -> Connection:
         options = self.options
-        target = MqttTarget(
-            options.host, options.port, options.username, options.password, tls=options.tls_context is not None
-        )
         will = aiomqtt.Will(
             topic=self._topics.presence(self.serial), payload=Presence(online=False).to_json(), qos=1, retain=True
         )
-        return new_client(
-            target,
+        client = new_paho_client(
+            self._target,
             identifier=self.client_id,
+            timeout_s=_PUBLISH_ATTEMPT_TIMEOUT_S,
             ssl_context=options.tls_context,
-            session_expiry_s=options.session_expiry_s,
             will=will,
         )
+        return Connection(client, self._on_message, timeout_s=_PUBLISH_ATTEMPT_TIMEOUT_S)
 
     async def _session(self) -> None:
-        """One connection: subscribe, announce online, read until stopped or disconnected."""
-        client = self._make_client()
+        """One connection: subscribe, announce online, serve until stopped or disconnected.
+
+        Commands arrive in paho's callback (`_on_message`), on the loop, from the CONNACK
+        on; what they publish waits for `connected`."""
+        options = self.options
+        connection = self._make_connection()
         presence = self._topics.presence(self.serial)
-        async with client:
-            self._client = client
-            try:
-                await client.subscribe(self._topics.tasks(self.serial), qos=1)
-                await client.publish(presence, Presence(online=True).to_json(), qos=1, retain=True)
-                self._backoff.reset()
-                self.connected.set()
-                self._connected_once = True
-                logger.info("sensor %s: connected to %s:%s", self.serial, self.options.host, self.options.port)
-                reader = asyncio.create_task(self._read(client))
-                stopper = asyncio.create_task(self._stop_requested.wait())
-                try:
-                    await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    reader.cancel()
-                    stopper.cancel()
-                if not self._stop_requested.is_set():
-                    reader.result()  # raises the MqttError that ended the session
-                self.connected.clear()  # running jobs hold their reports until run() cancels them
-                await self._say_offline(client, presence)
-            except asyncio.CancelledError:
-                self.connected.clear()
-                await self._say_offline(client, presence)
-                raise
-            finally:
-                self.connected.clear()
-                self._client = None
-
-    async def _say_offline(self, client: aiomqtt.Client, presence: str) -> None:
-        """Best effort: a clean disconnect does not fire the will, so say it ourselves."""
+        stopper: asyncio.Future[Any] | None = None
         try:
-            await client.publish(
-                presence,
-                Presence(online=False).to_json(),
-                qos=1,
-                retain=True,
-                timeout=_PRESENCE_TIMEOUT_S,
-            )
-        except aiomqtt.MqttError as exc:
-            logger.warning("sensor %s: could not publish offline presence (%s)", self.serial, exc)
+            await connection.open(self._target, keepalive_s=_KEEPALIVE_S, session_expiry_s=options.session_expiry_s)
+            self._connection = connection
+            await connection.subscribe([(self._topics.tasks(self.serial), SubscribeOptions(qos=1))])
+            if not await connection.publish([(presence, Presence(online=True).to_json(), 1, True, None)], 1):
+                raise aiomqtt.MqttError(f"presence not acknowledged: {connection.problem()}")
+            self._backoff.reset()
+            self.connected.set()
+            self._connected_once = True
+            logger.info("sensor %s: connected to %s:%s", self.serial, options.host, options.port)
+            stopper = asyncio.ensure_future(self._stop_requested.wait())
+            await asyncio.wait({connection.lost, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            self.connected.clear()  # running jobs hold their reports until run() cancels them
+            if connection.lost.done():
+                raise aiomqtt.MqttError(connection.lost.result())
+            await self._say_offline(connection, presence)
+            await connection.disconnect()
+        except asyncio.CancelledError:
+            self.connected.clear()
+            if self._connection is not None:
+                await self._say_offline(connection, presence)
+            raise
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+            self.connected.clear()
+            self._connection = None
+            connection.close()
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            self._on_message(message)
+    async def _say_offline(self, connection: Connection, presence: str) -> None:
+        """Best effort: a clean disconnect does not fire the will, so say it ourselves."""
+        offline = Presence(online=False).to_json()
+        if not await connection.publish([(presence, offline, 1, True, None)], 1, _PRESENCE_TIMEOUT_S):
+            logger.warning("sensor %s: could not publish offline presence (%s)", self.serial, connection.problem())
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         try:
@@ -296,13 +296,12 @@ class SensorClient:
             pass
 
     # -- commands ----------------------------------------------------------
-    def _on_message(self, message: aiomqtt.Message) -> None:
-        """Apply one command; synchronous so that no other message interleaves with it."""
-        payload = message.payload
-        if isinstance(payload, bytearray):
-            payload = bytes(payload)
-        if not isinstance(payload, bytes | str) or len(payload) > MAX_PAYLOAD_BYTES:
-            logger.warning("sensor %s: dropped an unusable payload on %s", self.serial, message.topic)
+    def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        """Apply one command (paho's callback, on the loop): synchronous, so no other message
+        interleaves with it, and acknowledged (PUBACK) once it returns."""
+        payload = bytes(message.payload)  # bytes already, so no copy (typed bytes | bytearray)
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            logger.warning("sensor %s: dropped an oversized payload on %s", self.serial, message.topic)
             return
         try:
             command = parse_sensor_command(payload)
