@@ -39,6 +39,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sensortasks.mqtt import MqttTarget, new_client
+from sensortasks.mqtt.loop import BufferedClient
 from sensortasks.protocol import StatusReport, TaskMessage, Topics, parse_sensor_command
 from sensortasks.tools.deployment import cpu_seconds
 from sensortasks.tools.stats import percentile
@@ -115,9 +116,9 @@ def task_queues(sensors: int, tasks: int) -> dict[int, deque[int]]:
 
 # -- paho on one thread ---------------------------------------------------------------
 def paho_client(identifier: str, userdata: Any = None) -> paho.Client:  # noqa: ANN401
-    """An MQTT 5 paho client; connected with ``clean_start=True`` and no session expiry, its
-    session ends with its connection."""
-    return paho.Client(CallbackAPIVersion.VERSION2, client_id=identifier, userdata=userdata, protocol=paho.MQTTv5)
+    """An MQTT 5 paho client reading as the product's does (`BufferedClient`); connected with
+    ``clean_start=True`` and no session expiry, its session ends with its connection."""
+    return BufferedClient(CallbackAPIVersion.VERSION2, client_id=identifier, userdata=userdata, protocol=paho.MQTTv5)
 
 
 def no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:  # noqa: ANN401
