@@ -38,8 +38,20 @@ async def test_a_change_goes_before_a_bulk_of_creations(store: TaskStore) -> Non
 
     first = await store.unpublished(limit=100)
     assert (first[0][1].task_id, first[0][1].target) == (early.id, TaskStatus.ONGOING)
-    assert [t.source for _, t in first[1:]] == [None] * 99  # then the bulk's creations, oldest first
-    assert [i for i, _ in first[1:]] == sorted(i for i, _ in first[1:])
+    assert [t.source for _, t in first[1:]] == [None] * 99  # then the bulk's creations, newest first
+    assert [i for i, _ in first[1:]] == sorted((i for i, _ in first[1:]), reverse=True)
+
+
+async def test_a_task_created_after_a_bulk_is_published_before_it(store: TaskStore) -> None:
+    """Its creation first, and its change in the same round right after, though the bulk's
+    creations are older."""
+    bulk = [NewTask(SERIAL + 1 + i % 50, "update_firmware", "f", 3, 60) for i in range(BULK)]
+    await store.create(bulk, customer_id=None, now=utcnow())
+    [late] = await store.create([NewTask(SERIAL, "update_firmware", "f", 3, 60)], customer_id=None, now=utcnow())
+    await store.cancel(late.id or 0, now=utcnow())
+    first = [(t.task_id, t.target) for _, t in await store.unpublished(limit=100)]
+    assert first[0] == (late.id, TaskStatus.PENDING)
+    assert first[-1] == (late.id, TaskStatus.CANCELLED)
 
 
 async def test_a_change_waits_for_its_own_creation(store: TaskStore) -> None:

@@ -1,10 +1,11 @@
 """The outbox of ``ops/events``: transition events are written unpublished in the
 transaction that applies them; the dispatcher reads them here and marks them published.
 
-It has two lanes (`outbox_order`): changes of tasks under way first, then creations, each
-oldest first. A bulk of 50,000 new tasks fills the second lane without holding back the
-first, and a task's change waits for its own creation, so each task's events still go out in
-the order they were committed.
+It has two lanes (`outbox_order`): changes of tasks under way first, oldest first, then
+creations, newest first. A bulk of 50,000 new tasks then holds back neither the changes of
+other tasks nor the creations that came after it, and drains in what each round leaves. A
+task's change waits for its own creation, so each task's events still go out in the order
+they were committed.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from sensortasks.store.records import Transition
 from sensortasks.store.tables import UNPUBLISHED_CHANGE_SQL, UNPUBLISHED_CREATION_SQL
 
 
-def _lane(where: Any, limit: int) -> Any:  # noqa: ANN401
+def _lane(where: Any, limit: int, *, newest_first: bool = False) -> Any:  # noqa: ANN401
+    order = E.c.id.desc() if newest_first else E.c.id
     return (
-        select(E, T.c.sensor_serial, T.c.type).join(T, T.c.id == E.c.task_id).where(where).order_by(E.c.id).limit(limit)
+        select(E, T.c.sensor_serial, T.c.type).join(T, T.c.id == E.c.task_id).where(where).order_by(order).limit(limit)
     )
 
 
@@ -40,7 +42,8 @@ class Outbox(StoreBase):
         async with self._read() as conn:
             rows = list((await conn.execute(changes)).all())
             if len(rows) < limit:
-                created = list((await conn.execute(_lane(UNPUBLISHED_CREATION_SQL, limit - len(rows)))).all())
+                creations = _lane(UNPUBLISHED_CREATION_SQL, limit - len(rows), newest_first=True)
+                created = list((await conn.execute(creations)).all())
                 rows += created
                 if created:  # their changes held back above go right after them
                     of_created = E.c.task_id.in_([r.task_id for r in created])

@@ -100,13 +100,14 @@ class Transition:
 
 def outbox_order(pending: Iterable[tuple[int, Transition]], limit: int) -> list[tuple[int, Transition]]:
     """What the outbox publishes next (`store.outbox` says it in SQL): up to `limit` changes of
-    tasks whose creation is out, then creations up to `limit` in all, then the changes of those
-    newly created tasks; each part oldest first. A task's change never goes before its
-    creation, and goes in the same round as it."""
+    tasks whose creation is out, oldest first; then creations up to `limit` in all, newest
+    first, so that a bulk of 50,000 does not hold back tasks created after it (it drains in
+    what each round leaves); then the changes of those newly created tasks. A task's change
+    never goes before its creation, and goes in the same round as it."""
     ordered = sorted(pending, key=lambda item: item[0])
     waiting = {t.task_id for _, t in ordered if t.source is None}
     changes = [(i, t) for i, t in ordered if t.source is not None and t.task_id not in waiting][:limit]
-    creations = [(i, t) for i, t in ordered if t.source is None][: limit - len(changes)]
+    creations = [(i, t) for i, t in reversed(ordered) if t.source is None][: limit - len(changes)]
     created = {t.task_id for _, t in creations}
     return changes + creations + [(i, t) for i, t in ordered if t.source is not None and t.task_id in created]
 
