@@ -4,19 +4,18 @@ of it reports (`RunResult`, `CpuMeter`).
 A raw flow does the product's work per task stripped to the wire: a dispatcher process holds
 the queues in memory (one task at a time per sensor; no database, no API) and a fleet process
 has one MQTT client per sensor, which answers each task with an "ongoing" and a "completed"
-status, all QoS 1. Both halves build and parse their messages with the protocol's models, as
-the product's do. Two flows:
+status, all QoS 1, messages built and parsed with the protocol's models as the product's are.
 
-- ``raw paho``, the strongest honest Python flow: paho-mqtt driven directly, the dispatcher's
-  callbacks on paho's network thread (``loop_start``), the fleet's clients all on one thread
-  (`SelectorLoop`: one selector over every socket), QoS 1 pipelined: publish, count the PUBACKs,
-  never wait for one; TCP_NODELAY on every socket (`no_delay`).
-- ``raw aiomqtt``: the same flow in asyncio through aiomqtt, each publish awaited, as the SDK
-  and the dispatcher are written, with the sockets as aiomqtt leaves them (Nagle on), as theirs.
+- ``raw paho``, the strongest honest Python flow: paho-mqtt driven directly and reading as the
+  product's client does (`BufferedClient`), the dispatcher's callbacks on paho's network thread
+  (``loop_start``), the fleet's clients all on one thread (`SelectorLoop`), QoS 1 pipelined
+  (publish, count the PUBACKs, never wait for one), TCP_NODELAY on every socket (`no_delay`).
+- ``raw aiomqtt``: the same flow in asyncio through aiomqtt, each publish awaited, with the
+  sockets as aiomqtt leaves them (Nagle on).
 
-Their clients connect with clean sessions that end with the connection, so a raw flow leaves
-nothing on the broker. The dispatcher records the time of each completion as it handles the
-report: that is the record the product's dispatcher keeps in its database too.
+Their sessions end with their connections, so a raw flow leaves nothing on the broker. The
+dispatcher records the time of each completion as it handles the report, as the product's
+dispatcher does in its database.
 """
 
 from __future__ import annotations
@@ -263,13 +262,25 @@ def paho_fleet(host: str, port: int, sensors: int, ready: Any) -> None:  # noqa:
     loop.run_until(lambda: False, float("inf"))  # until the driver kills this process
 
 
+def start_subscribed(client: paho.Client, topic: str, host: str, port: int) -> None:
+    """Start paho's network thread for `client` (TCP_NODELAY) subscribed to `topic`; returns at its SUBACK."""
+    subscribed = threading.Event()
+    client.on_socket_open = no_delay
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect(host, port, clean_start=True)
+    client.loop_start()
+    if not subscribed.wait(START_TIMEOUT_S):
+        raise RuntimeError(f"no SUBACK for {topic}")
+
+
 def _paho_dispatcher(host: str, port: int, sensors: int, tasks: int, ready: Any, go: Any, results: Any) -> None:  # noqa: ANN401
     topics, queues = Topics(), task_queues(sensors, tasks)
     completions: list[float] = []
     counts = {"published": 0, "acked": 0}
     #: Guards `counts`: the first sends are made on this thread, the rest on paho's.
     acks = threading.Condition()
-    subscribed, done = threading.Event(), threading.Event()
+    done = threading.Event()
     client = paho_client(f"bench-raw-dispatcher-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(DISPATCH_WINDOW)
 
@@ -289,21 +300,13 @@ def _paho_dispatcher(host: str, port: int, sensors: int, tasks: int, ready: Any,
         elif len(completions) == tasks:
             done.set()
 
-    client.on_socket_open = no_delay
-    client.on_connect = lambda c, *_: c.subscribe(topics.all_status, qos=1)
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = on_message
-
     def on_publish(*_: Any) -> None:  # noqa: ANN401
         with acks:
             counts["acked"] += 1
             acks.notify_all()
 
-    client.on_publish = on_publish
-    client.connect(host, port, clean_start=True)
-    client.loop_start()
-    if not subscribed.wait(START_TIMEOUT_S):
-        raise RuntimeError("raw paho dispatcher: no SUBACK")
+    client.on_message, client.on_publish = on_message, on_publish
+    start_subscribed(client, topics.all_status, host, port)
     ready.set()
     go.wait()
     start = time.time()

@@ -46,11 +46,11 @@ from sensortasks.tools.baseline import (
     FIRST_SERIAL,
     START_TIMEOUT_S,
     RawFlow,
-    no_delay,
     paho_client,
     paho_fleet,
     raw_processes,
     run_timeout_s,
+    start_subscribed,
     task_json,
 )
 from sensortasks.tools.deployment import Deployment, as_utc
@@ -112,7 +112,7 @@ def _paced_paho_dispatcher(
 ) -> None:
     """The raw paho dispatcher (`baseline`) creating its `tasks` itself at `rate`; puts the
     creation span and each task's dispatch latency on `results`."""
-    topics, guard, subscribed, done = Topics(), threading.Lock(), threading.Event(), threading.Event()
+    topics, guard, done = Topics(), threading.Lock(), threading.Event()
     queues: dict[int, deque[int]] = {fleet_serial(i, sensors): deque() for i in range(sensors)}
     created: dict[int, float] = {}
     acked: dict[int, float] = {}
@@ -136,14 +136,8 @@ def _paced_paho_dispatcher(
         elif len(acked) == tasks and not any(queues.values()):
             done.set()
 
-    client.on_socket_open = no_delay
-    client.on_connect = lambda c, *_: c.subscribe(topics.all_status, qos=1)
-    client.on_subscribe = lambda *_: subscribed.set()
     client.on_message = on_message
-    client.connect(host, port, clean_start=True)
-    client.loop_start()
-    if not subscribed.wait(START_TIMEOUT_S):
-        raise RuntimeError("raw paho paced dispatcher: no SUBACK")
+    start_subscribed(client, topics.all_status, host, port)
     ready.set()
     go.wait()
     start = time.monotonic()
@@ -249,16 +243,10 @@ class EventTap:
         self.topics, self.bulk = Topics(), bulk
         self.received: list[tuple[float, str, bytes]] = []
         self.bulk_seen, self.drained_at = 0, 0.0
-        self.subscribed, self.arrived = threading.Event(), threading.Condition()
+        self.arrived = threading.Condition()
         self.client = paho_client(f"bench-events-{uuid.uuid4().hex[:8]}")
-        self.client.on_socket_open = no_delay
-        self.client.on_connect = lambda c, *_: c.subscribe(self.topics.all_ops_events, qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect(host, port, clean_start=True)
-        self.client.loop_start()
-        if not self.subscribed.wait(START_TIMEOUT_S):
-            raise RuntimeError("the event tap got no SUBACK")
+        start_subscribed(self.client, self.topics.all_ops_events, host, port)
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:  # noqa: ANN401
         now = time.time()
