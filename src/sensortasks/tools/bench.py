@@ -177,13 +177,15 @@ def run_product(
         if scenarios.backlog:
             say(f"sensortasks backlog: {scenarios.backlog} historic tasks through the store ...")
             findings.backlog_s = asyncio.run(fill_backlog(deployment.database_url, scenarios.backlog))
+        # serve first: the fleet's outgoing connections take ephemeral ports, and one of them
+        # took the HTTP port picked for serve before it could listen (5,000 sensors).
+        asyncio.run(deployment.start())
         fleet = spawn_cli(
             ["simulate", "--sensors", str(sensors), "--first-serial", str(FIRST_SERIAL), "--work-s", "0"],
             env,
             workdir / "simulate.log",
         )
         try:
-            asyncio.run(deployment.start())
             result, meter = asyncio.run(_drive(deployment, fleet, sensors, tasks, broker_pid))
             serve = [
                 ServeFigures(replace(i.figures(), cpu_s=meter.used[i.pid or 0]), peak_rss_bytes(i.pid or 0))
