@@ -29,6 +29,12 @@ UNPUBLISHED_CREATION_SQL = text("published = false AND from_status IS NULL")
 UNACKED_SQL = text("status_id = 1 AND sent_at IS NOT NULL")
 #: Running: what the run timeout watches.
 RUNNING_SQL = text("status_id = 4")
+#: Tasks a rollout made: only they pay for the index the rollouts' totals are counted from.
+ROLLOUT_TASK_SQL = text("rollout_id IS NOT NULL")
+#: A rollout's targets that have no task yet, in the order the pacing starts them.
+WAITING_TARGET_SQL = text("task_id IS NULL")
+#: Rollouts the pacing looks at (`domain.rollout.RolloutState`).
+LIVE_ROLLOUT_SQL = text("state IN ('scheduled', 'running')")
 # Queries that should use a partial index say its condition in these same words: a planner
 # may fail to prove it from other words (``published IS 0``) or from bound parameters
 # (PostgreSQL's generic plans).
@@ -56,6 +62,13 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_sensor_status_id", "sensor_serial", "status_id", "id"),
         Index("ix_tasks_customer_created", "customer_id", "created_at"),
         Index("ix_tasks_customer_updated", "customer_id", "updated_at"),
+        Index(
+            "ix_tasks_rollout_status",
+            "rollout_id",
+            "status_id",
+            sqlite_where=ROLLOUT_TASK_SQL,
+            postgresql_where=ROLLOUT_TASK_SQL,
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
@@ -77,6 +90,8 @@ class Task(SQLModel, table=True):
     sent_at: datetime | None = None
     not_before: datetime | None = None
     deadline_at: datetime | None = None
+    #: The rollout that made the task (`Rollout`), if one did.
+    rollout_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class TaskEvent(SQLModel, table=True):
@@ -142,6 +157,10 @@ class Sensor(SQLModel, table=True):
     presence_at: datetime | None = None
     customer_id: int | None = Field(default=None, index=True)
     registered_at: datetime | None = None
+    #: ``{"key": "value"}`` set by its customer; rollouts select sensors by them.
+    labels: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default=text("'{}'"))
+    )
 
 
 class Customer(SQLModel, table=True):
@@ -230,6 +249,66 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=32)
     holder: str | None = Field(default=None, max_length=64)
     expires_at: datetime | None = None
+
+
+class Rollout(SQLModel, table=True):
+    """A campaign sending one task to many sensors, paced and guarded (SPEC section 10).
+
+    What the customer asked for is kept as given (``rate``, ``abort``, ``schedule`` as JSON,
+    validated by the API, read by `domain.rollout`); the pacing state is ``next_start_at``, the
+    earliest moment the next task may start, so that a restarted dispatcher goes on exactly
+    where the last one stopped. The totals are counted from the targets and the tasks.
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        Index("ix_rollouts_customer", "customer_id", "id"),
+        Index("ix_rollouts_live", "state", "id", sqlite_where=LIVE_ROLLOUT_SQL, postgresql_where=LIVE_ROLLOUT_SQL),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    customer_id: int | None = None
+    name: str = Field(max_length=100)
+    type: str = Field(max_length=32)
+    file_id: str = Field(max_length=36)
+    max_attempts: int
+    timeout_s: int
+    #: The serials the customer listed (None: none listed).
+    sensors: list[int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    #: ``{"labels": {...}}`` (None: no selector).
+    selector: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    continuous: bool = False
+    max_in_flight: int
+    rate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    abort: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    schedule: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    state: str = Field(max_length=16)
+    reason: str | None = Field(default=None, max_length=1000)
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_start_at: datetime | None = None
+
+
+class RolloutTarget(SQLModel, table=True):
+    """A sensor a rollout is for, and the task it made for it once started (one per sensor)."""
+
+    __tablename__ = "rollout_targets"
+    __table_args__ = (
+        Index(
+            "ix_rollout_targets_waiting",
+            "rollout_id",
+            "sensor_serial",
+            sqlite_where=WAITING_TARGET_SQL,
+            postgresql_where=WAITING_TARGET_SQL,
+        ),
+    )
+
+    rollout_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    sensor_serial: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    task_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    added_at: datetime
 
 
 # Mapped now rather than at the first constructor call: the store builds tasks and events
