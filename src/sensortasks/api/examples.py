@@ -102,7 +102,9 @@ RESULT: dict[str, Any] = {
     "result": {"version": "2.4.1"},
     "error": None,
 }
-SENSOR_CREATE: dict[str, Any] = {"serial": SERIAL}
+LABELS: dict[str, str] = {"region": "eu-west", "hw/rev": "b2"}
+SENSOR_CREATE: dict[str, Any] = {"serial": SERIAL, "labels": LABELS}
+LABELS_PATCH: dict[str, Any] = {"labels": {"ring": "canary", "hw/rev": None}}
 SENSOR_REGISTERED: dict[str, Any] = {
     "serial": SERIAL,
     "mqtt": {
@@ -117,6 +119,21 @@ SENSOR: dict[str, Any] = {
     "last_seen": "2022-10-17 16:49:39",
     "task_in_flight": 16624170,
     "queued": 2,
+    "labels": LABELS,
+}
+#: `SENSOR` after `LABELS_PATCH`.
+SENSOR_RELABELLED: dict[str, Any] = SENSOR | {"labels": {"region": "eu-west", "ring": "canary"}}
+SENSOR_LISTED: dict[str, Any] = {
+    "serial": SERIAL,
+    "labels": LABELS,
+    "online": True,
+    "last_seen": "2022-10-17 16:49:39",
+    "registered_at": "2022-10-17 15:58:02",
+}
+SENSOR_LIST: dict[str, Any] = {
+    "data": [SENSOR_LISTED, SENSOR_LISTED | {"serial": SERIAL + 1, "online": None, "last_seen": None}],
+    "has_more": True,
+    "next_cursor": "djE6MTIzNDU2Nzg5MDk3OTA",
 }
 MQTT_CLIENT: dict[str, Any] = {
     "username": "backend-3f9a1c07e2",
@@ -152,6 +169,17 @@ timeout_s,progress,started_at,completed_at,error
 def error(code: str, message: str, details: Any = None) -> dict[str, Any]:  # noqa: ANN401
     return {"error": {"code": code, "message": message, "details": details}}
 
+
+#: What a label that breaks the rules answers (`sensortasks.labels`).
+LABEL_INVALID = error(
+    "invalid_input",
+    "labels.Region!: 'Region!' is not a label key: a label key is 1-63 letters, digits and . _ / -, "
+    "beginning and ending with a letter or digit",
+    {"field": "labels.Region!", "rule": "label_key"},
+)
+SELECTOR_INVALID = error(
+    "invalid_input", "label: 'region' is not a label: write it key:value", {"field": "label", "rule": "label_format"}
+)
 
 #: A real answer for each error status, by status.
 ERRORS: dict[int, dict[str, Any]] = {

@@ -10,10 +10,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from sensortasks.api import examples
 from sensortasks.domain import TaskStatus
+from sensortasks.labels import KEY_RULE, LABELS_SCHEMA, MAX_LABELS, PATCH_SCHEMA, VALUE_RULE
 from sensortasks.protocol.commands import (
     Serial,
     StatusId,
@@ -27,10 +28,16 @@ from sensortasks.protocol.commands import (
 from sensortasks.protocol.commands import Task as TaskWire
 from sensortasks.store import SensorInfo, Task, TaskEvent, format_time
 from sensortasks.store.accounts import ClientAccount
+from sensortasks.store.sensors import ListedSensor
 
 MAX_BULK = 10_000
 _time = time_field
 _status = status_field
+#: Checked by the service (`sensortasks.labels`: errors name ``labels.<key>`` and the rule); the
+#: schema says the same rules for clients.
+Labels = Annotated[dict[str, str], WithJsonSchema(LABELS_SCHEMA)]
+LabelsPatch = Annotated[dict[str, str | None], WithJsonSchema(PATCH_SCHEMA)]
+LABELS_HELP = f"{KEY_RULE}; {VALUE_RULE}; at most {MAX_LABELS}"
 
 
 class ErrorCode(StrEnum):
@@ -212,6 +219,21 @@ class SensorCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.SENSOR_CREATE]})
 
     serial: Serial
+    labels: Labels | None = Field(
+        default=None,
+        description="Its labels, replacing those it has (absent: a sensor registered again keeps its own). "
+        f"{LABELS_HELP}.",
+        examples=[examples.LABELS],
+    )
+
+
+class SensorLabelsPatch(BaseModel):
+    """A JSON Merge Patch of a sensor's labels: a key with a value sets it, a key with null removes it,
+    keys not named stay."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [examples.LABELS_PATCH]})
+
+    labels: LabelsPatch = Field(description=f"The labels to set (or, with null, to remove). {LABELS_HELP}.")
 
 
 class MqttAccount(BaseModel):
@@ -290,6 +312,7 @@ class SensorPublic(BaseModel):
     last_seen: Timestamp | None = _time("When a message from it last arrived", "if none ever did")
     task_in_flight: int | None = Field(description="The id of the task sent to it and not yet ended; null if none.")
     queued: int = Field(description="How many of its tasks are Pending and waiting for their turn.")
+    labels: dict[str, str] = Field(description="Its labels (`{}` if none).")
 
     @classmethod
     def of(cls, info: SensorInfo) -> SensorPublic:
@@ -299,7 +322,40 @@ class SensorPublic(BaseModel):
             last_seen=format_time(info.last_seen),
             task_in_flight=info.in_flight,
             queued=info.queued,
+            labels=info.labels,
         )
+
+
+class SensorListed(BaseModel):
+    """A registered sensor in a list: its labels and presence (its queue: `GET /v1/sensors/{serial}`)."""
+
+    serial: int = Field(description="The sensor's serial number.")
+    labels: dict[str, str] = Field(description="Its labels (`{}` if none).")
+    online: bool | None = Field(description="Its last presence message; null if it never sent one.")
+    last_seen: Timestamp | None = _time("When a message from it last arrived", "if none ever did")
+    registered_at: Timestamp = _time("When it was registered to you")
+
+    @classmethod
+    def of(cls, sensor: ListedSensor) -> SensorListed:
+        return cls(
+            serial=sensor.serial,
+            labels=sensor.labels,
+            online=sensor.online,
+            last_seen=format_time(sensor.last_seen),
+            registered_at=format_time(sensor.registered_at) or "",
+        )
+
+
+class SensorsPublic(BaseModel):
+    """A page of sensors, by serial ascending."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [examples.SENSOR_LIST]})
+
+    data: list[SensorListed] = Field(description="The sensors of this page, smallest serial first.")
+    has_more: bool = Field(description="True when more sensors match: ask again with `cursor=<next_cursor>`.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page. Opaque: do not build one."
+    )
 
 
 class HealthPublic(BaseModel):

@@ -1,10 +1,14 @@
-"""Query parameters: time filters in the seed's format, ISO 8601 or a plain date (UTC)."""
+"""Query parameters: time filters in the seed's format, ISO 8601 or a plain date (UTC), and the
+opaque keyset cursors of the lists."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, date, datetime, time, timedelta
 
 from sensortasks.errors import InvalidInput
+from sensortasks.protocol.topics import MAX_ID
 
 SEED_FORMAT = "%Y-%m-%d %H:%M:%S"
 FORMATS_HELP = "use YYYY-MM-DD, 'YYYY-MM-DD HH:MM:SS' or ISO 8601 (UTC unless an offset is given)"
@@ -30,3 +34,19 @@ def parse_time(field: str, text: str | None, *, until: bool) -> datetime | None:
     except OverflowError:
         raise InvalidInput(f"{field}: {text!r} is out of range", details={"field": field}) from None
     return value
+
+
+def encode_cursor(last: int) -> str:
+    """The cursor after `last`, the key (a task id, a serial) the page ended on."""
+    return base64.urlsafe_b64encode(f"v1:{last}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, value = text.partition(":")
+        if version != "v1" or not value.isdigit() or not 0 < int(value) <= MAX_ID:
+            raise ValueError(text)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor: not a cursor returned by this API", details={"field": "cursor"}) from None

@@ -25,7 +25,7 @@ from sensortasks.cli.common import (
 
 if TYPE_CHECKING:
     from sensortasks.ops.watch import WatchState
-    from sensortasks.sensor.simulator import FleetStats
+    from sensortasks.sensor.simulator import FleetStats, LabelShare
 
 
 def simulate(
@@ -39,7 +39,24 @@ def simulate(
     seed: Annotated[int | None, typer.Option()] = None,
     credentials: Annotated[
         Path | None,
-        typer.Option(help="JSON lines as `sensors add` prints them: exactly these sensors, each its own account."),
+        typer.Option(
+            help="JSON lines as `sensors add` prints them: exactly these sensors, each its own account and labels."
+        ),
+    ] = None,
+    label_share: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE:SHARE labels that share of the fleet, by serial: per key the values follow each other "
+            "from the first serial (region=eu:0.5 region=us:0.5); the start-up lines say which serials, to "
+            "register them with `sensors add --label`. Repeat it.",
+        ),
+    ] = None,
+    fail_label: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE:SHARE: sensors carrying that label fail that share of their runs for good "
+            "(a demo rollout that aborts). Repeat it.",
+        ),
     ] = None,
     mqtt_url: MqttUrl = None,
     log_level: LogLevel = "warning",
@@ -53,23 +70,30 @@ def simulate(
     from sensortasks.sensor.simulator import SimulationConfig, run_fleet  # noqa: PLC0415
 
     setup_logging(log_level, log_format)
+    label_shares = _label_shares(label_share, "--label-share")
+    fail_labels = _label_shares(fail_label, "--fail-label")
     config = settings(mqtt_url=mqtt_url)
     logins = _credentials(credentials) if credentials else {}
     if logins:
         sensors, first_serial = len(logins), min(logins)
     broker = mqtt_connection(config)
     host, port, username = broker["host"], broker["port"], broker["username"]
-    fleet = SimulationConfig(
-        sensors=sensors,
-        first_serial=first_serial,
-        work_s=work_s,
-        error_rate=error_rate,
-        fatal_rate=fatal_rate,
-        silent_share=silent_share,
-        seed=seed,
-        credentials=logins,
-        **broker,
-    )
+    try:
+        fleet = SimulationConfig(
+            sensors=sensors,
+            first_serial=first_serial,
+            work_s=work_s,
+            error_rate=error_rate,
+            fatal_rate=fatal_rate,
+            silent_share=silent_share,
+            seed=seed,
+            credentials=logins,
+            label_shares=label_shares,
+            fail_labels=fail_labels,
+            **broker,
+        )
+    except ValueError as exc:  # what the options cannot say alone (the shares of a key add up to > 1)
+        fail(f"invalid simulation: {exc}", 2)
 
     async def run() -> FleetStats:
         # One connection first: a dead broker or a refused login is one line, not N sensors' warnings.
@@ -85,6 +109,8 @@ def simulate(
             loop.call_later(seconds, stop.set)
 
         def started(stats: FleetStats) -> None:
+            for line in labelled_groups(fleet.labels()):
+                say(line)
             say(f"simulating {stats.connected} sensor(s) from serial {first_serial}; Ctrl-C to stop")
 
         try:
@@ -106,6 +132,49 @@ def fleet_summary(stats: FleetStats) -> str:
         f"{stats.completed} completed, {stats.errors} failed and retryable, {stats.fatal_errors} failed for good, "
         f"{stats.cancelled} interrupted"
     )
+
+
+def _label_shares(texts: list[str] | None, option: str) -> list[LabelShare]:
+    """``KEY=VALUE:SHARE`` options (a value has no ``:``, so the last one splits); a bad one exits 2."""
+    from sensortasks.errors import InvalidInput  # noqa: PLC0415
+    from sensortasks.labels import parse_assignment  # noqa: PLC0415
+    from sensortasks.sensor.simulator import LabelShare  # noqa: PLC0415
+
+    shares = []
+    for text in texts or ():
+        label, _, share = text.rpartition(":")
+        try:
+            key, value = parse_assignment(label, field=option)
+            shares.append(LabelShare(key, value, float(share)))
+            if not 0.0 <= shares[-1].share <= 1.0:
+                raise ValueError(share)
+        except InvalidInput as exc:
+            fail(f"{exc.message} (as KEY=VALUE:SHARE)", 2)
+        except ValueError:
+            fail(f"{option}: {text!r} is not KEY=VALUE:SHARE (SHARE a number within 0..1)", 2)
+    return shares
+
+
+def labelled_groups(labels: dict[int, dict[str, str]]) -> list[str]:
+    """One line per label of the fleet: how many sensors carry it, and their serials (ranges)."""
+    serials: dict[tuple[str, str], list[int]] = {}
+    for serial, pairs in sorted(labels.items()):
+        for pair in sorted(pairs.items()):
+            serials.setdefault(pair, []).append(serial)
+    return [
+        f"label {key}={value}: {len(found)} sensor(s), serials {_ranges(found)}"
+        for (key, value), found in serials.items()
+    ]
+
+
+def _ranges(serials: list[int]) -> str:
+    runs: list[list[int]] = []
+    for serial in serials:
+        if runs and runs[-1][1] + 1 == serial:
+            runs[-1][1] = serial
+        else:
+            runs.append([serial, serial])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _credentials(path: Path) -> dict[int, Any]:

@@ -35,17 +35,29 @@ class SilentSensor(SensorClient):
 
 @dataclass(frozen=True, slots=True)
 class SensorLogin:
-    """One sensor's broker credentials, as registration issues them."""
+    """One sensor's broker credentials, as registration issues them, and the labels it was registered with."""
 
     username: str
     password: str
     client_id: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelShare:
+    """`share` of something for a label ``key=value``: of the fleet's sensors to carry it, or of
+    the runs of the sensors carrying it to fail."""
+
+    key: str
+    value: str
+    share: float
 
 
 def read_credentials(lines: Iterable[str]) -> dict[int, SensorLogin]:
     """Per-serial credentials from JSON lines as ``sensortasks sensors add`` prints them
-    (``{"serial": N, "mqtt": {"username", "password", "client_id"}}``); blank lines are skipped,
-    and a later line for the same serial wins (it holds the newer password)."""
+    (``{"serial": N, "mqtt": {"username", "password", "client_id"}, "labels": {...}}``, labels
+    optional); blank lines are skipped, and a later line for the same serial wins (it holds the
+    newer password)."""
     found: dict[int, SensorLogin] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -54,13 +66,26 @@ def read_credentials(lines: Iterable[str]) -> dict[int, SensorLogin]:
             entry = json.loads(line)
             mqtt = entry["mqtt"]
             serial = entry["serial"]
-            login = SensorLogin(str(mqtt["username"]), str(mqtt["password"]), str(mqtt["client_id"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            labels = {str(k): str(v) for k, v in (entry.get("labels") or {}).items()}
+            login = SensorLogin(str(mqtt["username"]), str(mqtt["password"]), str(mqtt["client_id"]), labels)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"line {number}: not a registration with credentials ({exc!r})") from None
         if not isinstance(serial, int) or isinstance(serial, bool) or serial <= 0:
             raise ValueError(f"line {number}: serial must be a positive integer")
         found[serial] = login
     return found
+
+
+def _share_problems(label_shares: Sequence[LabelShare], fail_labels: Sequence[LabelShare]) -> list[str]:
+    problems = [
+        f"the share of {s.key}={s.value} must be within 0..1"
+        for s in (*label_shares, *fail_labels)
+        if not 0.0 <= s.share <= 1.0
+    ]
+    for key in sorted({s.key for s in label_shares}):
+        if sum(s.share for s in label_shares if s.key == key) > 1.0:
+            problems.append(f"the shares of the values of {key} must add up to <= 1")
+    return problems
 
 
 @dataclass
@@ -71,7 +96,15 @@ class SimulationConfig:
     probability `fatal_rate`, fails retryably with probability `error_rate`, else completes.
     The last `round(silent_share * sensors)` serials are silent: online, but they never
     report a status (to exercise the acknowledgement timeout). With `credentials`, the fleet
-    is exactly their serials, each with its own account (`username`/`password` are then unused).
+    is exactly their serials, each with its own account (`username`/`password` are then unused)
+    and the labels it was registered with.
+
+    `label_shares` split the fleet into labelled groups, by serial: per key, each value labels
+    the next `round(share * sensors)` serials from the first (``region=eu:0.5`` then
+    ``region=us:0.5``: the first half eu, the second us); another key starts again at the
+    first serial. `fail_labels`: a sensor carrying ``key=value`` fails that share of its runs
+    for good (the largest share of its labels, or `fatal_rate` if larger), e.g. a hardware
+    revision whose update breaks, for a rollout that aborts.
     """
 
     sensors: int
@@ -88,6 +121,8 @@ class SimulationConfig:
     password: str | None = None
     tls_context: ssl.SSLContext | None = None
     credentials: dict[int, SensorLogin] = field(default_factory=dict)
+    label_shares: Sequence[LabelShare] = ()
+    fail_labels: Sequence[LabelShare] = ()
     #: Sensors connecting at the same time; bounded so that the broker is not flooded.
     connect_batch: int = 50
     connect_timeout_s: float = 30.0
@@ -107,6 +142,7 @@ class SimulationConfig:
                 problems.append(f"{name} must be within 0..1")
         if self.error_rate + self.fatal_rate > 1.0:
             problems.append("error_rate + fatal_rate must be <= 1")
+        problems += _share_problems(self.label_shares, self.fail_labels)
         if self.progress_steps < 0:
             problems.append("progress_steps must be >= 0")
         if self.connect_batch < 1:
@@ -119,6 +155,23 @@ class SimulationConfig:
         if self.credentials:
             return sorted(self.credentials)
         return range(self.first_serial, self.first_serial + self.sensors)
+
+    def labels(self) -> dict[int, dict[str, str]]:
+        """Each serial's labels: from its credentials, then from `label_shares`."""
+        found = {serial: dict(self.credentials[serial].labels) if serial in self.credentials else {}
+                 for serial in self.serials}  # fmt: skip
+        start: dict[str, int] = {}
+        for share in self.label_shares:
+            first = start.get(share.key, 0)
+            start[share.key] = first + round(share.share * self.sensors)
+            for serial in self.serials[first : start[share.key]]:
+                found[serial][share.key] = share.value
+        return found
+
+    def fatal_rate_of(self, labels: dict[str, str]) -> float:
+        """The share of runs failing for good on a sensor with these labels."""
+        shares = [f.share for f in self.fail_labels if labels.get(f.key) == f.value]
+        return max([self.fatal_rate, *shares])
 
     @property
     def silent_serials(self) -> Sequence[int]:
@@ -144,7 +197,7 @@ class FleetStats:
     cancelled: int = 0
 
 
-def _make_handler(config: SimulationConfig, rng: random.Random, stats: FleetStats) -> Handler:
+def _make_handler(config: SimulationConfig, rng: random.Random, stats: FleetStats, fatal_rate: float) -> Handler:
     async def handle(job: Job) -> dict[str, Any] | None:
         stats.started += 1
         work_s = rng.uniform(0.5 * config.work_s, 1.5 * config.work_s)
@@ -158,10 +211,10 @@ def _make_handler(config: SimulationConfig, rng: random.Random, stats: FleetStat
             stats.cancelled += 1
             raise
         roll = rng.random()
-        if roll < config.fatal_rate:
+        if roll < fatal_rate:
             stats.fatal_errors += 1
             raise TaskFailed("simulated fatal failure", retryable=False)
-        if roll < config.fatal_rate + config.error_rate:
+        if roll < fatal_rate + config.error_rate:
             stats.errors += 1
             raise TaskFailed("simulated transient failure")
         stats.completed += 1
@@ -196,12 +249,13 @@ async def run_fleet(
     """
     rng = random.Random(config.seed)  # simulation, not security
     stats = FleetStats(sensors=config.sensors, silent=len(config.silent_serials))
-    handler = _make_handler(config, rng, stats)
+    handlers: dict[float, Handler] = {}
     silent = set(config.silent_serials)
-    sensors = [
-        (SilentSensor if serial in silent else SensorClient)(serial, handler, _options(config, serial))
-        for serial in config.serials
-    ]
+    sensors = []
+    for serial, labels in config.labels().items():
+        fatal_rate = config.fatal_rate_of(labels)
+        handler = handlers.setdefault(fatal_rate, _make_handler(config, rng, stats, fatal_rate))
+        sensors.append((SilentSensor if serial in silent else SensorClient)(serial, handler, _options(config, serial)))
     failures: list[tuple[int, BaseException]] = []
     try:
         for first in range(0, len(sensors), config.connect_batch):

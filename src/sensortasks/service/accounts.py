@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
@@ -43,6 +43,7 @@ from sensortasks.broker.accounts import (
     sensor_account,
 )
 from sensortasks.errors import InvalidInput, NotConfigured, NotFound, SensortasksError
+from sensortasks.labels import check_labels
 from sensortasks.protocol.topics import Topics
 from sensortasks.store import TaskStore, utcnow
 from sensortasks.store.accounts import ClientAccount, ClientKind, MqttClientStore
@@ -124,15 +125,23 @@ class AccountService:
         self._serial = _Serial()
 
     # -- sensors -------------------------------------------------------------------
-    async def register_sensor(self, serial: int, customer_id: int | None) -> tuple[bool, MqttCredentials | None]:
-        """Register (True if new) and issue or rotate the credentials of ``sensor-<serial>``."""
+    async def register_sensor(
+        self, serial: int, customer_id: int | None, labels: Mapping[str, str] | None = None
+    ) -> tuple[bool, MqttCredentials | None]:
+        """Register (True if new) and issue or rotate the credentials of ``sensor-<serial>``;
+        `labels` replace the sensor's (None keeps them). Only overlapping requests with the same
+        labels share one flight."""
         spec = sensor_account(self.topics, serial)
-        return await self._serial.flight(spec.username, customer_id, lambda: self._register(spec, serial, customer_id))
+        checked = None if labels is None else check_labels(labels)
+        same = (customer_id, None if checked is None else tuple(sorted(checked.items())))
+        return await self._serial.flight(
+            spec.username, same, lambda: self._register(spec, serial, customer_id, checked)
+        )
 
     async def _register(
-        self, spec: AccountSpec, serial: int, customer_id: int | None
+        self, spec: AccountSpec, serial: int, customer_id: int | None, labels: Mapping[str, str] | None
     ) -> tuple[bool, MqttCredentials | None]:
-        created = await self.store.register_sensor(serial, customer_id=customer_id, now=utcnow())
+        created = await self.store.register_sensor(serial, customer_id=customer_id, now=utcnow(), labels=labels)
         if self.broker is None:
             return created, None
         try:

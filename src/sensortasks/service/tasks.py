@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -18,12 +18,14 @@ from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import Conflict, InvalidInput, NotFound
+from sensortasks.labels import check_patch
 from sensortasks.protocol.commands import TaskCreate
 from sensortasks.protocol.topics import MAX_ID
 from sensortasks.service.accounts import AccountService, BrokerAccounts
 from sensortasks.store import NewTask, Remembered, SensorInfo, Task, TaskEvent, TaskFilter, TaskStore, utcnow
 from sensortasks.store.idempotency import IN_PROGRESS, Answer, Claim
 from sensortasks.store.keys import KeyStore
+from sensortasks.store.sensors import ListedSensor
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +148,26 @@ class TaskService:
         """Raises (a database failure, see `store.engine.unavailable`) unless the database answers."""
         await self.store.ping()
 
-    async def register_sensor(self, serial: int, customer_id: int | None) -> tuple[bool, MqttCredentials | None]:
-        """Register a sensor and issue (or rotate) its broker credentials."""
-        return await self.accounts.register_sensor(checked_id(serial, "sensor"), customer_id)
+    async def register_sensor(
+        self, serial: int, customer_id: int | None, labels: Mapping[str, str] | None = None
+    ) -> tuple[bool, MqttCredentials | None]:
+        """Register a sensor (with `labels`, replacing its own) and issue (or rotate) its broker credentials."""
+        return await self.accounts.register_sensor(checked_id(serial, "sensor"), customer_id, labels)
+
+    async def relabel(self, serial: int, customer_id: int | None, patch: Mapping[str, str | None]) -> SensorInfo:
+        """Merge `patch` into the sensor's labels (a null removes a key); the sensor as GET shows it."""
+        await self.store.set_labels(
+            checked_id(serial, "sensor"), customer_id=customer_id, labels_patch=check_patch(patch), now=utcnow()
+        )
+        return await self.sensor(serial, customer_id)
+
+    async def sensors(
+        self, customer_id: int | None, labels: Mapping[str, str], *, after_serial: int | None, limit: int
+    ) -> tuple[list[ListedSensor], bool]:
+        """A page of the customer's sensors carrying every label of `labels` (`labels.selector`), by serial."""
+        return await self.store.list_sensors(
+            customer_id=customer_id, labels=labels, after_serial=after_serial, limit=limit
+        )
 
     async def remove_sensor(self, serial: int, customer_id: int | None) -> None:
         """Release a sensor: its broker account deleted, its Pending and Ongoing tasks cancelled."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -163,3 +163,4 @@ class SensorInfo:
     last_seen: datetime | None
     in_flight: int | None
     queued: int
+    labels: dict[str, str] = field(default_factory=dict)

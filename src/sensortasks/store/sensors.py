@@ -1,21 +1,40 @@
-"""Sensors: registration to a customer, release (which cancels the sensor's active tasks),
-presence as the dispatcher hears it, and what ``GET /v1/sensors/{serial}`` shows."""
+"""Sensors: registration to a customer, their labels, release (which cancels the sensor's active
+tasks), presence as the dispatcher hears it, and what ``GET /v1/sensors[/{serial}]`` shows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from sensortasks import labels as label_rules
 from sensortasks.domain import TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.errors import Conflict, NotFound
 from sensortasks.store.base import ACTIVE, S, StoreBase, T, owned
 from sensortasks.store.changes import Changes
 from sensortasks.store.records import SensorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class ListedSensor:
+    """A registered sensor as ``GET /v1/sensors`` lists it: no per-sensor queue counts (one row each)."""
+
+    serial: int
+    online: bool | None
+    last_seen: datetime | None
+    registered_at: datetime
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _owner(customer_id: int | None) -> ColumnElement[bool]:
+    """The customer's registered sensors (with no customers, the registered ones nobody owns)."""
+    owner = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
+    return and_(S.c.registered_at.is_not(None), owner)
 
 
 async def _add_missing(conn: AsyncConnection, serials: Sequence[int]) -> None:
@@ -27,30 +46,79 @@ async def _add_missing(conn: AsyncConnection, serials: Sequence[int]) -> None:
 
 
 class SensorQueries(StoreBase):
-    async def register_sensor(self, serial: int, *, customer_id: int | None, now: datetime) -> bool:
+    async def register_sensor(
+        self, serial: int, *, customer_id: int | None, now: datetime, labels: Mapping[str, str] | None = None
+    ) -> bool:
         """Register `serial` (to the customer, when there are customers); True if it is new.
-        A sensor registered to another customer is a Conflict."""
+        `labels` replace the sensor's (None: a registered sensor keeps its own, a new one has
+        none). A sensor registered to another customer is a Conflict."""
         async with self._write() as conn:
-            row = (await conn.execute(select(S).where(S.c.serial == serial))).first()
-            if row is None:
-                await conn.execute(insert(S).values(serial=serial, customer_id=customer_id, registered_at=now))
-                return True
-            if row.registered_at is not None and row.customer_id != customer_id:
+            row = (await conn.execute(self._locked(select(S).where(S.c.serial == serial)))).first()
+            if row is not None and row.registered_at is not None and row.customer_id != customer_id:
                 raise Conflict(f"sensor {serial} is registered to another customer")
-            if row.registered_at is not None:
-                return False
-            await conn.execute(update(S).where(S.c.serial == serial).values(customer_id=customer_id, registered_at=now))
-            return True
+            created = row is None or row.registered_at is None
+            stored = dict(labels) if labels is not None else {} if created else row.labels
+            if row is None:
+                new = {"serial": serial, "customer_id": customer_id, "registered_at": now, "labels": stored}
+                await conn.execute(insert(S).values(new))
+            elif created or labels is not None:
+                registration = {"customer_id": customer_id, "registered_at": now} if created else {}
+                await conn.execute(update(S).where(S.c.serial == serial).values(labels=stored, **registration))
+            await self._labels_set(conn, serial, customer_id=customer_id, labels=stored, now=now)
+        return created
+
+    async def set_labels(
+        self, serial: int, *, customer_id: int | None, labels_patch: Mapping[str, str | None], now: datetime
+    ) -> dict[str, str]:
+        """Apply a JSON Merge Patch to the sensor's labels (a null removes a key) and return them.
+        Another customer's or an unregistered sensor is a NotFound; too many labels after the
+        patch an InvalidInput, with nothing changed."""
+        async with self._write() as conn:
+            found = select(S.c.labels).where(S.c.serial == serial, _owner(customer_id))
+            row = (await conn.execute(self._locked(found))).first()
+            if row is None:
+                raise NotFound(f"sensor {serial} not found")
+            merged = label_rules.merge(row.labels, labels_patch)
+            await conn.execute(update(S).where(S.c.serial == serial).values(labels=merged))
+            await self._labels_set(conn, serial, customer_id=customer_id, labels=merged, now=now)
+        return merged
+
+    async def _labels_set(
+        self, conn: AsyncConnection, serial: int, *, customer_id: int | None, labels: Mapping[str, str], now: datetime
+    ) -> None:
+        """Where a registration or a relabelling is about to commit, in its transaction: what
+        follows from the sensor's labels goes here (a sensor that comes to match a continuous
+        rollout's selector joins it), so that it holds exactly when the labels do."""
+
+    async def list_sensors(
+        self, *, customer_id: int | None, labels: Mapping[str, str], after_serial: int | None, limit: int
+    ) -> tuple[list[ListedSensor], bool]:
+        """The customer's registered sensors carrying every pair of `labels`, by serial ascending
+        after `after_serial` (the keyset cursor), and whether more follow."""
+        query = select(S).where(_owner(customer_id))
+        for key, value in labels.items():
+            query = query.where(S.c.labels[key].as_string() == value)
+        if after_serial is not None:
+            query = query.where(S.c.serial > after_serial)
+        async with self._read() as conn:
+            rows = (await conn.execute(query.order_by(S.c.serial).limit(limit + 1))).all()
+        listed = [
+            ListedSensor(
+                serial=r.serial, online=r.online, last_seen=r.last_seen, registered_at=r.registered_at, labels=r.labels
+            )
+            for r in rows[:limit]
+        ]
+        return listed, len(rows) > limit
 
     async def unregister_sensor(self, serial: int, *, customer_id: int | None, now: datetime) -> int:
-        """Release a sensor and cancel its Pending and Ongoing tasks; returns how many were cancelled."""
+        """Release a sensor (its labels go: they were its customer's) and cancel its Pending and
+        Ongoing tasks; returns how many were cancelled."""
         changes = Changes(now)
         async with self._write() as conn:
-            owner = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
             released = await conn.execute(
                 update(S)
-                .where(S.c.serial == serial, S.c.registered_at.is_not(None), owner)
-                .values(customer_id=None, registered_at=None)
+                .where(S.c.serial == serial, _owner(customer_id))
+                .values(customer_id=None, registered_at=None, labels={})
             )
             if released.rowcount == 0:
                 raise NotFound(f"sensor {serial} not found")
@@ -102,6 +170,7 @@ class SensorQueries(StoreBase):
             last_seen=presence.last_seen if presence else None,
             in_flight=in_flight,
             queued=len(rows) - (1 if in_flight else 0),
+            labels=presence.labels if presence else {},
         )
 
     async def sensors_online(self) -> int:

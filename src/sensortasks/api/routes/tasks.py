@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -24,7 +22,7 @@ from sensortasks.api.models import (
     TasksBulkCreated,
     TasksPublic,
 )
-from sensortasks.api.params import FORMATS_HELP, parse_time
+from sensortasks.api.params import FORMATS_HELP, decode_cursor, encode_cursor, parse_time
 from sensortasks.api.responses import V1, error, errors, ok
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
@@ -45,21 +43,6 @@ _IDEMPOTENCY_CONFLICT = error(
 )
 #: Response header of the export: the number of rows that follow.
 TOTAL_HEADER = "X-Total-Count"
-
-
-def encode_cursor(task_id: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{task_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        version, _, value = text.partition(":")
-        if version != "v1" or not value.isdigit() or not 0 < int(value) <= MAX_ID:
-            raise ValueError(text)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor: not a cursor returned by this API", details={"field": "cursor"}) from None
 
 
 def parse_statuses(text: str | None) -> tuple[TaskStatus, ...]:
