@@ -101,3 +101,11 @@ def test_credentials_carry_the_labels_sensors_add_printed() -> None:
     assert (logins[7].labels, logins[8].labels) == ({"hw": "b2"}, {})
     fleet = SimulationConfig(sensors=0, credentials=logins, label_shares=[LabelShare("ring", "main", 0.5)])
     assert fleet.labels() == {7: {"hw": "b2", "ring": "main"}, 8: {}}
+
+
+def test_simulate_says_which_serials_carry_each_label() -> None:
+    from sensortasks.cli.fleet import labelled_groups
+
+    fleet = SimulationConfig(sensors=5, first_serial=100, label_shares=[LabelShare("region", "eu", 0.4)])
+    labels = fleet.labels() | {104: {"region": "eu"}}
+    assert labelled_groups(labels) == ["label region=eu: 3 sensor(s), serials 100-101, 104"]

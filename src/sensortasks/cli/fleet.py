@@ -142,8 +142,10 @@ def _label_shares(texts: list[str] | None, option: str) -> list[LabelShare]:
 
     shares = []
     for text in texts or ():
-        label, _, share = text.rpartition(":")
+        label, found, share = text.rpartition(":")
         try:
+            if not found:
+                raise ValueError(text)
             key, value = parse_assignment(label, field=option)
             shares.append(LabelShare(key, value, float(share)))
             if not 0.0 <= shares[-1].share <= 1.0:

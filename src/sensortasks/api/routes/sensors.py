@@ -134,7 +134,7 @@ async def list_sensors(
             max_length=MAX_LABELS,
             description="Only sensors carrying this label, as `key:value` (the first `:` splits; "
             "`region:` for an empty value). Repeat it: every label given must match.",
-            examples=["region:eu-west"],
+            examples=[["region:eu-west", "ring:canary"]],
         ),
     ] = [],  # noqa: B006 (FastAPI copies a list default per request)
     limit: Annotated[int, Query(ge=1, le=1000, description="Sensors per page, 1-1000.")] = 100,
