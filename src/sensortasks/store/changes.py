@@ -36,6 +36,7 @@ def task_row(task: NewTask, *, customer_id: int | None, now: datetime) -> dict[s
         "attempt_count": 0,
         "created_at": now,
         "updated_at": now,
+        "rollout_id": task.rollout_id,
     }
 
 

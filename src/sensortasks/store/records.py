@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sensortasks.domain import TaskStatus
+from sensortasks.domain.rollout import RolloutState, Totals
+from sensortasks.store.tables import Task
 
 SEED_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -28,6 +30,8 @@ class NewTask:
     file_id: str
     max_attempts: int
     timeout_s: int
+    #: The rollout that makes the task, if one does.
+    rollout_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class TaskFilter:
     created_until: datetime | None = None
     updated_since: datetime | None = None
     updated_until: datetime | None = None
+    rollout_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +169,64 @@ class SensorInfo:
     in_flight: int | None
     queued: int
     labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRollout:
+    """A rollout as the customer asked for it; `rate`, `abort` and `schedule` are the JSON of
+    SPEC section 10, validated by the API (`domain.rollout` reads them)."""
+
+    name: str
+    type: str
+    file_id: str
+    max_attempts: int
+    timeout_s: int
+    #: The serials the customer listed (None: none listed).
+    sensors: tuple[int, ...] | None
+    #: Labels a sensor must all carry to be a target (None: no selector).
+    selector: dict[str, str] | None
+    continuous: bool
+    max_in_flight: int
+    rate: dict[str, Any] | None
+    abort: dict[str, Any] | None
+    #: ``{"start_at": iso | None, "end_at": iso | None, "windows": [...]}``
+    schedule: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutInfo:
+    """A rollout as ``GET /v1/rollouts/{id}`` shows it, with its totals counted now."""
+
+    id: int
+    customer_id: int | None
+    name: str
+    type: str
+    file_id: str
+    max_attempts: int
+    timeout_s: int
+    sensors: list[int] | None
+    #: As stored: ``{"labels": {...}}``.
+    selector: dict[str, Any] | None
+    continuous: bool
+    max_in_flight: int
+    rate: dict[str, Any] | None
+    abort: dict[str, Any] | None
+    schedule: dict[str, Any] | None
+    state: RolloutState
+    reason: str | None
+    totals: Totals
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    #: The current rate (after increases); None when unpaced.
+    rate_per_minute: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutAdvance:
+    """What a pacing round did: the tasks it created (their sensors are to be kicked) and
+    every rollout it looked at or that changed since the last round, as they stand now."""
+
+    started: list[Task]
+    rollouts: list[RolloutInfo]

@@ -8,13 +8,14 @@ from sensortasks.store.idempotency import IdempotencyQueries
 from sensortasks.store.members import MemberQueries
 from sensortasks.store.notify import OnWake, listen
 from sensortasks.store.outbox import Outbox
+from sensortasks.store.rollouts import RolloutQueries
 from sensortasks.store.sensors import SensorQueries
 from sensortasks.store.tasks import TaskQueries
 
 __all__ = ["StaleBatch", "TaskStore"]
 
 
-class TaskStore(TaskQueries, SensorQueries, DispatchQueries, Outbox, IdempotencyQueries, MemberQueries):
+class TaskStore(TaskQueries, SensorQueries, DispatchQueries, Outbox, IdempotencyQueries, MemberQueries, RolloutQueries):
     """The persistence interface the dispatcher and the API talk to."""
 
     async def listen(self, on_wake: OnWake) -> None:

@@ -31,6 +31,7 @@ def _filtered(where: TaskFilter) -> Select[Any]:
     for column, value in (
         (T.c.sensor_serial, where.sensor_serial),
         (T.c.type, where.type),
+        (T.c.rollout_id, where.rollout_id),
     ):
         if value is not None:
             query = query.where(column == value)

@@ -1,0 +1,423 @@
+"""Rollouts (SPEC section 10): create one with its targets, read and list them with their
+totals, pause, resume and cancel them, and the pacing round that starts their tasks.
+
+The rules are `domain.rollout.step`'s; this module counts what it needs (`_totals`, from the
+targets' primary key, ``ix_rollout_targets_waiting`` and ``ix_tasks_rollout_status``), writes
+what it decided and creates tasks through `insert_tasks`, so that a rollout's tasks queue
+behind their sensors' other tasks as any task does. A target keeps the task it got (one per
+sensor per rollout: the target's primary key and its ``task_id``, set under the rollout's
+lock). Task cancels go through `Changes`, so their events reach the outbox and the sensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sensortasks.domain import TaskStatus
+from sensortasks.domain import lifecycle as lc
+from sensortasks.domain.rollout import Abort, Rate, RolloutState, Rules, Schedule, Step, Totals, step
+from sensortasks.errors import Conflict, InvalidInput, NotFound
+from sensortasks.store.base import ACTIVE, S, StoreBase, T
+from sensortasks.store.changes import Changes, Work
+from sensortasks.store.records import NewRollout, NewTask, RolloutAdvance, RolloutInfo
+from sensortasks.store.tables import (
+    LIVE_ROLLOUT_SQL,
+    ROLLOUT_TASK_SQL,
+    WAITING_TARGET_SQL,
+    Rollout,
+    RolloutTarget,
+    Task,
+)
+from sensortasks.store.tasks import _check_owned, insert_tasks
+
+log = logging.getLogger(__name__)
+
+R = Rollout.__table__  # type: ignore[attr-defined]
+RT = RolloutTarget.__table__  # type: ignore[attr-defined]
+
+#: Columns a rollout's state change may write.
+ROLLOUT_MUTABLE = ("state", "reason", "started_at", "finished_at", "next_start_at", "updated_at")
+_ROLLOUT_UPDATE = (
+    update(R)
+    .where(R.c.id == bindparam("k_id"))
+    .values({name: bindparam(f"v_{name}", type_=R.c[name].type) for name in ROLLOUT_MUTABLE})
+)
+_SET_TASK = (
+    update(RT)
+    .where(RT.c.rollout_id == bindparam("k_rollout"), RT.c.sensor_serial == bindparam("k_serial"))
+    .values(task_id=bindparam("v_task"))
+)
+UNFINISHED = (RolloutState.SCHEDULED, RolloutState.RUNNING, RolloutState.PAUSED)
+CANCELLED_REASON = "cancelled by the customer"
+_DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
+
+
+def _rollouts_of(query: Select[Any], customer_id: int | None) -> Select[Any]:
+    """Only the customer's rollouts (every rollout when there are no customers)."""
+    return query if customer_id is None else query.where(R.c.customer_id == customer_id)
+
+
+def _registered_to(customer_id: int | None) -> ColumnElement[bool]:
+    """Sensors registered to the customer (with no customers: registered at all)."""
+    owner: ColumnElement[bool] = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
+    return and_(owner, S.c.registered_at.is_not(None))
+
+
+def _labelled(labels: Mapping[str, str]) -> list[ColumnElement[bool]]:
+    """Sensors carrying every label (JSON element access: the same SQL shape on both databases)."""
+    return [S.c.labels[key].as_string() == value for key, value in labels.items()]
+
+
+def _insert_ignoring(conn: AsyncConnection) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of targets that skips those already there (``ON CONFLICT DO NOTHING``)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt: postgresql.Insert | sqlite.Insert = dialect.insert(RT).on_conflict_do_nothing()
+    return stmt
+
+
+async def _add_targets(conn: AsyncConnection, rollout_id: int, serials: Sequence[int], now: datetime) -> None:
+    if serials:
+        rows = [{"rollout_id": rollout_id, "sensor_serial": s, "added_at": now} for s in serials]
+        await conn.execute(_insert_ignoring(conn), rows)
+
+
+async def _add_selected(
+    conn: AsyncConnection, rollout_id: int, labels: Mapping[str, str], customer_id: int | None, now: datetime
+) -> None:
+    """Every registered sensor of the customer carrying `labels`, with one ``INSERT ... SELECT``."""
+    chosen = select(literal(rollout_id, RT.c.rollout_id.type), S.c.serial, literal(now, RT.c.added_at.type)).where(
+        _registered_to(customer_id), *_labelled(labels)
+    )
+    stmt = _insert_ignoring(conn).from_select(["rollout_id", "sensor_serial", "added_at"], chosen)
+    await conn.execute(stmt)
+
+
+async def _totals(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Totals]:
+    """Each rollout's totals: its targets (the primary key), those waiting for a task
+    (``ix_rollout_targets_waiting``) and its tasks by status (``ix_tasks_rollout_status``)."""
+    if not ids:
+        return {}
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+    by_rollout = RT.c.rollout_id.in_(ids)
+    targets = select(RT.c.rollout_id, func.count()).where(by_rollout).group_by(RT.c.rollout_id)
+    waiting = select(RT.c.rollout_id, func.count()).where(by_rollout, WAITING_TARGET_SQL).group_by(RT.c.rollout_id)
+    for name, query in (("targets", targets), ("not_started", waiting)):
+        for rollout_id, n in await conn.execute(query):
+            counts[rollout_id][name] = n
+    tasks = (
+        select(T.c.rollout_id, T.c.status_id, func.count())
+        .where(T.c.rollout_id.in_(ids), ROLLOUT_TASK_SQL)
+        .group_by(T.c.rollout_id, T.c.status_id)
+    )
+    for rollout_id, status, n in await conn.execute(tasks):
+        counts[rollout_id][TaskStatus(status).name.lower()] = n
+    return {i: Totals(**c) for i, c in counts.items()}
+
+
+def _rules(row: Mapping[Any, Any]) -> Rules:
+    return Rules(
+        row["max_in_flight"],
+        row["continuous"],
+        Rate.of(row["rate"]),
+        Abort.of(row["abort"]),
+        Schedule.of(row["schedule"]),
+    )
+
+
+def _info(row: Mapping[Any, Any], totals: Totals) -> RolloutInfo:
+    rate = Rate.of(row["rate"])
+    fields = {name: row[name] for name in RolloutInfo.__dataclass_fields__ if name in row}
+    return RolloutInfo(
+        **fields | {"state": RolloutState(row["state"]), "totals": totals},
+        rate_per_minute=None if rate is None else rate.at(totals.completed),
+    )
+
+
+async def _infos(conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> list[RolloutInfo]:
+    totals = await _totals(conn, [r["id"] for r in rows])
+    return [_info(r, totals[r["id"]]) for r in rows]
+
+
+async def join_continuous(
+    conn: AsyncConnection, serial: int, labels: Mapping[str, str], *, customer_id: int | None, now: datetime
+) -> None:
+    """Add a sensor just registered or relabelled to every unfinished continuous rollout of
+    its customer whose selector labels it all carries, in the caller's transaction (a
+    target it already is stays as it is). A relabelled sensor that no longer matches stays
+    a target: what it was sent is not taken back."""
+    owner = R.c.customer_id.is_(None) if customer_id is None else R.c.customer_id == customer_id
+    query = select(R.c.id, R.c.selector).where(
+        owner, R.c.continuous.is_(True), R.c.state.in_([str(s) for s in UNFINISHED])
+    )
+    joined = [
+        rollout_id
+        for rollout_id, selector in await conn.execute(query)
+        if selector is not None and all(labels.get(k) == v for k, v in selector["labels"].items())
+    ]
+    if joined:
+        rows = [{"rollout_id": r, "sensor_serial": serial, "added_at": now} for r in joined]
+        await conn.execute(_insert_ignoring(conn), rows)
+        log.info("sensor %d joined continuous rollouts %s", serial, joined)
+
+
+async def _save_rollouts(conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> None:
+    params = [{"k_id": r["id"]} | {f"v_{name}": r[name] for name in ROLLOUT_MUTABLE} for r in rows]
+    if params:
+        await conn.execute(_ROLLOUT_UPDATE, params)
+
+
+def _cancel(work: Work, reason: str) -> lc.Outcome:
+    """The customer's cancel of a rollout task, with a reason that names the rollout."""
+    outcome = lc.cancel(work.state)
+    return replace(outcome, steps=tuple(replace(s, reason=reason) for s in outcome.steps))
+
+
+class RolloutQueries(StoreBase):
+    async def create_rollout(self, new: NewRollout, *, customer_id: int | None, now: datetime) -> RolloutInfo:
+        """Store a rollout and its targets in one transaction, all or nothing.
+
+        The targets are the listed sensors and the customer's registered sensors carrying every
+        selector label. A listed sensor not registered to the customer is an `InvalidInput`
+        with ``details["unregistered_serials"]``; no target at all is one on ``targets``,
+        except for a continuous rollout with a selector, which sensors may join later
+        (`join_continuous`). The rollout is ``scheduled`` while its start_at is ahead, else
+        ``running`` from now."""
+        schedule = Schedule.of(new.schedule)
+        started = schedule is None or schedule.started(now)
+        row: dict[str, Any] = {
+            "customer_id": customer_id,
+            "name": new.name,
+            "type": new.type,
+            "file_id": new.file_id,
+            "max_attempts": new.max_attempts,
+            "timeout_s": new.timeout_s,
+            "sensors": None if new.sensors is None else list(new.sensors),
+            "selector": None if new.selector is None else {"labels": dict(new.selector)},
+            "continuous": new.continuous,
+            "max_in_flight": new.max_in_flight,
+            "rate": new.rate,
+            "abort": new.abort,
+            "schedule": new.schedule,
+            "state": RolloutState.RUNNING if started else RolloutState.SCHEDULED,
+            "created_at": now,
+            "updated_at": now,
+            "started_at": now if started else None,
+        }
+        async with self._write() as conn:
+            listed = sorted(set(new.sensors or ()))
+            if customer_id is not None and listed:
+                await _check_owned(conn, set(listed), customer_id)
+            rollout_id = (await conn.execute(insert(R).values(row).returning(R.c.id))).scalar_one()
+            await _add_targets(conn, rollout_id, listed, now)
+            if new.selector is not None:
+                await _add_selected(conn, rollout_id, new.selector, customer_id, now)
+            totals = (await _totals(conn, [rollout_id]))[rollout_id]
+            if totals.targets == 0 and not (new.continuous and new.selector is not None):
+                raise InvalidInput(
+                    "targets: no sensor matches the rollout's sensors and selector", details={"field": "targets"}
+                )
+            stored = (await conn.execute(select(R).where(R.c.id == rollout_id))).one()._mapping
+            log.info("rollout %d created for customer %s with %d targets", rollout_id, customer_id, totals.targets)
+            return _info(stored, totals)
+
+    async def get_rollout(self, rollout_id: int, *, customer_id: int | None = None) -> RolloutInfo:
+        """The rollout with its totals; `NotFound` if there is none, or it is another customer's."""
+        async with self._read() as conn:
+            row = (await conn.execute(_rollouts_of(select(R).where(R.c.id == rollout_id), customer_id))).first()
+            if row is None:
+                raise NotFound(f"rollout {rollout_id} not found")
+            return (await _infos(conn, [row._mapping]))[0]
+
+    async def list_rollouts(
+        self,
+        *,
+        customer_id: int | None,
+        state: RolloutState | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[RolloutInfo], bool]:
+        """Newest first; `before_id` is the keyset cursor. Returns the page and whether more follow."""
+        query = _rollouts_of(select(R), customer_id)
+        if state is not None:
+            query = query.where(R.c.state == str(state))
+        if before_id is not None:
+            query = query.where(R.c.id < before_id)
+        async with self._read() as conn:
+            rows = [r._mapping for r in await conn.execute(query.order_by(R.c.id.desc()).limit(limit + 1))]
+            return await _infos(conn, rows[:limit]), len(rows) > limit
+
+    async def rollout_action(
+        self,
+        rollout_id: int,
+        action: Literal["pause", "resume", "cancel"],
+        *,
+        customer_id: int | None,
+        in_flight: Literal["finish", "cancel"] = "finish",
+        now: datetime,
+    ) -> RolloutInfo:
+        """Pause, resume or cancel a rollout; repeating the last action is a no-op.
+
+        Pause holds a scheduled or running rollout (its tasks under way go on); resume makes it
+        running again, or scheduled while its start_at is ahead, paced afresh (no burst for the
+        time it was held). Cancel ends it, cancelling its tasks not yet sent and, with
+        ``in_flight="cancel"``, also those sent or running (the sensors are told through the
+        outbox). A completed or aborted rollout, or pausing or resuming a cancelled one, is a
+        `Conflict`; another customer's rollout is `NotFound`."""
+        changes = Changes(now)
+        async with self._write() as conn:
+            query = self._locked(_rollouts_of(select(R).where(R.c.id == rollout_id), customer_id))
+            found = (await conn.execute(query)).first()
+            if found is None:
+                raise NotFound(f"rollout {rollout_id} not found")
+            row = dict(found._mapping)
+            state = RolloutState(row["state"])
+            if state.finished and not (action == "cancel" and state is RolloutState.CANCELLED):
+                raise Conflict(
+                    f"rollout {rollout_id} is {state} and can no longer be {_DONE[action]}",
+                    details={"state": str(state)},
+                )
+            target = _after(action, state, row, now)
+            if target is not state:
+                if action == "cancel":
+                    row |= {"reason": CANCELLED_REASON, "finished_at": now}
+                    every = in_flight == "cancel"
+                    await self._cancel_rollout_tasks(
+                        conn, changes, rollout_id, f"rollout {rollout_id} {CANCELLED_REASON}", every
+                    )
+                row |= {"state": str(target), "updated_at": now}
+                await _save_rollouts(conn, [row])
+                await self._write_changes(conn, changes)
+                log.info("rollout %d %s (%s -> %s)", rollout_id, _DONE[action], state, target)
+            return (await _infos(conn, [row]))[0]
+
+    async def _cancel_rollout_tasks(
+        self, conn: AsyncConnection, changes: Changes, rollout_id: int, reason: str, every: bool
+    ) -> None:
+        """Cancel the rollout's Pending tasks not yet sent (with `every`: all its Pending and Ongoing)."""
+        query = select(T).where(T.c.rollout_id == rollout_id, ROLLOUT_TASK_SQL)
+        if every:
+            query = query.where(T.c.status_id.in_(ACTIVE))
+        else:
+            query = query.where(T.c.status_id == TaskStatus.PENDING, T.c.sent_at.is_(None))
+        for work in await self._load(conn, self._locked(query), changes):
+            changes.apply(work, _cancel(work, reason))
+
+    async def advance_rollouts(self, *, now: datetime, changed_since: datetime | None = None) -> RolloutAdvance:
+        """One pacing round over every scheduled or running rollout, in one transaction.
+
+        Each is locked (``FOR UPDATE`` on PostgreSQL, so rounds of several instances take turns
+        and the cap holds for all of them together), counted, and stepped by
+        `domain.rollout.step`: its state changes are written (started_at when it starts,
+        finished_at and reason when it completes or aborts), its next waiting targets in serial
+        order get their tasks (`insert_tasks`), and its ``next_start_at`` is kept for the next
+        round. A target whose sensor is no longer registered to the rollout's customer is
+        dropped, never waited for. An abort cancels the rollout's tasks not yet sent; those
+        under way finish. Returns the tasks created and, with fresh totals, every rollout looked
+        at and every other one updated at or after `changed_since` (paused or cancelled
+        meanwhile)."""
+        changes = Changes(now)
+        started: list[Task] = []
+        async with self._write() as conn:
+            live = self._locked(select(R).where(LIVE_ROLLOUT_SQL).order_by(R.c.id))
+            rows = [dict(r._mapping) for r in await conn.execute(live)]
+            totals = await _totals(conn, [r["id"] for r in rows])
+            changed, moved = [], []  # moved: its totals changed in this round
+            for row in rows:
+                decided = step(RolloutState(row["state"]), _rules(row), totals[row["id"]], row["next_start_at"], now)
+                if decided.starts:
+                    started += await self._start_rollout_tasks(conn, row, decided.starts, now)
+                if decided.state is RolloutState.ABORTED:
+                    reason = f"rollout {row['id']} aborted: {decided.reason}"
+                    await self._cancel_rollout_tasks(conn, changes, row["id"], reason, every=False)
+                if decided.starts or decided.state is RolloutState.ABORTED:
+                    moved.append(row["id"])
+                if _apply(row, decided, now):
+                    changed.append(row)
+            await _save_rollouts(conn, changed)
+            await self._write_changes(conn, changes)
+            if changed_since is not None:
+                looked = [r["id"] for r in rows]
+                others = select(R).where(R.c.updated_at >= changed_since, R.c.id.not_in(looked)).order_by(R.c.id)
+                rows += [dict(r._mapping) for r in await conn.execute(others)]
+                moved += [r["id"] for r in rows[len(looked) :]]
+            totals |= await _totals(conn, moved)
+            return RolloutAdvance(started, [_info(r, totals[r["id"]]) for r in rows])
+
+    async def _start_rollout_tasks(
+        self, conn: AsyncConnection, row: Mapping[Any, Any], starts: int, now: datetime
+    ) -> list[Task]:
+        """Create the tasks of the rollout's next `starts` waiting targets, in serial order,
+        dropping the targets whose sensor left the rollout's customer on the way."""
+        rollout_id, customer_id = row["id"], row["customer_id"]
+        chosen: list[int] = []
+        after = 0  # serials are positive (`protocol.commands.Serial`)
+        while len(chosen) < starts:
+            query = (
+                select(RT.c.sensor_serial, S.c.customer_id)
+                .outerjoin(S, S.c.serial == RT.c.sensor_serial)
+                .where(RT.c.rollout_id == rollout_id, WAITING_TARGET_SQL, RT.c.sensor_serial > after)
+                .order_by(RT.c.sensor_serial)
+                .limit(starts - len(chosen))
+            )
+            found = (await conn.execute(query)).all()
+            if not found:
+                break
+            after = found[-1][0]
+            chosen += [serial for serial, owner in found if customer_id in (None, owner)]
+            if gone := [serial for serial, owner in found if customer_id not in (None, owner)]:
+                where = and_(RT.c.rollout_id == rollout_id, RT.c.sensor_serial.in_(gone))
+                await conn.execute(delete(RT).where(where))
+                log.warning(
+                    "rollout %d: sensors %s left customer %s, dropped from its targets", rollout_id, gone, customer_id
+                )
+        if not chosen:
+            return []
+        new = [
+            NewTask(s, row["type"], row["file_id"], row["max_attempts"], row["timeout_s"], rollout_id) for s in chosen
+        ]
+        created = await insert_tasks(conn, new, customer_id=customer_id, now=now, origin=self.origin)
+        params = [{"k_rollout": rollout_id, "k_serial": t.sensor_serial, "v_task": t.id} for t in created]
+        await conn.execute(_SET_TASK, params)
+        log.info("rollout %d started %d tasks", rollout_id, len(created))
+        return created
+
+
+def _after(action: str, state: RolloutState, row: dict[str, Any], now: datetime) -> RolloutState:
+    """The state `action` leads to from `state` (an unfinished one, or cancelled for a cancel);
+    a resume also restarts the pacing in `row` (``next_start_at``: no burst for the pause)."""
+    if action == "cancel":
+        return RolloutState.CANCELLED
+    if action == "pause":
+        return RolloutState.PAUSED
+    if state is not RolloutState.PAUSED:
+        return state
+    schedule = Schedule.of(row["schedule"])
+    row["next_start_at"] = None
+    if schedule is not None and not schedule.started(now):
+        return RolloutState.SCHEDULED
+    row["started_at"] = row["started_at"] or now
+    return RolloutState.RUNNING
+
+
+def _apply(row: dict[str, Any], decided: Step, now: datetime) -> bool:
+    """Write the step into the rollout's row; whether anything changed."""
+    before = dict(row)
+    state = decided.state
+    if state is not RolloutState(row["state"]):
+        row |= {"state": str(state), "updated_at": now}
+        if state is RolloutState.RUNNING:
+            row["started_at"] = row["started_at"] or now
+        if state.finished:
+            row |= {"finished_at": now, "reason": decided.reason}
+    if decided.starts:
+        row["updated_at"] = now
+    row["next_start_at"] = decided.next_start_at
+    return row != before
