@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI
 
 from sensortasks.api import errors
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
 from sensortasks.api.openapi import METADATA, DocumentedAPI, install_docs
-from sensortasks.api.routes import health, mqtt_clients, sensors, tasks
+from sensortasks.api.routes import health, mqtt_clients, rollouts, sensors, tasks
+from sensortasks.dispatcher import Dispatcher
 from sensortasks.ops.metrics import HttpMetrics, Metrics
+from sensortasks.service.rollouts import RolloutService
 from sensortasks.service.tasks import TaskService
 
 DESCRIPTION = """Create, follow and cancel firmware and configuration tasks for sensors.
@@ -20,6 +24,12 @@ Every error is `{"error": {"code", "message", "details"}}`, `code` one of `Error
 Task statuses: 1 Pending, 2 Completed, 3 Error, 4 Ongoing, 5 Cancelled."""
 
 
+def rollout_wake(dispatcher: Dispatcher | None) -> Callable[[], None] | None:
+    """What a rollout's change wakes in the in-process dispatcher: the outbox (a cancel's task
+    cancels go to the sensors). HOOK: add the pacing's `dispatcher.notify_rollouts()` here."""
+    return None if dispatcher is None else dispatcher.notify_outbox
+
+
 def create_app(service: TaskService) -> FastAPI:
     """HTTP over the application layer (`sensortasks.runtime.build_service` builds it, wired
     to the process's dispatcher, if any); whoever built it owns and closes what it holds."""
@@ -27,10 +37,11 @@ def create_app(service: TaskService) -> FastAPI:
     dispatcher = service.dispatcher
     metrics = dispatcher.metrics if dispatcher else Metrics()
     app.state.sensortasks = AppState(service.settings, service, metrics)
+    app.state.rollouts = RolloutService(service.settings, service.store, rollout_wake(dispatcher))
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: it sees 413s and 500s too
-    for router in (tasks.router, sensors.router, mqtt_clients.router, health.router):
+    for router in (tasks.router, rollouts.router, sensors.router, mqtt_clients.router, health.router):
         app.include_router(router)
     install_docs(app)
     return app

@@ -28,6 +28,7 @@ TASK_COMPLETED: dict[str, Any] = {
     "started_at": "2022-10-17 16:40:01",
     "completed_at": "2022-10-17 16:49:39",
     "error": None,
+    "rollout_id": None,
 }
 #: What ``POST /v1/tasks`` answers: a new task, not yet sent.
 TASK_PENDING: dict[str, Any] = TASK_COMPLETED | {

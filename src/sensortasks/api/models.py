@@ -122,6 +122,7 @@ class TaskPublic(TaskWire):
             started_at=format_time(task.started_at),
             completed_at=format_time(task.completed_at),
             error=task.error,
+            rollout_id=task.rollout_id,
         )
 
 

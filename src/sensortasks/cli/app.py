@@ -11,6 +11,7 @@ from sensortasks.cli import fleet, serve, tools
 from sensortasks.cli.accounts import mqtt_clients_app
 from sensortasks.cli.common import Commands
 from sensortasks.cli.keys import keys_app
+from sensortasks.cli.rollouts import rollouts_app
 from sensortasks.cli.sensors import sensors_app
 from sensortasks.cli.tasks import tasks_app
 
@@ -26,6 +27,7 @@ app.command()(tools.bench)
 app.add_typer(serve.db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(rollouts_app, name="rollouts")
 app.add_typer(sensors_app, name="sensors")
 app.add_typer(mqtt_clients_app, name="mqtt-clients")
 

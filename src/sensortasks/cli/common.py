@@ -18,6 +18,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from typer._click import Context
 from typer.core import TyperGroup
 
@@ -44,6 +45,8 @@ MqttUrl = Annotated[str | None, typer.Option("--mqtt-url", help="Overrides SENSO
 DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="Overrides SENSORTASKS_DATABASE_URL.")]
 #: A plain flag (typer would render a bool option as ``--json <bool>``).
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.", metavar="")]
+ApiUrl = Annotated[str | None, typer.Option("--url", help="Server URL (default from SENSORTASKS_HTTP_*).")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="SENSORTASKS_API_KEY", help="API key.")]
 
 
 log = logging.getLogger("sensortasks.cli")
@@ -84,6 +87,46 @@ def run_or_exit(work: Coroutine[Any, Any, T], to: Console = err) -> T:
     except SensortasksError as exc:
         to.print(f"[red]{exc.code}:[/red] {exc.message}")
         raise typer.Exit(1) from None
+
+
+# -- the REST API's clients (tasks, rollouts) ---------------------------------------
+def api_client(url: str | None, api_key: str | None) -> httpx.Client:
+    """A client of the REST API at `url` (default: the configured HTTP address), with the key."""
+    if url is None:
+        settings = get_settings()
+        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
+        url = f"http://{host}:{settings.http_port}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30.0)
+
+
+def fail_response(response: httpx.Response) -> NoReturn:
+    """The API's error (``status code: message``) as one line, then exit 1."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        fail(f"{response.status_code} {response.reason_phrase}: {response.text[:200]}")
+    message = f"{response.status_code} {error.get('code', '')}: {error.get('message', '')}"
+    if response.status_code == 401:  # noqa: PLR2004
+        message += " (give a key with --api-key or SENSORTASKS_API_KEY)"
+    fail(message)
+
+
+def api_call(url: str | None, api_key: str | None, method: str, path: str, **kwargs: Any) -> Any:  # noqa: ANN401
+    """One request; its JSON answer, or `fail_response`."""
+    with api_client(url, api_key) as client:
+        response = client.request(method, path, **kwargs)
+    if response.is_error:
+        fail_response(response)
+    return response.json()
+
+
+def cell(value: Any) -> Text:  # noqa: ANN401
+    """A table cell: text, never markup (errors and names come from sensors and customers)."""
+    return Text("" if value is None else str(value))
 
 
 class MqttConnection(TypedDict):

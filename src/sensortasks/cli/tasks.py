@@ -7,57 +7,31 @@ import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
-from sensortasks.cli.common import AsJson, console, err, fail
-from sensortasks.config import get_settings
+from sensortasks.cli.common import (
+    ApiKey,
+    ApiUrl,
+    AsJson,
+    api_call,
+    api_client,
+    cell,
+    console,
+    err,
+    fail_response,
+)
 
 tasks_app = typer.Typer(help="Tasks, through the REST API of a running server.", no_args_is_help=True)
 
-ApiUrl = Annotated[str | None, typer.Option("--url", help="Server URL (default from SENSORTASKS_HTTP_*).")]
-ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="SENSORTASKS_API_KEY", help="API key.")]
 TASK_COLUMNS = ("id", "sensor_serial", "type", "status_name", "attempt_count", "progress", "created_at", "updated_at")
 #: Shown only when at least one task of the table has a value there.
 OPTIONAL_COLUMNS = {"rollout_id": 6, "error": len(TASK_COLUMNS) + 1}
 #: Header with the number of rows `GET /v1/tasks/export.csv` is about to stream.
 TOTAL_HEADER = "X-Total-Count"
-
-
-def _client(url: str | None, api_key: str | None) -> httpx.Client:
-    if url is None:
-        settings = get_settings()
-        host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host  # noqa: S104
-        url = f"http://{host}:{settings.http_port}"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=30.0)
-
-
-def _fail(response: httpx.Response) -> NoReturn:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        fail(f"{response.status_code} {response.reason_phrase}: {response.text[:200]}")
-    message = f"{response.status_code} {error.get('code', '')}: {error.get('message', '')}"
-    if response.status_code == 401:  # noqa: PLR2004
-        message += " (give a key with --api-key or SENSORTASKS_API_KEY)"
-    fail(message)
-
-
-def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs: Any) -> Any:  # noqa: ANN401
-    with _client(url, api_key) as client:
-        response = client.request(method, path, **kwargs)
-    if response.is_error:
-        _fail(response)
-    return response.json()
 
 
 def columns(tasks: Sequence[dict[str, Any]]) -> list[str]:
@@ -69,10 +43,6 @@ def columns(tasks: Sequence[dict[str, Any]]) -> list[str]:
     return chosen
 
 
-def _cell(value: Any) -> Text:  # noqa: ANN401
-    return Text("" if value is None else str(value))  # text, never markup: errors come from sensors
-
-
 def _show(tasks: list[dict[str, Any]], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(tasks if len(tasks) != 1 else tasks[0], indent=2))  # noqa: T201
@@ -80,7 +50,7 @@ def _show(tasks: list[dict[str, Any]], *, as_json: bool) -> None:
     chosen = columns(tasks)
     table = Table(*chosen)
     for task in tasks:
-        table.add_row(*(_cell(task.get(c)) for c in chosen))
+        table.add_row(*(cell(task.get(c)) for c in chosen))
     console.print(table)
 
 
@@ -92,7 +62,7 @@ def _detail(task: dict[str, Any], *, as_json: bool) -> None:
     table = Table("field", "value", title=f"task {task.get('id')}", title_justify="left")
     for name, value in task.items():
         if value is not None or name == "error":
-            table.add_row(name, _cell(value), style="red" if name == "error" and value else None)
+            table.add_row(name, cell(value), style="red" if name == "error" and value else None)
     console.print(table)
 
 
@@ -110,13 +80,13 @@ def tasks_create(
     """Create a task."""
     body: dict[str, Any] = {"sensor_serial": sensor_serial, "file_id": file_id, "type": task_type}
     body |= {k: v for k, v in (("max_attempts", max_attempts), ("timeout_s", timeout_s)) if v is not None}
-    _detail(_call(url, api_key, "POST", "/v1/tasks", json=body), as_json=as_json)
+    _detail(api_call(url, api_key, "POST", "/v1/tasks", json=body), as_json=as_json)
 
 
 @tasks_app.command("get")
 def tasks_get(task_id: int, url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Show one task, with its error if it ended in Error."""
-    _detail(_call(url, api_key, "GET", f"/v1/tasks/{task_id}"), as_json=as_json)
+    _detail(api_call(url, api_key, "GET", f"/v1/tasks/{task_id}"), as_json=as_json)
 
 
 SensorOpt = Annotated[int | None, typer.Option("--sensor", help="Sensor serial.")]
@@ -166,7 +136,7 @@ def tasks_list(
 ) -> None:
     """List tasks, newest first (one page; the next page's cursor is printed)."""
     params = filters | {"limit": limit} | ({"cursor": cursor} if cursor is not None else {})
-    page = _call(url, api_key, "GET", "/v1/tasks", params=params)
+    page = api_call(url, api_key, "GET", "/v1/tasks", params=params)
     if as_json:
         print(json.dumps(page, indent=2))  # noqa: T201
         return
@@ -208,12 +178,12 @@ def tasks_export(
     """Export tasks as CSV (the list's filters), streamed to a file with a progress bar."""
     rows = CsvRows()
     with (
-        _client(url, api_key) as client,
+        api_client(url, api_key) as client,
         client.stream("GET", "/v1/tasks/export.csv", params=filters) as response,
     ):
         if response.is_error:
             response.read()
-            _fail(response)
+            fail_response(response)
         given = response.headers.get(TOTAL_HEADER, "")
         total = int(given) if given.isdigit() else None  # an older server sends none: no total then
         count = "{task.completed:,}/{task.total:,} rows" if total is not None else "{task.completed:,} rows"
@@ -239,4 +209,4 @@ def tasks_export(
 @tasks_app.command("cancel")
 def tasks_cancel(task_id: int, url: ApiUrl = None, api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """Cancel a task."""
-    _detail(_call(url, api_key, "DELETE", f"/v1/tasks/{task_id}"), as_json=as_json)
+    _detail(api_call(url, api_key, "DELETE", f"/v1/tasks/{task_id}"), as_json=as_json)

@@ -117,6 +117,7 @@ class Task(BaseModel):
         description="Why the last attempt failed (kept while a retry waits) or why the task ended in Error. "
         "Null when nothing failed, and always once Completed."
     )
+    rollout_id: int | None = Field(default=None, description="The rollout that made the task; null if none did.")
 
 
 class CommandCreate(TaskCreate):

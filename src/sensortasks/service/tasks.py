@@ -50,9 +50,10 @@ def checked_id(task_id: int, what: str = "task") -> int:
 
 
 @contextlib.contextmanager
-def _fields_named(bodies: Sequence[TaskCreate]) -> Iterator[None]:
-    """The store's unregistered sensors (`InvalidInput`) reworded for the request: its field (an
-    index into a bulk body) named, and how to fix it."""
+def unregistered_named(serials: Sequence[int], field: str) -> Iterator[None]:
+    """The store's unregistered sensors (`InvalidInput`) reworded for the request: the fields
+    holding them named (`field` formatted with the index into `serials`: ``tasks.{}.sensor_serial``,
+    ``sensors.{}``), and how to fix it."""
     try:
         yield
     except InvalidInput as exc:
@@ -60,16 +61,21 @@ def _fields_named(bodies: Sequence[TaskCreate]) -> Iterator[None]:
         if not missing:
             raise
         unregistered = set(missing)
-        at = [i for i, b in enumerate(bodies) if b.sensor_serial in unregistered]
-        fields = ["sensor_serial"] if len(bodies) == 1 else [f"tasks.{i}.sensor_serial" for i in at]
+        at = [i for i, serial in enumerate(serials) if serial in unregistered]
+        fields = [field.format(i) for i in at]
         details: dict[str, Any] = {"unregistered_serials": missing[:100]}
-        if len(bodies) > 1:
+        if len(serials) > 1:
             details = {"fields": fields[:100]} | details
         raise InvalidInput(
-            f"{fields[0]}: sensor {bodies[at[0]].sensor_serial} is not registered to you;"
-            " register it with POST /v1/sensors",
+            f"{fields[0]}: sensor {serials[at[0]]} is not registered to you; register it with POST /v1/sensors",
             details=details,
         ) from exc
+
+
+def _fields_named(bodies: Sequence[TaskCreate]) -> contextlib.AbstractContextManager[None]:
+    """`unregistered_named` for task bodies: ``sensor_serial`` for one, ``tasks.<index>.sensor_serial`` in bulk."""
+    field = "sensor_serial" if len(bodies) == 1 else "tasks.{}.sensor_serial"
+    return unregistered_named([b.sensor_serial for b in bodies], field)
 
 
 class TaskService:

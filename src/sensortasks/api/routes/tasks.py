@@ -79,6 +79,7 @@ def task_filter(
     created_until: TimeQuery = None,
     updated_since: TimeQuery = None,
     updated_until: TimeQuery = None,
+    rollout_id: Annotated[int | None, Query(gt=0, le=MAX_ID, description="Only the tasks this rollout made.")] = None,
 ) -> TaskFilter:
     return TaskFilter(
         customer_id=customer_id,
@@ -89,6 +90,7 @@ def task_filter(
         created_until=parse_time("created_until", created_until, until=True),
         updated_since=parse_time("updated_since", updated_since, until=False),
         updated_until=parse_time("updated_until", updated_until, until=True),
+        rollout_id=rollout_id,
     )
 
 
