@@ -112,7 +112,7 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
     await upgrade(settings.database_url)
     listening = _listen(settings.http_host, settings.http_port) if api else None
     store = build_store(settings)
-    service = Dispatcher(settings, store, dispatcher_link(settings)) if dispatcher else None
+    service = Dispatcher(settings, store, dispatcher_link(settings), rollouts=store) if dispatcher else None
     server = None
     accounts = build_accounts(settings)
     application = build_service(settings, store, service, accounts)

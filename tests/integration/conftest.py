@@ -224,7 +224,7 @@ async def make_service(broker: MosquittoBroker, database_url: str) -> AsyncItera
         settings = Settings(**(options | overrides))
         await upgrade(settings.database_url)
         store = build_store(settings)
-        dispatcher = Dispatcher(settings, store, dispatcher_link(settings))
+        dispatcher = Dispatcher(settings, store, dispatcher_link(settings), rollouts=store)
         app = create_app(build_service(settings, store, dispatcher))
         runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
         await asyncio.wait_for(dispatcher.link.connected.wait(), 10)

@@ -34,6 +34,7 @@ from sensortasks.protocol import (
     OpsStats,
     Presence,
     Rejection,
+    RolloutProgress,
     StatusReport,
     TaskMessage,
     Topics,
@@ -62,6 +63,7 @@ READ: dict[str, type[BaseModel]] = {
 PUBLISHED: dict[str, type[BaseModel]] = {
     "TaskMessage": TaskMessage, "CancelMessage": CancelMessage, "CommandReply": CommandReply, "OpsEvent": OpsEvent,
     "OpsStats": OpsStats, "DispatcherPresence": DispatcherPresence, "Rejection": Rejection, "Task": Task,
+    "RolloutProgress": RolloutProgress,
 }  # fmt: skip
 MODELS = READ | PUBLISHED
 #: Schemas that no model describes (MQTT 5 user properties), kept as written.
@@ -72,7 +74,7 @@ DESCRIBED_AHEAD = {
     "malformed, wrong_topic, unknown_task, wrong_sensor, retained_status, unauthorized, rate_limited, bad_property, "
     "response_topic_refused or internal_error.",
 }
-SAMPLES = {"serial": "12345678909789", "task_id": "16624171", "instance": "dispatcher-1"}
+SAMPLES = {"serial": "12345678909789", "task_id": "16624171", "instance": "dispatcher-1", "rollout_id": "7"}
 IGNORED_KEYS = ("description", "title", "examples")
 
 
@@ -212,7 +214,7 @@ def test_every_channel_is_a_topic_the_code_builds() -> None:
     built = {
         topics.tasks(serial), topics.status(serial), topics.presence(serial), topics.command("create"),
         topics.command("cancel"), topics.command("get"), topics.ops_event(serial, task_id), topics.ops_stats,
-        topics.ops_dispatcher(instance), topics.ops_rejected,
+        topics.ops_dispatcher(instance), topics.ops_rejected, topics.ops_rollout(int(SAMPLES["rollout_id"])),
     }  # fmt: skip
     documented = set()
     for channel in DOC["channels"].values():
@@ -236,13 +238,18 @@ def test_every_message_travels_on_a_channel() -> None:
     assert used == {f"#/components/messages/{name}" for name in MESSAGES}
 
 
-def test_only_presence_stats_and_dispatchers_are_retained() -> None:
+def test_only_presence_stats_dispatchers_and_rollouts_are_retained() -> None:
     retained = {
         DOC["channels"][op["channel"]["$ref"].rsplit("/", 1)[1]]["address"]
         for op in DOC["operations"].values()
         if op["bindings"]["mqtt"]["retain"]
     }
-    assert retained == {"sensors/{serial}/presence", "ops/stats", "ops/dispatchers/{instance}"}
+    assert retained == {
+        "sensors/{serial}/presence",
+        "ops/stats",
+        "ops/dispatchers/{instance}",
+        "ops/rollouts/{rollout_id}",
+    }
 
 
 def _default(function: Any, name: str) -> Any:

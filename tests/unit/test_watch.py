@@ -8,7 +8,7 @@ from rich.console import Console
 
 from sensortasks.domain import TaskStatus
 from sensortasks.ops.watch import STATUSES, Link, WatchState, render
-from sensortasks.protocol import DispatcherPresence, OpsEvent, OpsStats, Rejection, Topics
+from sensortasks.protocol import DispatcherPresence, OpsEvent, OpsStats, Rejection, RolloutProgress, Topics
 
 
 def test_state_folds_every_ops_topic_and_ignores_garbage() -> None:
@@ -96,3 +96,21 @@ def test_a_custom_ops_prefix_is_followed_and_the_default_one_ignored() -> None:
 def test_the_status_columns_are_every_status_in_lifecycle_order() -> None:
     assert sorted(STATUSES) == sorted(s.label for s in TaskStatus)
     assert STATUSES[:2] == (TaskStatus.PENDING.label, TaskStatus.ONGOING.label)
+
+
+def test_rollouts_show_their_last_copy_and_only_once_there_is_one() -> None:
+    state = WatchState()
+    assert "Rollouts" not in _text(state)
+    totals = {"targets": 10, "not_started": 4, "pending": 1, "ongoing": 2, "completed": 2, "error": 1, "cancelled": 0}
+    for state_name, done in (("running", 1), ("aborted", 2)):
+        copy = RolloutProgress(
+            rollout_id=7, name="fw 2.5", state=state_name, totals=totals | {"completed": done},
+            rate_per_minute=30.0, reason=None, at="2026-12-02 10:00:00",
+        )  # fmt: skip
+        state.apply("ops/rollouts/7", copy.to_json())
+    state.apply("ops/rollouts/8", b'{"rollout_id": "x"}')  # not ours: ignored
+    assert list(state.rollouts) == [7]
+    text = _text(state)
+    for expected in ("Rollouts", "fw 2.5", "aborted", "2 / 10", "30.0"):
+        assert expected in text
+    assert "running" not in text

@@ -25,9 +25,8 @@ Task statuses: 1 Pending, 2 Completed, 3 Error, 4 Ongoing, 5 Cancelled."""
 
 
 def rollout_wake(dispatcher: Dispatcher | None) -> Callable[[], None] | None:
-    """What a rollout's change wakes in the in-process dispatcher: the outbox (a cancel's task
-    cancels go to the sensors). HOOK: add the pacing's `dispatcher.notify_rollouts()` here."""
-    return None if dispatcher is None else dispatcher.notify_outbox
+    """What a rollout's change wakes in the in-process dispatcher: its pacing and its outbox."""
+    return None if dispatcher is None else dispatcher.notify_rollouts
 
 
 def create_app(service: TaskService) -> FastAPI:

@@ -25,12 +25,17 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from sensortasks.dispatcher.link import Incoming
-from sensortasks.protocol import MAX_PAYLOAD_BYTES, Presence, StatusReport, Topics
+from sensortasks.ops.metrics import Counters
+from sensortasks.protocol import MAX_PAYLOAD_BYTES, Presence, Rejection, StatusReport, Topics
 from sensortasks.protocol.messages import RejectCode
 from sensortasks.protocol.properties import properties_problem
 from sensortasks.store import IncomingReport
 
 log = logging.getLogger(__name__)
+
+REJECTED_COPY_CHARS = 256
+#: Topics are quoted this far in logs and on ``ops/rejected`` (a hostile one may be 64 KiB).
+QUOTED_TOPIC_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,15 @@ class Intake:
     refused: list[Refused] = field(default_factory=list)
     #: Status topics that hold a retained message, to be cleared.
     clear: list[str] = field(default_factory=list)
+
+
+def rejection(refused: Refused, topic: str, at: str, counters: Counters) -> tuple[str, bytes]:
+    """The ``ops/rejected`` message (on `topic`) for a refused message, counted and logged."""
+    counters.rejected[refused.code] += 1
+    quoted = refused.topic[:QUOTED_TOPIC_CHARS]
+    log.info("rejected message on %s (%s): %s", quoted, refused.code, refused.reason)
+    copy = refused.payload[:REJECTED_COPY_CHARS].decode("utf-8", errors="replace")
+    return topic, Rejection(topic=quoted, reason=refused.reason, payload=copy, at=at, code=refused.code).to_json()
 
 
 def summary(exc: ValidationError) -> str:

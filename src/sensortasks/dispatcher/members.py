@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,6 +40,34 @@ log = logging.getLogger(__name__)
 
 #: What a database action can raise that retrying (later) may fix.
 STORE_ERRORS = (SQLAlchemyError, StaleBatch, Unavailable, OSError)
+#: Back off after a database failure, doubling up to the maximum.
+DB_RETRY_S = 0.1
+DB_RETRY_MAX_S = 5.0
+_R = TypeVar("_R")
+
+
+class Retrying:
+    """Runs a database action until it succeeds: a locked or unreachable database slows the
+    dispatcher down instead of crashing it or dropping work. Not only the failures that mean
+    `Unavailable` (a 503 over REST): the dispatcher has nobody to answer, and dropping the work
+    loses it."""
+
+    def __init__(self, counters: Counters, clock: Clock) -> None:
+        self.counters = counters
+        self.clock = clock
+
+    async def __call__(self, what: str, action: Callable[..., Awaitable[_R]], *args: Any, **kwargs: Any) -> _R:  # noqa: ANN401
+        delay = DB_RETRY_S
+        while True:
+            try:
+                return await action(*args, **kwargs)
+            except STORE_ERRORS as exc:
+                self.counters.db_retries += 1
+                log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, DB_RETRY_MAX_S)
+
+
 #: How late, past 1.5 keepalives (MQTT 5, 3.1.2.10), a broker may drop a connection that fell
 #: silent and then expire its session: Mosquitto 2.0 checks keepalives every 6 s and session
 #: expiries every second (its src/keepalive.c and src/session_expiry.c; measured here: a client

@@ -4,7 +4,8 @@ Side tasks, each named and watched by one TaskGroup (one crashing stops the serv
 loudly): the MQTT link, ``consume`` (status and presence batches), ``dispatch``
 (claims the next attempt of sensors that may move on), ``timers`` (acknowledgement
 and run timeouts), ``outbox`` (ops events and cancel messages committed with their
-transitions), ``stats``, ``members`` (heartbeat and lead, `dispatcher.members`) and
+transitions), ``rollouts`` (their pacing, `dispatcher.rollouts`), ``stats``, ``members``
+(heartbeat and lead, `dispatcher.members`) and
 ``wakeups`` (other instances' writes, `store.notify`). The database, not memory, says what
 to send: the in-memory set of "dirty" sensors only makes things faster, and a periodic sweep
 catches everything else (a wake-up lost, back offs that ran out).
@@ -26,18 +27,18 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
 
 from sensortasks.config import Settings
 from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock
-from sensortasks.dispatcher.intake import Refused, isolate, sort_batch
+from sensortasks.dispatcher.intake import QUOTED_TOPIC_CHARS, Refused, isolate, rejection, sort_batch
 from sensortasks.dispatcher.link import Incoming, Link
-from sensortasks.dispatcher.members import STORE_ERRORS, Membership
+from sensortasks.dispatcher.members import Membership, Retrying
+from sensortasks.dispatcher.rollouts import RolloutPacer, RolloutStore
 from sensortasks.dispatcher.stats import StatsPublisher, account, event_json, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import ConfigError, SensortasksError, Unavailable
 from sensortasks.ops.metrics import Counters, Metrics
-from sensortasks.protocol import CancelMessage, DispatcherPresence, Rejection, TaskMessage
+from sensortasks.protocol import CancelMessage, DispatcherPresence, TaskMessage
 from sensortasks.store import Dispatch, Transition, format_time
 from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
 from sensortasks.store.notify import Wake
@@ -55,15 +56,7 @@ OUTBOX_COALESCE_S = 0.05
 MAX_BATCH = 1000
 #: How long a stop waits for the batch being handled to commit and be acknowledged.
 STOP_GRACE_S = 10.0
-#: Back off after a database failure, doubling up to the maximum.
-DB_RETRY_S = 0.1
-DB_RETRY_MAX_S = 5.0
-REJECTED_COPY_CHARS = 256
-#: Topics are quoted this far in logs and on ``ops/rejected`` (a hostile one may be 64 KiB).
-QUOTED_TOPIC_CHARS = 256
 IDLE_POLL_S = 0.2
-
-_R = TypeVar("_R")
 
 
 class Dispatcher:
@@ -78,6 +71,7 @@ class Dispatcher:
         *,
         clock: Clock = SYSTEM_CLOCK,
         metrics: Metrics | None = None,
+        rollouts: RolloutStore | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -85,6 +79,7 @@ class Dispatcher:
         self.topics = settings.topics
         self.clock = clock
         self.counters = Counters()
+        self._retrying = Retrying(self.counters, clock)
         self.instance = settings.instance
         self.link = link
         self.members = Membership(
@@ -100,6 +95,11 @@ class Dispatcher:
         )
         self.stats = StatsPublisher(
             self.instance, self.topics.ops_stats, settings.stats_interval_s, store, link, self.members, clock
+        )
+        self.rollouts = (
+            RolloutPacer(rollouts, link, self.members, clock, self.topics, on_started=self._rollout_started)
+            if rollouts
+            else None
         )
         self._dirty: set[int] = set()
         self._sweep = True
@@ -140,8 +140,19 @@ class Dispatcher:
         """New transitions were committed (e.g. a cancel through the API): publish them soon."""
         self._outbox_wake.set()
 
+    def notify_rollouts(self) -> None:
+        """A rollout was created, paused, resumed or cancelled: pace it now, and publish the
+        events of the tasks a cancel cancelled."""
+        self._outbox_wake.set()
+        if self.rollouts is not None:
+            self.rollouts.poke()
+
     def stop(self) -> None:
         self._stop.set()
+
+    def _rollout_started(self, serials: Iterable[int]) -> None:
+        self.kick(serials)
+        self._outbox_wake.set()  # their "created" events
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Run until `stop()` (or, with `until_idle`, until no task is Pending or Ongoing)."""
@@ -161,6 +172,8 @@ class Dispatcher:
                     ("wakeups", self.store.listen(self._on_wake)),
                 )
             ]
+            if self.rollouts is not None:
+                workers.append(group.create_task(self.rollouts.run(), name="rollouts"))
             if until_idle:
                 workers.append(group.create_task(self._stop_when_idle(), name="idle"))
             log.info("dispatcher %s started", self.instance, extra={"instance": self.instance, "action": "started"})
@@ -234,21 +247,6 @@ class Dispatcher:
             self.kick(wake.serials)
         self._outbox_wake.set()
 
-    async def _retrying(self, what: str, action: Callable[..., Awaitable[_R]], *args: Any, **kwargs: Any) -> _R:  # noqa: ANN401
-        """Run a database action until it succeeds: a locked or unreachable database slows
-        the dispatcher down instead of crashing it or dropping work."""
-        delay = DB_RETRY_S
-        while True:
-            try:
-                return await action(*args, **kwargs)
-            except STORE_ERRORS as exc:
-                # Not only the failures that mean `Unavailable` (store.engine.unavailable: a 503
-                # over REST): the dispatcher has nobody to answer, and dropping the work loses it.
-                self.counters.db_retries += 1
-                log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, delay)
-            await self.clock.sleep(delay)
-            delay = min(delay * 2, DB_RETRY_MAX_S)
-
     def _after(
         self, transitions: Sequence[Transition], wake: Iterable[int], retries: Iterable[tuple[int, float]]
     ) -> None:
@@ -257,6 +255,8 @@ class Dispatcher:
         account(self.counters.transitions_by, transitions)
         if transitions:
             self._outbox_wake.set()
+        if any(t.rollout_id is not None and t.target.terminal for t in transitions):
+            self.notify_rollouts()  # a slot is free, or the abort threshold may be crossed
         self.kick(wake)
         for serial, delay in retries:
             self.clock.call_later(delay, self.kick, (serial,))
@@ -282,15 +282,7 @@ class Dispatcher:
     async def reject(self, rejections: Sequence[Refused]) -> None:
         """Count, log and publish refused messages on ``ops/rejected`` with a truncated copy."""
         at = format_time(self.clock.now()) or ""
-        messages = []
-        for refused in rejections:
-            self.counters.rejected[refused.code] += 1
-            topic = refused.topic[:QUOTED_TOPIC_CHARS]
-            log.info("rejected message on %s (%s): %s", topic, refused.code, refused.reason)
-            copy = refused.payload[:REJECTED_COPY_CHARS].decode("utf-8", errors="replace")
-            rejection = Rejection(topic=topic, reason=refused.reason, payload=copy, at=at, code=refused.code)
-            messages.append((self.topics.ops_rejected, rejection.to_json()))
-        await self.link.publish_many(messages)
+        await self.link.publish_many([rejection(r, self.topics.ops_rejected, at, self.counters) for r in rejections])
 
     # -- consume -----------------------------------------------------------
     async def _consume(self) -> None:

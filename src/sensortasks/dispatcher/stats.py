@@ -125,5 +125,6 @@ def event_json(t: Transition) -> bytes:
             "attempt": t.attempt,
             "reason": t.reason,
             "at": format_time(t.at) or "",
+            "rollout_id": t.rollout_id,
         }
     ).to_json()

@@ -81,6 +81,8 @@ class WatchState:
     dispatchers: dict[str, bool] = field(default_factory=dict)
     transitions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
     rejections: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
+    #: The last ``ops/rollouts/{id}`` copy of each rollout (the newest `RECENT` kept).
+    rollouts: dict[int, dict[str, Any]] = field(default_factory=dict)
     messages: int = 0
 
     def apply(self, topic: str, payload: bytes) -> None:
@@ -101,6 +103,11 @@ class WatchState:
                 self.rejections.appendleft(data)
             case OpsTopic(kind="dispatcher", instance=str(instance)) if isinstance(data.get("online"), bool):
                 self.dispatchers[instance] = data["online"]
+            case OpsTopic(kind="rollout") if isinstance(data.get("rollout_id"), int):
+                self.rollouts.pop(data["rollout_id"], None)
+                self.rollouts[data["rollout_id"]] = data
+                while len(self.rollouts) > RECENT:
+                    del self.rollouts[next(iter(self.rollouts))]
 
     def _stats(self, data: dict[str, Any]) -> None:
         tasks = data.get("tasks")
@@ -159,10 +166,23 @@ def render(state: WatchState, *, now: float | None = None) -> RenderableType:
             t.get("reason"),
         )
         transitions.add_row(*("" if v is None else escape(str(v)) for v in row))
+    rollouts = _table("Rollouts", "id", "name", "state", "done / targets", "error", "in flight", "rate/min")
+    for rollout_id, r in sorted(state.rollouts.items(), reverse=True):
+        totals: dict[str, Any] = r["totals"] if isinstance(r.get("totals"), dict) else {}
+        in_flight = _count(totals, "pending") + _count(totals, "ongoing")
+        done = f"{_count(totals, 'completed')} / {_count(totals, 'targets')}"
+        cells = (rollout_id, r.get("name"), r.get("state"), done, _count(totals, "error"), in_flight)
+        rollouts.add_row(*(escape(str(v)) for v in (*cells, r.get("rate_per_minute") or "-")))
     rejections = _table("Recent rejections", "at", "topic", "reason")
     for r in state.rejections:
         rejections.add_row(*(escape(str(r.get(k, ""))) for k in ("at", "topic", "reason")))
-    return Group(Panel(summary, title="sensortasks"), counts, dispatchers, transitions, rejections)
+    parts = (counts, dispatchers, *((rollouts,) if state.rollouts else ()), transitions, rejections)
+    return Group(Panel(summary, title="sensortasks"), *parts)
+
+
+def _count(totals: dict[str, Any], key: str) -> int:
+    value = totals.get(key)
+    return value if isinstance(value, int) else 0
 
 
 async def watch(

@@ -175,6 +175,8 @@ class OpsEvent(_Message):
     attempt: int
     reason: str | None
     at: str
+    #: The rollout that made the task (optional: null for other tasks and from older dispatchers).
+    rollout_id: int | None = None
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
@@ -208,6 +210,23 @@ class OpsStats(_Message):
     interval_s: float | None = None
     #: The live dispatcher instances the sums are over (optional: older publishers were alone).
     instances: list[str] | None = None
+
+
+class RolloutProgress(_Message):
+    """Retained on `ops/rollouts/{id}` by the leading dispatcher instance whenever the rollout's
+    state or totals change (totals at most once a second per rollout; a state change at once)."""
+
+    rollout_id: int
+    name: str
+    #: scheduled, running, paused, completed, aborted or cancelled.
+    state: str
+    #: targets, not_started, pending, ongoing, completed, error, cancelled.
+    totals: dict[str, int]
+    #: Starts per minute now (after increases); None when unpaced.
+    rate_per_minute: float | None
+    #: Why it aborted or was cancelled.
+    reason: str | None
+    at: str
 
 
 class Rejection(_Message):

@@ -30,7 +30,7 @@ class SensorTopic:
 class OpsTopic:
     """A parsed ``ops/...`` topic: what it carries, and the dispatcher instance it names."""
 
-    kind: Literal["stats", "event", "rejected", "dispatcher"]
+    kind: Literal["stats", "event", "rejected", "dispatcher", "rollout"]
     instance: str | None = None
 
 
@@ -123,6 +123,9 @@ class Topics:
     def ops_rejected(self) -> str:
         return f"{self.ops}/rejected"
 
+    def ops_rollout(self, rollout_id: int) -> str:
+        return f"{self.ops}/rollouts/{rollout_id}"
+
     @property
     def ops_all(self) -> str:
         return f"{self.ops}/#"
@@ -141,4 +144,6 @@ class Topics:
                 return OpsTopic("event")
             case ["dispatchers", instance]:
                 return OpsTopic("dispatcher", instance)
+            case ["rollouts", _]:
+                return OpsTopic("rollout")
         return None

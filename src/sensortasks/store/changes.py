@@ -68,7 +68,9 @@ def created_event(task_id: int, now: datetime) -> dict[str, Any]:
     return event_row(task_id, now, "transition", 0, "created", to_status=TaskStatus.PENDING, published=False)
 
 
-def transition_of(event: Mapping[Any, Any], sensor_serial: int, task_type: str) -> Transition:
+def transition_of(
+    event: Mapping[Any, Any], sensor_serial: int, task_type: str, rollout_id: int | None = None
+) -> Transition:
     """A stored transition event as the outbox publishes it."""
     source = event["from_status"]
     return Transition(
@@ -80,6 +82,7 @@ def transition_of(event: Mapping[Any, Any], sensor_serial: int, task_type: str) 
         event["attempt"],
         event["reason"],
         event["at"],
+        rollout_id,
     )
 
 
@@ -232,5 +235,15 @@ class Changes:
         attempt = row["attempt_count"]
         self.event(work, "transition", attempt, step.reason, from_status=step.source, to_status=target, published=False)
         self.transitions.append(
-            Transition(work.id, row["sensor_serial"], row["type"], step.source, target, attempt, step.reason, now)
+            Transition(
+                work.id,
+                row["sensor_serial"],
+                row["type"],
+                step.source,
+                target,
+                attempt,
+                step.reason,
+                now,
+                row.get("rollout_id"),
+            )
         )

@@ -25,7 +25,11 @@ from sensortasks.store.tables import UNPUBLISHED_CHANGE_SQL, UNPUBLISHED_CREATIO
 def _lane(where: Any, limit: int, *, newest_first: bool = False) -> Any:  # noqa: ANN401
     order = E.c.id.desc() if newest_first else E.c.id
     return (
-        select(E, T.c.sensor_serial, T.c.type).join(T, T.c.id == E.c.task_id).where(where).order_by(order).limit(limit)
+        select(E, T.c.sensor_serial, T.c.type, T.c.rollout_id)
+        .join(T, T.c.id == E.c.task_id)
+        .where(where)
+        .order_by(order)
+        .limit(limit)
     )
 
 
@@ -48,7 +52,7 @@ class Outbox(StoreBase):
                 if created:  # their changes held back above go right after them
                     of_created = E.c.task_id.in_([r.task_id for r in created])
                     rows += (await conn.execute(_lane(UNPUBLISHED_CHANGE_SQL, limit).where(of_created))).all()
-        return [(r.id, transition_of(r._mapping, r.sensor_serial, r.type)) for r in rows]
+        return [(r.id, transition_of(r._mapping, r.sensor_serial, r.type, r.rollout_id)) for r in rows]
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:
         async with self._write() as conn:

@@ -95,6 +95,8 @@ class Transition:
     attempt: int
     reason: str | None
     at: datetime
+    #: The rollout that made the task, if one did.
+    rollout_id: int | None = None
 
     @property
     def tells_sensor(self) -> bool:
@@ -221,6 +223,8 @@ class RolloutInfo:
     finished_at: datetime | None
     #: The current rate (after increases); None when unpaced.
     rate_per_minute: float | None
+    #: The earliest moment the pacing starts its next task (None: at once, or not paced).
+    next_start_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from sensortasks.errors import Conflict, NotFound
 from sensortasks.store.base import ACTIVE, S, StoreBase, T, owned
 from sensortasks.store.changes import Changes
 from sensortasks.store.records import SensorInfo
+from sensortasks.store.rollouts import join_continuous
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ class SensorQueries(StoreBase):
             elif created or labels is not None:
                 registration = {"customer_id": customer_id, "registered_at": now} if created else {}
                 await conn.execute(update(S).where(S.c.serial == serial).values(labels=stored, **registration))
-            await self._labels_set(conn, serial, customer_id=customer_id, labels=stored, now=now)
+            await join_continuous(conn, serial, customer_id=customer_id, labels=stored, now=now)
         return created
 
     async def set_labels(
@@ -80,15 +81,8 @@ class SensorQueries(StoreBase):
                 raise NotFound(f"sensor {serial} not found")
             merged = label_rules.merge(row.labels, labels_patch)
             await conn.execute(update(S).where(S.c.serial == serial).values(labels=merged))
-            await self._labels_set(conn, serial, customer_id=customer_id, labels=merged, now=now)
+            await join_continuous(conn, serial, customer_id=customer_id, labels=merged, now=now)
         return merged
-
-    async def _labels_set(
-        self, conn: AsyncConnection, serial: int, *, customer_id: int | None, labels: Mapping[str, str], now: datetime
-    ) -> None:
-        """Where a registration or a relabelling is about to commit, in its transaction: what
-        follows from the sensor's labels goes here (a sensor that comes to match a continuous
-        rollout's selector joins it), so that it holds exactly when the labels do."""
 
     async def list_sensors(
         self, *, customer_id: int | None, labels: Mapping[str, str], after_serial: int | None, limit: int

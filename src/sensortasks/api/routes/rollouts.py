@@ -11,10 +11,10 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
 from sensortasks.api import examples
 from sensortasks.api.deps import CustomerId
+from sensortasks.api.params import decode_cursor, encode_cursor
 from sensortasks.api.responses import V1, error, errors, ok
 from sensortasks.api.rollout_examples import ROLLOUT, ROLLOUT_CANCELLED, ROLLOUT_CREATED, ROLLOUT_LIST
 from sensortasks.api.rollout_models import RolloutCancel, RolloutCreate, RolloutPublic, RolloutsPublic
-from sensortasks.api.routes.tasks import decode_cursor, encode_cursor
 from sensortasks.domain.rollout import RolloutState
 from sensortasks.service.rollouts import RolloutService
 
