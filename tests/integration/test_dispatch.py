@@ -14,7 +14,7 @@ SERIAL = 12345678909789
 SEED_KEYS = [
     "id", "sensor_serial", "type", "status_id", "attempt_count", "created_at", "updated_at", "file_id", "status_name",
 ]  # fmt: skip
-EXTENSIONS = ["max_attempts", "timeout_s", "progress", "started_at", "completed_at", "error"]
+EXTENSIONS = ["max_attempts", "timeout_s", "progress", "started_at", "completed_at", "error", "rollout_id"]
 TIMESTAMP = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
 
 

@@ -14,7 +14,7 @@ from sensortasks.store import utcnow
 from sensortasks.store.base import S
 from sensortasks.store.keys import KeyStore
 
-from .conftest import FILE_ID, Service, ServiceFactory
+from .conftest import FILE_ID, Service, ServiceFactory, eventually
 from .test_api import error
 from .test_api_examples import shape
 
@@ -179,8 +179,12 @@ async def test_cancel_with_its_tasks_in_flight(make_service: ServiceFactory) -> 
     service = await make_service()
     await register(service, [SERIAL, SERIAL + 1])
     rollout = await create(service, sensors=[SERIAL, SERIAL + 1])
-    started = await service.store.advance_rollouts(now=utcnow())
-    assert len(started.started) == 2
+    await service.store.advance_rollouts(now=utcnow())  # the dispatcher's pacing may have run first
+
+    async def both_started() -> bool:
+        return (await service.store.get_rollout(rollout["id"])).totals.pending == 2
+
+    await eventually(both_started, what="both tasks to start")
     cancelled = (await service.api.post(f"/v1/rollouts/{rollout['id']}/cancel", json={"in_flight": "cancel"})).json()
     assert cancelled["totals"] | {"targets": 0} == {"targets": 0, "not_started": 0, "pending": 0, "ongoing": 0,
                                                     "completed": 0, "error": 0, "cancelled": 2}  # fmt: skip
