@@ -13,7 +13,7 @@ import contextlib
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,10 +83,17 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def running_cluster(
-    broker: MosquittoBroker, tmp_path: Path, database_url: str, env: Mapping[str, Mapping[str, str]] | None = None
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    database_url: str,
+    env: Mapping[str, Mapping[str, str]] | None = None,
+    *,
+    serials: Sequence[int] = SERIALS,
+    work_s: float = WORK_S,
 ) -> AsyncIterator[Cluster]:
-    """`INSTANCES` started together on `database_url`, and the fleet, every sensor seen online;
-    `env` adds to (or overrides) the environment of the instances it names."""
+    """`INSTANCES` started together on `database_url`, and the fleet of `serials` (each task
+    taking `work_s`), every sensor seen online; `env` adds to (or overrides) the environment of
+    the instances it names."""
     instances = {}
     for name in INSTANCES:
         (tmp_path / name).mkdir()
@@ -97,7 +104,7 @@ async def running_cluster(
         await asyncio.gather(*(asyncio.to_thread(p.start) for p in instances.values()))
         apis = {name: httpx.AsyncClient(base_url=p.url, timeout=10) for name, p in instances.items()}
         try:
-            with PahoFleet(broker.host, broker.port, SERIALS, work_s=WORK_S).running() as fleet:
+            with PahoFleet(broker.host, broker.port, serials, work_s=work_s).running() as fleet:
                 cluster = Cluster(instances, apis, fleet)
                 await seen_online(cluster)
                 yield cluster
@@ -115,10 +122,25 @@ async def seen_online(cluster: Cluster) -> None:
 
     async def all_online() -> bool:
         api = cluster.api()
-        answers = await asyncio.gather(*(api.get(f"/v1/sensors/{serial}") for serial in SERIALS))
+        answers = await asyncio.gather(*(api.get(f"/v1/sensors/{serial}") for serial in cluster.fleet.sensors))
         return all(a.status_code == 200 and a.json()["online"] for a in answers)
 
     await eventually(all_online, timeout=30, what="every sensor to be seen online")
+
+
+async def leader(cluster: Cluster, *, timeout: float) -> str:
+    """The live instance that leads, once exactly one says so (``sensortasks_leader`` in its
+    /metrics): after a leader died, only when its lease has run out and another took it."""
+    leading: list[str] = []
+
+    async def one_leads() -> bool:
+        live = cluster.live()
+        answers = await asyncio.gather(*(cluster.apis[name].get("/metrics") for name in live))
+        leading[:] = [name for name, a in zip(live, answers, strict=True) if "sensortasks_leader 1.0" in a.text]
+        return len(leading) == 1
+
+    await eventually(one_leads, timeout=timeout, what="exactly one live instance to lead")
+    return leading[0]
 
 
 def task_body(serial: int) -> dict[str, Any]:

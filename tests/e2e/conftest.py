@@ -81,10 +81,10 @@ class ServeProcess:
             self.process.wait()
 
 
-async def all_tasks(api: httpx.AsyncClient) -> dict[int, dict[str, Any]]:
-    """Every task the API lists, by id (all pages)."""
+async def all_tasks(api: httpx.AsyncClient, **filters: Any) -> dict[int, dict[str, Any]]:
+    """Every task the API lists (with `filters` as query parameters: ``rollout_id=3``), by id (all pages)."""
     tasks: dict[int, dict[str, Any]] = {}
-    params: dict[str, Any] = {"limit": 1000}
+    params: dict[str, Any] = {"limit": 1000, **filters}
     while True:
         page = (await api.get("/v1/tasks", params=params)).json()
         tasks |= {t["id"]: t for t in page["data"]}

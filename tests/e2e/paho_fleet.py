@@ -211,6 +211,25 @@ class PahoFleet:
         """How many distinct tasks the fleet has reported completed."""
         return sum(len(s.completed_at) for s in self.sensors.values())
 
+    def most_held_at_once(self, task_ids: Iterable[int]) -> int:
+        """The most of `task_ids` the fleet held at one moment: a task is held from its first
+        arrival at its sensor to its sensor's ``completed`` (or to now, if it has none)."""
+        wanted = set(task_ids)
+        changes = []  # (time, +1 arrived | -1 completed); a completion sorts before an arrival at the same time
+        for sensor in self.sensors.values():
+            first: dict[int, float] = {}
+            for r in sensor.task_messages():
+                first.setdefault(r.message["task_id"], r.at)
+            for task_id in wanted & first.keys():
+                changes.append((first[task_id], 1))
+                if task_id in sensor.completed_at:
+                    changes.append((sensor.completed_at[task_id], -1))
+        held = most = 0
+        for _, change in sorted(changes):
+            held += change
+            most = max(most, held)
+        return most
+
     def violations(self) -> list[str]:
         return [v for s in self.sensors.values() for v in s.violations]
 
