@@ -141,7 +141,6 @@ async def test_an_abort_stops_the_starts_and_nothing_is_sent_after_it(make_servi
         service, created["id"], lambda r: r["totals"]["pending"] + r["totals"]["ongoing"] == 0, "what was sent to end"
     )
 
-
     assert "above the abort threshold of 50 %" in aborted["reason"]
     assert aborted["totals"]["not_started"] > 0
     tasks, _ = await service.store.list_tasks(TaskFilter(rollout_id=created["id"]), limit=100)
