@@ -13,11 +13,11 @@ rolls the whole batch back (`StaleBatch`) to be retried on fresh rows.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import RetryPolicy, TaskStatus
@@ -70,9 +70,20 @@ def chunks(items: Sequence[int], size: int = IN_CHUNK) -> Iterable[Sequence[int]
         yield items[start : start + size]
 
 
-def owned(query: Select[Any], customer_id: int | None) -> Select[Any]:
-    """Only the customer's tasks (every task when there are no customers)."""
-    return query if customer_id is None else query.where(T.c.customer_id == customer_id)
+def owned(query: Select[Any], customer_id: int | None, table: Table = T) -> Select[Any]:
+    """Only the customer's tasks, or rows of `table` (every row when there are no customers)."""
+    return query if customer_id is None else query.where(table.c.customer_id == customer_id)
+
+
+def registered_to(customer_id: int | None) -> ColumnElement[bool]:
+    """Sensors registered to the customer (with no customers: registered, to nobody)."""
+    owner = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
+    return and_(S.c.registered_at.is_not(None), owner)
+
+
+def labelled(labels: Mapping[str, str]) -> list[ColumnElement[bool]]:
+    """Sensors carrying every label (JSON element access: the same SQL shape on both databases)."""
+    return [S.c.labels[key].as_string() == value for key, value in labels.items()]
 
 
 class StoreBase:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,7 +25,7 @@ from sensortasks.domain import TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.domain.rollout import Abort, Rate, RolloutState, Rules, Schedule, Step, Totals, step
 from sensortasks.errors import Conflict, InvalidInput, NotFound
-from sensortasks.store.base import ACTIVE, S, StoreBase, T
+from sensortasks.store.base import ACTIVE, S, StoreBase, T, labelled, owned, registered_to
 from sensortasks.store.changes import Changes, Work
 from sensortasks.store.records import NewRollout, NewTask, RolloutAdvance, RolloutInfo
 from sensortasks.store.tables import (
@@ -60,22 +60,6 @@ CANCELLED_REASON = "cancelled by the customer"
 _DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 
 
-def _rollouts_of(query: Select[Any], customer_id: int | None) -> Select[Any]:
-    """Only the customer's rollouts (every rollout when there are no customers)."""
-    return query if customer_id is None else query.where(R.c.customer_id == customer_id)
-
-
-def _registered_to(customer_id: int | None) -> ColumnElement[bool]:
-    """Sensors registered to the customer (with no customers: registered at all)."""
-    owner: ColumnElement[bool] = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
-    return and_(owner, S.c.registered_at.is_not(None))
-
-
-def _labelled(labels: Mapping[str, str]) -> list[ColumnElement[bool]]:
-    """Sensors carrying every label (JSON element access: the same SQL shape on both databases)."""
-    return [S.c.labels[key].as_string() == value for key, value in labels.items()]
-
-
 def _insert_ignoring(conn: AsyncConnection) -> postgresql.Insert | sqlite.Insert:
     """An INSERT of targets that skips those already there (``ON CONFLICT DO NOTHING``)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -94,7 +78,7 @@ async def _add_selected(
 ) -> None:
     """Every registered sensor of the customer carrying `labels`, with one ``INSERT ... SELECT``."""
     chosen = select(literal(rollout_id, RT.c.rollout_id.type), S.c.serial, literal(now, RT.c.added_at.type)).where(
-        _registered_to(customer_id), *_labelled(labels)
+        registered_to(customer_id), *labelled(labels)
     )
     stmt = _insert_ignoring(conn).from_select(["rollout_id", "sensor_serial", "added_at"], chosen)
     await conn.execute(stmt)
@@ -231,7 +215,7 @@ class RolloutQueries(StoreBase):
     async def get_rollout(self, rollout_id: int, *, customer_id: int | None = None) -> RolloutInfo:
         """The rollout with its totals; `NotFound` if there is none, or it is another customer's."""
         async with self._read() as conn:
-            row = (await conn.execute(_rollouts_of(select(R).where(R.c.id == rollout_id), customer_id))).first()
+            row = (await conn.execute(owned(select(R).where(R.c.id == rollout_id), customer_id, R))).first()
             if row is None:
                 raise NotFound(f"rollout {rollout_id} not found")
             return (await _infos(conn, [row._mapping]))[0]
@@ -245,7 +229,7 @@ class RolloutQueries(StoreBase):
         limit: int = 100,
     ) -> tuple[list[RolloutInfo], bool]:
         """Newest first; `before_id` is the keyset cursor. Returns the page and whether more follow."""
-        query = _rollouts_of(select(R), customer_id)
+        query = owned(select(R), customer_id, R)
         if state is not None:
             query = query.where(R.c.state == str(state))
         if before_id is not None:
@@ -273,7 +257,7 @@ class RolloutQueries(StoreBase):
         `Conflict`; another customer's rollout is `NotFound`."""
         changes = Changes(now)
         async with self._write() as conn:
-            query = self._locked(_rollouts_of(select(R).where(R.c.id == rollout_id), customer_id))
+            query = self._locked(owned(select(R).where(R.c.id == rollout_id), customer_id, R))
             found = (await conn.execute(query)).first()
             if found is None:
                 raise NotFound(f"rollout {rollout_id} not found")

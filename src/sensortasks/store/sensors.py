@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,7 +15,7 @@ from sensortasks import labels as label_rules
 from sensortasks.domain import TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.errors import Conflict, NotFound
-from sensortasks.store.base import ACTIVE, S, StoreBase, T, owned
+from sensortasks.store.base import ACTIVE, S, StoreBase, T, labelled, owned, registered_to
 from sensortasks.store.changes import Changes
 from sensortasks.store.records import SensorInfo
 from sensortasks.store.rollouts import join_continuous
@@ -30,12 +30,6 @@ class ListedSensor:
     last_seen: datetime | None
     registered_at: datetime
     labels: dict[str, str] = field(default_factory=dict)
-
-
-def _owner(customer_id: int | None) -> ColumnElement[bool]:
-    """The customer's registered sensors (with no customers, the registered ones nobody owns)."""
-    owner = S.c.customer_id.is_(None) if customer_id is None else S.c.customer_id == customer_id
-    return and_(S.c.registered_at.is_not(None), owner)
 
 
 async def _add_missing(conn: AsyncConnection, serials: Sequence[int]) -> None:
@@ -75,7 +69,7 @@ class SensorQueries(StoreBase):
         Another customer's or an unregistered sensor is a NotFound; too many labels after the
         patch an InvalidInput, with nothing changed."""
         async with self._write() as conn:
-            found = select(S.c.labels).where(S.c.serial == serial, _owner(customer_id))
+            found = select(S.c.labels).where(S.c.serial == serial, registered_to(customer_id))
             row = (await conn.execute(self._locked(found))).first()
             if row is None:
                 raise NotFound(f"sensor {serial} not found")
@@ -89,9 +83,8 @@ class SensorQueries(StoreBase):
     ) -> tuple[list[ListedSensor], bool]:
         """The customer's registered sensors carrying every pair of `labels`, by serial ascending
         after `after_serial` (the keyset cursor), and whether more follow."""
-        query = select(S).where(_owner(customer_id))
-        for key, value in labels.items():
-            query = query.where(S.c.labels[key].as_string() == value)
+        query = select(S).where(registered_to(customer_id))
+        query = query.where(*labelled(labels))
         if after_serial is not None:
             query = query.where(S.c.serial > after_serial)
         async with self._read() as conn:
@@ -111,7 +104,7 @@ class SensorQueries(StoreBase):
         async with self._write() as conn:
             released = await conn.execute(
                 update(S)
-                .where(S.c.serial == serial, _owner(customer_id))
+                .where(S.c.serial == serial, registered_to(customer_id))
                 .values(customer_id=None, registered_at=None, labels={})
             )
             if released.rowcount == 0:
