@@ -31,6 +31,7 @@ from sensortasks.api.params import FORMATS_HELP, parse_time
 from sensortasks.api.rollout_examples import ROLLOUT, ROLLOUT_CANCEL, ROLLOUT_CREATE, ROLLOUT_CREATED, ROLLOUT_LIST
 from sensortasks.domain.rollout import DAYS, RolloutState, clock_seconds
 from sensortasks.errors import InvalidInput
+from sensortasks.labels import KEY_PATTERN, KEY_RULE, MAX_KEY, MAX_VALUE, VALUE_PATTERN, VALUE_RULE
 from sensortasks.protocol.commands import SERIAL_EXAMPLE, Serial, TaskType, TaskTypeField, Timestamp
 from sensortasks.protocol.commands import time_field as _time
 from sensortasks.store import format_time
@@ -100,12 +101,9 @@ HhMm = Annotated[
     Field(examples=["22:00"]),
 ]
 Day = Annotated[str, AfterValidator(_day), Field(json_schema_extra={"enum": list(DAYS)})]
-#: Label syntax (shared with the sensors' labels): a key of 1-63 characters that starts and ends
-#: with a letter or digit, a value of 0-63 letters, digits, ``.``, ``_`` and ``-``.
-LabelKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
-]
-LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=r"^[A-Za-z0-9._-]*$")]
+#: The sensors' label syntax (`sensortasks.labels`), checked by pydantic so that a 422 names the key.
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY, pattern=KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_VALUE, pattern=VALUE_PATTERN)]
 
 
 def _unique(values: list[Any], what: str) -> None:
@@ -125,8 +123,7 @@ class RolloutSelector(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [ROLLOUT_CREATE["selector"]]})
 
     labels: Annotated[dict[LabelKey, LabelValue], Field(min_length=1)] = Field(
-        description="At least one `key: value`; a sensor matches when it carries every one. Keys: 1-63 characters "
-        "`A-Z a-z 0-9 . _ / -`, starting and ending with a letter or digit; values: 0-63 of `A-Z a-z 0-9 . _ -`."
+        description=f"At least one `key: value`; a sensor matches when it carries every one ({KEY_RULE}; {VALUE_RULE})."
     )
 
 
