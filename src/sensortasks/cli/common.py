@@ -8,9 +8,10 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypedDict, TypeVar
 
 import httpx
@@ -18,6 +19,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 from typer._click import Context
 from typer.core import TyperGroup
@@ -127,6 +129,19 @@ def api_call(url: str | None, api_key: str | None, method: str, path: str, **kwa
 def cell(value: Any) -> Text:  # noqa: ANN401
     """A table cell: text, never markup (errors and names come from sensors and customers)."""
     return Text("" if value is None else str(value))
+
+
+def show_record(
+    record: dict[str, Any], title: str, rows: Iterable[tuple[str, Any, str | None]], *, as_json: bool
+) -> None:
+    """One resource: its JSON, or a table of `rows` (field, value, style), one field a row."""
+    if as_json:
+        print(json.dumps(record, indent=2))  # noqa: T201
+        return
+    table = Table("field", "value", title=title, title_justify="left")
+    for name, value, style in rows:
+        table.add_row(name, cell(value), style=style)
+    console.print(table)
 
 
 class MqttConnection(TypedDict):

@@ -6,6 +6,7 @@ overriding it); the server validates it, so its 422 names the field to fix.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from sensortasks.cli.common import (
     err,
     fail,
     fail_response,
+    show_record,
 )
 
 rollouts_app = typer.Typer(
@@ -83,19 +85,18 @@ def _show(rollouts: list[dict[str, Any]]) -> None:
 
 def _detail(rollout: dict[str, Any], *, as_json: bool) -> None:
     """One rollout, every field on its own row (objects as JSON), then its totals."""
-    if as_json:
-        print(json.dumps(rollout, indent=2))  # noqa: T201
-        return
-    table = Table("field", "value", title=f"rollout {rollout.get('id')}", title_justify="left")
-    for name, value in rollout.items():
-        if value is not None and name != "totals":
-            shown = json.dumps(value) if isinstance(value, dict | list) else value
-            table.add_row(
-                name, cell(shown), style="red" if name == "reason" and rollout["state"] == "aborted" else None
-            )
-    for name, value in _totals(rollout).items():
-        table.add_row(f"totals.{name}", cell(value))
-    console.print(table)
+    aborted = rollout.get("state") == "aborted"
+    fields = (
+        (
+            name,
+            json.dumps(value) if isinstance(value, dict | list) else value,
+            "red" if aborted and name == "reason" else None,
+        )
+        for name, value in rollout.items()
+        if value is not None and name != "totals"
+    )
+    totals = ((f"totals.{name}", value, None) for name, value in _totals(rollout).items())
+    show_record(rollout, f"rollout {rollout.get('id')}", itertools.chain(fields, totals), as_json=as_json)
 
 
 Repeated = Annotated[list[str] | None, typer.Option()]

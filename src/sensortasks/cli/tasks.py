@@ -23,6 +23,7 @@ from sensortasks.cli.common import (
     console,
     err,
     fail_response,
+    show_record,
 )
 
 tasks_app = typer.Typer(help="Tasks, through the REST API of a running server.", no_args_is_help=True)
@@ -56,14 +57,12 @@ def _show(tasks: list[dict[str, Any]], *, as_json: bool) -> None:
 
 def _detail(task: dict[str, Any], *, as_json: bool) -> None:
     """One task, every field on its own row (the error of an Error task included)."""
-    if as_json:
-        print(json.dumps(task, indent=2))  # noqa: T201
-        return
-    table = Table("field", "value", title=f"task {task.get('id')}", title_justify="left")
-    for name, value in task.items():
-        if value is not None or name == "error":
-            table.add_row(name, cell(value), style="red" if name == "error" and value else None)
-    console.print(table)
+    rows = (
+        (name, value, "red" if name == "error" and value else None)
+        for name, value in task.items()
+        if value is not None or name == "error"
+    )
+    show_record(task, f"task {task.get('id')}", rows, as_json=as_json)
 
 
 @tasks_app.command("create")
