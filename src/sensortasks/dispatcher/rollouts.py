@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from sensortasks.dispatcher.clock import Clock
 from sensortasks.dispatcher.link import Link
@@ -30,6 +29,7 @@ from sensortasks.domain.rollout import RolloutState
 from sensortasks.errors import Unavailable
 from sensortasks.protocol import RolloutProgress, Topics
 from sensortasks.store import format_time
+from sensortasks.store.interface import RolloutStore
 from sensortasks.store.records import RolloutAdvance, RolloutInfo
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,6 @@ ROUND_S = 0.25
 #: Rounds woken by finished tasks come at most this often (each is a write transaction).
 MIN_GAP_S = 0.05
 PUBLISH_EVERY_S = 1.0
-
-
-class RolloutStore(Protocol):
-    async def advance_rollouts(self, *, now: datetime, changed_since: datetime | None = None) -> RolloutAdvance: ...
-
-    async def get_rollout(self, rollout_id: int, *, customer_id: int | None = None) -> RolloutInfo: ...
 
 
 def progress(rollout: RolloutInfo, at: datetime) -> RolloutProgress:

@@ -33,14 +33,14 @@ from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock
 from sensortasks.dispatcher.intake import QUOTED_TOPIC_CHARS, Refused, isolate, rejection, sort_batch
 from sensortasks.dispatcher.link import Incoming, Link
 from sensortasks.dispatcher.members import Membership, Retrying
-from sensortasks.dispatcher.rollouts import RolloutPacer, RolloutStore
+from sensortasks.dispatcher.rollouts import RolloutPacer
 from sensortasks.dispatcher.stats import StatsPublisher, account, event_json, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import ConfigError, SensortasksError, Unavailable
 from sensortasks.ops.metrics import Counters, Metrics
 from sensortasks.protocol import CancelMessage, DispatcherPresence, TaskMessage
 from sensortasks.store import Dispatch, Transition, format_time
-from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
+from sensortasks.store.interface import CLAIM_BATCH, DispatchStore, RolloutStore
 from sensortasks.store.notify import Wake
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,15 @@ from typing import Protocol
 from sensortasks.domain import TaskStatus
 from sensortasks.store.membership import Beat, Member
 from sensortasks.store.notify import OnWake
-from sensortasks.store.records import Dispatch, Expiry, IncomingReport, ReportBatchResult, Transition
+from sensortasks.store.records import (
+    Dispatch,
+    Expiry,
+    IncomingReport,
+    ReportBatchResult,
+    RolloutAdvance,
+    RolloutInfo,
+    Transition,
+)
 
 #: Rows one dispatcher query claims, expires or publishes at a time; a full batch means "ask again".
 CLAIM_BATCH = 500
@@ -72,3 +80,13 @@ class DispatchStore(Protocol):
     async def listen(self, on_wake: OnWake) -> None:
         """Wake-ups written by other instances, until cancelled (none where there are no others)."""
         ...
+
+
+class RolloutStore(Protocol):
+    """What the dispatcher's pacing of rollouts needs (`dispatcher.rollouts`); `TaskStore` has it."""
+
+    async def advance_rollouts(self, *, now: datetime, changed_since: datetime | None = None) -> RolloutAdvance:
+        """One pacing round over the live rollouts (`store.rollouts`)."""
+        ...
+
+    async def get_rollout(self, rollout_id: int, *, customer_id: int | None = None) -> RolloutInfo: ...
