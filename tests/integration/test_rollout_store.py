@@ -11,7 +11,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from alembic import command
+from sqlalchemy import func, select, text, update
 
 from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.domain.rollout import RolloutState
@@ -28,6 +29,7 @@ from sensortasks.store import (
     utcnow,
 )
 from sensortasks.store.base import S
+from sensortasks.store.migrate import alembic_config
 from sensortasks.store.rollouts import RT, R
 from tests.conftest import only_on
 from tests.integration.test_hot_plans import _plans
@@ -87,6 +89,16 @@ async def run(store: TaskStore, serials: Sequence[int], status: str = "completed
 async def table_rows(store: TaskStore, table: Any) -> int:
     async with store._read() as conn:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+async def assert_counts_kept(store: TaskStore, rollout_id: int) -> None:
+    """The rollout's kept counts are what counting its targets finds."""
+    async with store._read() as conn:
+        kept = (await conn.execute(select(R.c.target_count, R.c.started_count).where(R.c.id == rollout_id))).one()
+        of = RT.c.rollout_id == rollout_id
+        targets = (await conn.execute(select(func.count()).where(of))).scalar_one()
+        started = (await conn.execute(select(func.count()).where(of, RT.c.task_id.is_not(None)))).scalar_one()
+    assert tuple(kept) == (targets, started)
 
 
 async def test_targets_are_the_listed_sensors_and_those_the_selector_matches(store: TaskStore) -> None:
@@ -264,6 +276,8 @@ async def test_sensors_join_the_continuous_rollouts_they_match(store: TaskStore)
         await join_continuous(conn, 3, {"site": "a"}, customer_id=ME, now=NOW)
     assert (await store.get_rollout(joining.id)).totals.targets == 1  # a cancelled rollout takes no one
     assert (await store.advance_rollouts(now=NOW + timedelta(seconds=1))).started == []
+    for made in (joining, fixed, theirs):
+        await assert_counts_kept(store, made.id)
 
 
 async def test_a_sensor_that_left_the_customer_is_dropped_not_waited_for(store: TaskStore) -> None:
@@ -275,6 +289,7 @@ async def test_a_sensor_that_left_the_customer_is_dropped_not_waited_for(store: 
     started, info = await advance(store)
     assert (started, info.totals.targets) == ([3], 1)
     assert (await store.get_rollout(made.id)).totals == info.totals
+    await assert_counts_kept(store, made.id)
 
 
 async def test_a_rollout_is_its_customers_only(store: TaskStore) -> None:
@@ -323,8 +338,12 @@ async def test_the_totals_and_the_round_read_through_the_indexes(store: TaskStor
     plans = await _plans(store, lambda: store.get_rollout(made.id))
     plans += await _plans(store, lambda: store.advance_rollouts(now=NOW, changed_since=NOW))  # starts one
     lines = [line for plan in plans for line in plan]
-    for index in ("sqlite_autoindex_rollout_targets_1", "ix_rollout_targets_waiting", "ix_tasks_rollout_status"):
-        assert any(f"INDEX {index} (rollout_id=?)" in line for line in lines), (index, lines)
+    for index in ("ix_rollout_targets_waiting", "ix_tasks_rollout_status"):
+        assert any(f"INDEX {index} (rollout_id=?" in line for line in lines), (index, lines)
+    # The totals never count the targets, nor the Completed tasks (of a rollout that goes well,
+    # almost all of them): a round's cost does not grow with the rollout.
+    assert not any("autoindex_rollout_targets" in line for line in lines), lines
+    assert any("ix_tasks_rollout_status (rollout_id=? AND status_id=?)" in line for line in lines), lines
     assert "SEARCH rollouts USING INDEX ix_rollouts_live (state=?)" in lines
     # Only the round's "changed since" read goes through every rollout (no index on updated_at;
     # rollouts are few): never every target or every task.
@@ -346,3 +365,26 @@ async def test_concurrent_rounds_never_exceed_the_cap_together(store: TaskStore,
         await other.db.dispose()
     info = await store.get_rollout(made.id)
     assert (info.totals.pending, info.totals.not_started) == (5, 45)
+
+
+async def test_the_upgrade_counts_the_targets_of_rollouts_made_before_the_counts(database_url: str) -> None:
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0008")
+    db = open_database(database_url)
+    try:
+        async with db.writer.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO rollouts (id, name, type, file_id, max_attempts, timeout_s, continuous,"
+                    " max_in_flight, state, created_at, updated_at) VALUES (7, 'fw', 'update_firmware',"
+                    " :file, 1, 60, false, 5, 'running', :now, :now)"
+                ),
+                {"file": FILE_ID, "now": NOW},
+            )
+            rows = [{"serial": s, "task": s * 10 if s <= 2 else None, "now": NOW} for s in range(1, 6)]
+            await conn.execute(text("INSERT INTO rollout_targets VALUES (7, :serial, :task, :now)"), rows)
+        await upgrade(database_url)
+        async with db.reader.connect() as conn:
+            counts = (await conn.execute(select(R.c.target_count, R.c.started_count))).one()
+        assert tuple(counts) == (5, 2)
+    finally:
+        await db.dispose()

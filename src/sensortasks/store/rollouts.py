@@ -1,8 +1,9 @@
 """Rollouts (SPEC section 10): create one with its targets, read and list them with their
 totals, pause, resume and cancel them, and the pacing round that starts their tasks.
 
-The rules are `domain.rollout.step`'s; this module counts what it needs (`_totals`, from the
-targets' primary key, ``ix_rollout_targets_waiting`` and ``ix_tasks_rollout_status``), writes
+The rules are `domain.rollout.step`'s; this module counts what it needs (`_totals`: the
+rollout's ``target_count`` and ``started_count``, kept by every write here that adds, drops or
+starts a target, and its tasks not Completed through ``ix_tasks_rollout_status``), writes
 what it decided and creates tasks through `insert_tasks`, so that a rollout's tasks queue
 behind their sensors' other tasks as any task does. A target keeps the task it got (one per
 sensor per rollout: the target's primary key and its ``task_id``, set under the rollout's
@@ -58,6 +59,7 @@ _SET_TASK = (
 UNFINISHED = (RolloutState.SCHEDULED, RolloutState.RUNNING, RolloutState.PAUSED)
 CANCELLED_REASON = "cancelled by the customer"
 _DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
+_NOT_COMPLETED = [s for s in TaskStatus if s is not TaskStatus.COMPLETED]
 
 
 def _insert_ignoring(conn: AsyncConnection) -> postgresql.Insert | sqlite.Insert:
@@ -85,25 +87,28 @@ async def _add_selected(
 
 
 async def _totals(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Totals]:
-    """Each rollout's totals: its targets (the primary key), those waiting for a task
-    (``ix_rollout_targets_waiting``) and its tasks by status (``ix_tasks_rollout_status``)."""
+    """Each rollout's totals, at a cost that does not grow with its targets or its Completed
+    tasks: its two counts, and its other tasks by status (``ix_tasks_rollout_status``, a few
+    rows while it goes well). Every target started has exactly one task (tasks are never
+    deleted), so the Completed ones are the started ones that are not in another status."""
     if not ids:
         return {}
-    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
-    by_rollout = RT.c.rollout_id.in_(ids)
-    targets = select(RT.c.rollout_id, func.count()).where(by_rollout).group_by(RT.c.rollout_id)
-    waiting = select(RT.c.rollout_id, func.count()).where(by_rollout, WAITING_TARGET_SQL).group_by(RT.c.rollout_id)
-    for name, query in (("targets", targets), ("not_started", waiting)):
-        for rollout_id, n in await conn.execute(query):
-            counts[rollout_id][name] = n
+    counts: dict[int, dict[str, int]] = {}
+    started: dict[int, int] = {}
+    for rollout_id, targets, begun in await conn.execute(
+        select(R.c.id, R.c.target_count, R.c.started_count).where(R.c.id.in_(ids))
+    ):
+        counts[rollout_id] = {"targets": targets, "not_started": targets - begun}
+        started[rollout_id] = begun
     tasks = (
         select(T.c.rollout_id, T.c.status_id, func.count())
-        .where(T.c.rollout_id.in_(ids), ROLLOUT_TASK_SQL)
+        .where(T.c.rollout_id.in_(ids), ROLLOUT_TASK_SQL, T.c.status_id.in_(_NOT_COMPLETED))
         .group_by(T.c.rollout_id, T.c.status_id)
     )
     for rollout_id, status, n in await conn.execute(tasks):
         counts[rollout_id][TaskStatus(status).name.lower()] = n
-    return {i: Totals(**c) for i, c in counts.items()}
+        started[rollout_id] -= n
+    return {i: Totals(**c, completed=started[i]) for i, c in counts.items()}
 
 
 def _rules(row: Mapping[Any, Any]) -> Rules:
@@ -138,18 +143,22 @@ async def join_continuous(
     target it already is stays as it is). A relabelled sensor that no longer matches stays
     a target: what it was sent is not taken back."""
     owner = R.c.customer_id.is_(None) if customer_id is None else R.c.customer_id == customer_id
-    query = select(R.c.id, R.c.selector).where(
-        owner, R.c.continuous.is_(True), R.c.state.in_([str(s) for s in UNFINISHED])
-    )
+    query = (
+        select(R.c.id, R.c.selector)
+        .where(owner, R.c.continuous.is_(True), R.c.state.in_([str(s) for s in UNFINISHED]))
+        .order_by(R.c.id)
+    )  # rollouts are locked in id order by every write that locks several
     joined = [
         rollout_id
         for rollout_id, selector in await conn.execute(query)
         if selector is not None and all(labels.get(k) == v for k, v in selector["labels"].items())
     ]
-    if joined:
-        rows = [{"rollout_id": r, "sensor_serial": serial, "added_at": now} for r in joined]
-        await conn.execute(_insert_ignoring(conn), rows)
-        log.info("sensor %d joined continuous rollouts %s", serial, joined)
+    rows = [{"rollout_id": r, "sensor_serial": serial, "added_at": now} for r in joined]
+    if rows:
+        added = [r for (r,) in await conn.execute(_insert_ignoring(conn).values(rows).returning(RT.c.rollout_id))]
+        if added:
+            await conn.execute(update(R).where(R.c.id.in_(added)).values(target_count=R.c.target_count + 1))
+            log.info("sensor %d joined continuous rollouts %s", serial, added)
 
 
 async def _save_rollouts(conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> None:
@@ -203,6 +212,8 @@ class RolloutQueries(StoreBase):
             await _add_targets(conn, rollout_id, listed, now)
             if new.selector is not None:
                 await _add_selected(conn, rollout_id, new.selector, customer_id, now)
+            counted = select(func.count()).where(RT.c.rollout_id == rollout_id).scalar_subquery()
+            await conn.execute(update(R).where(R.c.id == rollout_id).values(target_count=counted))
             totals = (await _totals(conn, [rollout_id]))[rollout_id]
             if totals.targets == 0 and not (new.continuous and new.selector is not None):
                 raise InvalidInput(
@@ -342,6 +353,7 @@ class RolloutQueries(StoreBase):
         dropping the targets whose sensor left the rollout's customer on the way."""
         rollout_id, customer_id = row["id"], row["customer_id"]
         chosen: list[int] = []
+        dropped = 0
         after = 0  # serials are positive (`protocol.commands.Serial`)
         while len(chosen) < starts:
             query = (
@@ -359,9 +371,13 @@ class RolloutQueries(StoreBase):
             if gone := [serial for serial, owner in found if customer_id not in (None, owner)]:
                 where = and_(RT.c.rollout_id == rollout_id, RT.c.sensor_serial.in_(gone))
                 await conn.execute(delete(RT).where(where))
+                dropped += len(gone)
                 log.warning(
                     "rollout %d: sensors %s left customer %s, dropped from its targets", rollout_id, gone, customer_id
                 )
+        if dropped or chosen:
+            counts = {"target_count": R.c.target_count - dropped, "started_count": R.c.started_count + len(chosen)}
+            await conn.execute(update(R).where(R.c.id == rollout_id).values(counts))
         if not chosen:
             return []
         new = [

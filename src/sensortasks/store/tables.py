@@ -257,7 +257,8 @@ class Rollout(SQLModel, table=True):
     What the customer asked for is kept as given (``rate``, ``abort``, ``schedule`` as JSON,
     validated by the API, read by `domain.rollout`); the pacing state is ``next_start_at``, the
     earliest moment the next task may start, so that a restarted dispatcher goes on exactly
-    where the last one stopped. The totals are counted from the targets and the tasks.
+    where the last one stopped. The totals come from the two counts below and the rollout's tasks
+    that are not Completed.
     """
 
     __tablename__ = "rollouts"
@@ -289,6 +290,11 @@ class Rollout(SQLModel, table=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     next_start_at: datetime | None = None
+    #: Its targets, and those of them that have their task: kept by every write that adds,
+    #: drops or starts a target, so that a pacing round reads two numbers instead of counting
+    #: 100,000 rows (its tasks are counted only where they are not Completed).
+    target_count: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0")))
+    started_count: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0")))
 
 
 class RolloutTarget(SQLModel, table=True):
