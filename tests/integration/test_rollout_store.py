@@ -388,3 +388,24 @@ async def test_the_upgrade_counts_the_targets_of_rollouts_made_before_the_counts
         assert tuple(counts) == (5, 2)
     finally:
         await db.dispose()
+
+
+async def test_sensors_known_offline_wait_and_get_their_task_once_back(store: TaskStore) -> None:
+    await register(store, range(1, 6))
+    await store.record_presence([(1, False, NOW), (2, False, NOW), (3, True, NOW)])  # 4, 5: never seen
+    made = await store.create_rollout(rollout(range(1, 6), max_in_flight=2), customer_id=ME, now=NOW)
+    started, info = await advance(store)
+    assert (started, info.totals.not_started) == ([3, 4], 3)  # not stalled behind 1 and 2
+    await run(store, [3, 4])
+    await store.record_presence([(2, True, NOW + timedelta(seconds=1))])
+    started, _ = await advance(store, 1)
+    assert started == [2, 5]
+    await run(store, [2, 5])
+    started, info = await advance(store, 2)
+    assert (started, info.state, info.totals.not_started) == ([], RolloutState.RUNNING, 1)  # 1 is still away
+    await store.record_presence([(1, True, NOW + timedelta(seconds=3))])
+    started, _ = await advance(store, 3)
+    await run(store, started)
+    assert started == [1]
+    assert (await advance(store, 4))[1].state is RolloutState.COMPLETED
+    await assert_counts_kept(store, made.id)

@@ -350,7 +350,9 @@ class RolloutQueries(StoreBase):
         self, conn: AsyncConnection, row: Mapping[Any, Any], starts: int, now: datetime
     ) -> list[Task]:
         """Create the tasks of the rollout's next `starts` waiting targets, in serial order,
-        dropping the targets whose sensor left the rollout's customer on the way."""
+        dropping the targets whose sensor left the rollout's customer on the way. A sensor known
+        to be offline is passed over and keeps waiting: its task would hold a slot of the cap
+        until it came back, and enough of them would stall the rollout."""
         rollout_id, customer_id = row["id"], row["customer_id"]
         chosen: list[int] = []
         dropped = 0
@@ -360,6 +362,7 @@ class RolloutQueries(StoreBase):
                 select(RT.c.sensor_serial, S.c.customer_id)
                 .outerjoin(S, S.c.serial == RT.c.sensor_serial)
                 .where(RT.c.rollout_id == rollout_id, WAITING_TARGET_SQL, RT.c.sensor_serial > after)
+                .where(S.c.online.is_not(False))  # unknown presence is tried; its ack timeout guards it
                 .order_by(RT.c.sensor_serial)
                 .limit(starts - len(chosen))
             )
