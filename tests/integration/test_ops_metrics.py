@@ -52,6 +52,7 @@ async def test_metrics_have_labels_routes_and_process_figures(make_service: Serv
     assert sample(text, "sensortasks_transitions_total", **{"from": "Pending", "to": "Ongoing"}) == 1.0
     assert sample(text, "sensortasks_transitions_total", **{"from": "Ongoing", "to": "Cancelled"}) == 0.0
     assert sample(text, "sensortasks_sensors_online") == 1.0
+    assert sample(text, "sensortasks_rollouts", state="running") == 0.0  # every state, from 0
     assert (sample(text, "sensortasks_leader"), sample(text, "sensortasks_instances")) == (1.0, 1.0)
     route = {"method": "GET", "route": "/v1/tasks/{task_id}"}
     assert (sample(text, "sensortasks_http_requests_total", **route, status="200") or 0) >= 1

@@ -110,6 +110,9 @@ async def test_the_cap_holds_at_the_sensors_and_every_target_completes_once(
         return bool(copies) and copies[-1]["state"] == "completed" and copies[-1]["totals"]["completed"] == 12
 
     await eventually(last_copy_completed, what="ops/rollouts to say completed")
+    text = (await service.api.get("/metrics")).text
+    assert 'sensortasks_rollouts{state="completed"} 1.0' in text
+    assert 'sensortasks_rollouts{state="running"} 0.0' in text
     events = [e for e in ops.on("ops/events/") if e["task_id"] in {t["id"] for t in tasks}]
     assert events
     assert {e["rollout_id"] for e in events} == {created["id"]}

@@ -72,6 +72,13 @@ def test_the_document_is_valid_openapi(spec: dict[str, Any]) -> None:
     assert {"create_task", "list_tasks", "get_task", "cancel_task", "register_sensor", "healthz"} <= set(ids)
 
 
+def test_every_operation_tag_is_declared_with_a_description(spec: dict[str, Any]) -> None:
+    declared = {tag["name"]: tag.get("description") for tag in spec["tags"]}
+    used = {tag for path in spec["paths"].values() for op in path.values() for tag in op.get("tags", [])}
+    assert used == set(declared), (used, declared)
+    assert all(declared.values()), declared
+
+
 def test_every_field_and_parameter_has_a_description(spec: dict[str, Any]) -> None:
     missing = [
         f"{name}.{field}"

@@ -150,6 +150,10 @@ METRICS = """# HELP sensortasks_tasks Tasks by status
 # TYPE sensortasks_tasks gauge
 sensortasks_tasks{status="Pending"} 12.0
 sensortasks_tasks{status="Completed"} 4021.0
+# HELP sensortasks_rollouts Rollouts by state
+# TYPE sensortasks_rollouts gauge
+sensortasks_rollouts{state="running"} 2.0
+sensortasks_rollouts{state="completed"} 9.0
 # HELP sensortasks_mqtt_connected 1 while the dispatcher is connected to the broker
 # TYPE sensortasks_mqtt_connected gauge
 sensortasks_mqtt_connected 1.0

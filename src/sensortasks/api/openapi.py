@@ -44,7 +44,15 @@ METADATA: dict[str, Any] = {
     "servers": [{"url": "/", "description": "The server that serves this document"}],
     "openapi_tags": [
         {"name": "tasks", "description": "Firmware and configuration tasks for sensors."},
-        {"name": "sensors", "description": "Sensors: registration, broker credentials, presence."},
+        {"name": "sensors", "description": "Sensors: registration, labels, broker credentials, presence."},
+        {
+            "name": "rollouts",
+            "description": "One task to many sensors, paced (cap, rate, windows) and guarded (abort).",
+        },
+        {
+            "name": "mqtt-clients",
+            "description": "A customer's broker accounts for its backends, on the MQTT command topics.",
+        },
         {"name": "operations", "description": "Health and metrics, for probes and scrapers (no API key)."},
     ],
     # The route's function name: `create_task`, not `create_task_v1_tasks_post`.

@@ -68,6 +68,7 @@ class _Snapshot(Collector):
     """Values read asynchronously just before each scrape (collectors themselves are sync)."""
 
     tasks: dict[str, int] = field(default_factory=dict)
+    rollouts: dict[str, int] = field(default_factory=dict)
     counters: Counters | None = None
     connected: bool | None = None
     sensors_online: int | None = None
@@ -79,6 +80,10 @@ class _Snapshot(Collector):
         for status, count in self.tasks.items():
             gauge.add_metric([status], count)
         yield gauge
+        rollouts = GaugeMetricFamily("sensortasks_rollouts", "Rollouts by state", labels=["state"])
+        for state, count in self.rollouts.items():
+            rollouts.add_metric([state], count)
+        yield rollouts
         if self.sensors_online is not None:
             yield GaugeMetricFamily(
                 "sensortasks_sensors_online", "Sensors whose last presence said online", value=self.sensors_online
@@ -148,6 +153,7 @@ class Metrics:
         *,
         tasks: dict[str, int],
         counters: Counters | None,
+        rollouts: dict[str, int] | None = None,
         connected: bool | None,
         sensors_online: int | None = None,
         leader: bool | None = None,
@@ -155,6 +161,7 @@ class Metrics:
     ) -> bytes:
         snapshot = self._snapshot
         snapshot.tasks, snapshot.counters, snapshot.connected = tasks, counters, connected
+        snapshot.rollouts = rollouts or {}
         snapshot.sensors_online, snapshot.leader, snapshot.instances = sensors_online, leader, instances
         return generate_latest(self.registry)
 

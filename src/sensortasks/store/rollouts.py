@@ -249,6 +249,12 @@ class RolloutQueries(StoreBase):
             rows = [r._mapping for r in await conn.execute(query.order_by(R.c.id.desc()).limit(limit + 1))]
             return await _infos(conn, rows[:limit]), len(rows) > limit
 
+    async def rollout_states(self) -> dict[RolloutState, int]:
+        """Rollouts per state, every customer's (the metrics' gauges); every state is there."""
+        async with self._read() as conn:
+            rows = await conn.execute(select(R.c.state, func.count()).group_by(R.c.state))
+            return dict.fromkeys(RolloutState, 0) | {RolloutState(state): n for state, n in rows}
+
     async def rollout_action(
         self,
         rollout_id: int,

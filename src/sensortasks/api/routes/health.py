@@ -62,6 +62,7 @@ async def metrics(state: State) -> Response:
     dispatcher = state.dispatcher
     body = state.metrics.render(
         tasks={status.label: n for status, n in counts.items()},
+        rollouts={str(state): n for state, n in (await state.store.rollout_states()).items()},
         counters=dispatcher.counters if dispatcher else None,
         connected=dispatcher.connected if dispatcher else None,
         sensors_online=online,
