@@ -3,7 +3,8 @@
 Deliberately not our SDK: this is what a device maker writes from the SPEC alone, so a test
 built on it proves the wire contract, not that our two halves agree with each other. Each
 sensor is one MQTT 5 client on its own paho network thread (`loop_start`); the work a task
-takes is timed by one thread the whole fleet shares; none of them spins.
+takes is timed by one thread the whole fleet shares; none of them spins. A fleet of thousands
+runs on one thread instead (`OneThread`): every client, and the timers, on one selector.
 
 What a sensor does (the SDK's ledger rules, SPEC 4.3):
 - on connect: subscribe to ``sensors/<serial>/tasks``, then publish ``{"v":1,"online":true}``
@@ -28,10 +29,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from sensortasks.tools.baseline import MISC_INTERVAL_S, SelectorLoop
 
 CONNECT_TIMEOUT_S = 30.0
 ONLINE = json.dumps({"v": 1, "online": True})
@@ -44,6 +47,10 @@ class Received:
 
     at: float
     message: dict[str, Any]
+
+
+class Scheduler(Protocol):
+    def call_later(self, delay_s: float, action: Callable[[], None]) -> None: ...
 
 
 class Timers:
@@ -79,10 +86,47 @@ class Timers:
             action()
 
 
+class OneThread:
+    """Many sensors' clients and their timers on one thread (a `SelectorLoop`), so that a fleet
+    of thousands needs no network thread each. Everything the sensors do happens on that thread,
+    so its timers need no lock."""
+
+    def __init__(self) -> None:
+        self.loop = SelectorLoop()
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paho-fleet", daemon=True)
+
+    def call_later(self, delay_s: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._due, (time.monotonic() + delay_s, next(self._order), action))
+
+    def start(self, clients: list[mqtt.Client], host: str, port: int, settled: Callable[[], int]) -> None:
+        """Connect `clients` (until `settled()` counts them all) on the calling thread, then run."""
+        self.loop.connect(clients, host, port, settled)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread (within `MISC_INTERVAL_S`), then disconnect every client cleanly."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for client in self.loop.clients:
+            client.disconnect()
+        self.loop.run_until(lambda: not any(c.is_connected() for c in self.loop.clients), CONNECT_TIMEOUT_S)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            while self._due and self._due[0][0] <= now:
+                heapq.heappop(self._due)[2]()
+            self.loop.run_once(min(self._due[0][0] - now, MISC_INTERVAL_S) if self._due else MISC_INTERVAL_S)
+
+
 class PahoSensor:
     """One device: its MQTT client, what it received, and the tasks it ran."""
 
-    def __init__(self, serial: int, host: str, port: int, timers: Timers, *, work_s: float) -> None:
+    def __init__(self, serial: int, host: str, port: int, timers: Scheduler, *, work_s: float) -> None:
         self.serial = serial
         self.work_s = work_s
         self.received: list[Received] = []
@@ -186,14 +230,22 @@ class PahoSensor:
 
 
 class PahoFleet:
-    """`PahoSensor`s for `serials`, connected and subscribed once `running()` yields."""
+    """`PahoSensor`s for `serials`, connected and subscribed once `running()` yields; on one
+    thread (`OneThread`) with `one_thread`, each on its own network thread otherwise."""
 
-    def __init__(self, host: str, port: int, serials: Iterable[int], *, work_s: float = 0.0) -> None:
-        self.timers = Timers()
+    def __init__(
+        self, host: str, port: int, serials: Iterable[int], *, work_s: float = 0.0, one_thread: bool = False
+    ) -> None:
+        self._host, self._port = host, port
+        self.timers: Timers | OneThread = OneThread() if one_thread else Timers()
         self.sensors = {s: PahoSensor(s, host, port, self.timers, work_s=work_s) for s in serials}
 
     @contextmanager
     def running(self) -> Iterator[PahoFleet]:
+        if isinstance(self.timers, OneThread):
+            with self._on_one_thread(self.timers):
+                yield self
+            return
         try:
             for sensor in self.sensors.values():
                 sensor.start()
@@ -206,6 +258,16 @@ class PahoFleet:
             for sensor in self.sensors.values():
                 sensor.stop()
             self.timers.close()
+
+    @contextmanager
+    def _on_one_thread(self, network: OneThread) -> Iterator[None]:
+        sensors = self.sensors.values()
+        try:
+            network.start([s.client for s in sensors], self._host, self._port,
+                          lambda: sum(s.subscribed.is_set() for s in sensors))  # fmt: skip
+            yield
+        finally:
+            network.close()
 
     def completed(self) -> int:
         """How many distinct tasks the fleet has reported completed."""

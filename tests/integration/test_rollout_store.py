@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -409,3 +410,19 @@ async def test_sensors_known_offline_wait_and_get_their_task_once_back(store: Ta
     assert started == [1]
     assert (await advance(store, 4))[1].state is RolloutState.COMPLETED
     await assert_counts_kept(store, made.id)
+
+
+@only_on("sqlite")  # PostgreSQL locks rows, not the database: a round's FOR UPDATE of no rows waits for nothing
+async def test_a_round_with_no_live_rollout_takes_no_write_lock(store: TaskStore, database_url: str) -> None:
+    """The leader's pacer runs a round every quarter second: with no rollout scheduled or running
+    it only reads, and does not queue the dispatcher's writes behind one of its own."""
+    await register(store, [1])
+    made = await store.create_rollout(rollout([1]), customer_id=ME, now=NOW)
+    await store.rollout_action(made.id, "pause", customer_id=ME, now=NOW + timedelta(seconds=1))
+    holder = sqlite3.connect(database_url.split("///", 1)[1], isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        done = await asyncio.wait_for(store.advance_rollouts(now=NOW, changed_since=NOW), timeout=2)
+    finally:
+        holder.close()
+    assert (done.started, [(r.id, r.state) for r in done.rollouts]) == ([], [(made.id, RolloutState.PAUSED)])

@@ -111,6 +111,26 @@ async def _totals(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Totals
     return {i: Totals(**c, completed=started[i]) for i, c in counts.items()}
 
 
+def _after_starts(totals: Totals, started: int, dropped: int) -> Totals:
+    """The totals once a round started `started` targets' tasks (Pending) and dropped `dropped`
+    targets: known without counting again."""
+    return replace(
+        totals,
+        targets=totals.targets - dropped,
+        not_started=totals.not_started - started - dropped,
+        pending=totals.pending + started,
+    )
+
+
+async def _updated_since(conn: AsyncConnection, since: datetime | None, looked: Sequence[int]) -> list[dict[str, Any]]:
+    """The rollouts other than `looked` updated at or after `since` (paused or cancelled since
+    the last round): a round reports them too. None before the first round."""
+    if since is None:
+        return []
+    query = select(R).where(R.c.updated_at >= since, R.c.id.not_in(looked)).order_by(R.c.id)
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
 def _rules(row: Mapping[Any, Any]) -> Rules:
     return Rules(
         row["max_in_flight"],
@@ -324,41 +344,43 @@ class RolloutQueries(StoreBase):
         under way finish. Returns the tasks created and, with fresh totals, every rollout looked
         at and every other one updated at or after `changed_since` (paused or cancelled
         meanwhile)."""
+        async with self._read() as conn:  # with nothing live, a round takes no write lock
+            if (await conn.execute(select(R.c.id).where(LIVE_ROLLOUT_SQL).limit(1))).first() is None:
+                rows = await _updated_since(conn, changed_since, ())
+                return RolloutAdvance([], await _infos(conn, rows))
         changes = Changes(now)
         started: list[Task] = []
         async with self._write() as conn:
             live = self._locked(select(R).where(LIVE_ROLLOUT_SQL).order_by(R.c.id))
             rows = [dict(r._mapping) for r in await conn.execute(live)]
             totals = await _totals(conn, [r["id"] for r in rows])
-            changed, moved = [], []  # moved: its totals changed in this round
+            changed, aborted = [], []
             for row in rows:
                 decided = step(RolloutState(row["state"]), _rules(row), totals[row["id"]], row["next_start_at"], now)
                 if decided.starts:
-                    started += await self._start_rollout_tasks(conn, row, decided.starts, now)
+                    begun, dropped = await self._start_rollout_tasks(conn, row, decided.starts, now)
+                    started += begun
+                    totals[row["id"]] = _after_starts(totals[row["id"]], len(begun), dropped)
                 if decided.state is RolloutState.ABORTED:
                     reason = f"rollout {row['id']} aborted: {decided.reason}"
                     await self._cancel_rollout_tasks(conn, changes, row["id"], reason, every=False)
-                if decided.starts or decided.state is RolloutState.ABORTED:
-                    moved.append(row["id"])
+                    aborted.append(row["id"])
                 if _apply(row, decided, now):
                     changed.append(row)
             await _save_rollouts(conn, changed)
             await self._write_changes(conn, changes)
-            if changed_since is not None:
-                looked = [r["id"] for r in rows]
-                others = select(R).where(R.c.updated_at >= changed_since, R.c.id.not_in(looked)).order_by(R.c.id)
-                rows += [dict(r._mapping) for r in await conn.execute(others)]
-                moved += [r["id"] for r in rows[len(looked) :]]
-            totals |= await _totals(conn, moved)
-            return RolloutAdvance(started, [_info(r, totals[r["id"]]) for r in rows])
+            others = await _updated_since(conn, changed_since, [r["id"] for r in rows])
+            totals |= await _totals(conn, [*aborted, *(r["id"] for r in others)])
+            return RolloutAdvance(started, [_info(r, totals[r["id"]]) for r in [*rows, *others]])
 
     async def _start_rollout_tasks(
         self, conn: AsyncConnection, row: Mapping[Any, Any], starts: int, now: datetime
-    ) -> list[Task]:
+    ) -> tuple[list[Task], int]:
         """Create the tasks of the rollout's next `starts` waiting targets, in serial order,
-        dropping the targets whose sensor left the rollout's customer on the way. A sensor known
-        to be offline is passed over and keeps waiting: its task would hold a slot of the cap
-        until it came back, and enough of them would stall the rollout."""
+        dropping the targets whose sensor left the rollout's customer on the way: the tasks, and
+        how many were dropped. A sensor known to be offline is passed over and keeps waiting: its
+        task would hold a slot of the cap until it came back, and enough of them would stall the
+        rollout."""
         rollout_id, customer_id = row["id"], row["customer_id"]
         chosen: list[int] = []
         dropped = 0
@@ -388,7 +410,7 @@ class RolloutQueries(StoreBase):
             counts = {"target_count": R.c.target_count - dropped, "started_count": R.c.started_count + len(chosen)}
             await conn.execute(update(R).where(R.c.id == rollout_id).values(counts))
         if not chosen:
-            return []
+            return [], dropped
         new = [
             NewTask(s, row["type"], row["file_id"], row["max_attempts"], row["timeout_s"], rollout_id) for s in chosen
         ]
@@ -396,7 +418,7 @@ class RolloutQueries(StoreBase):
         params = [{"k_rollout": rollout_id, "k_serial": t.sensor_serial, "v_task": t.id} for t in created]
         await conn.execute(_SET_TASK, params)
         log.info("rollout %d started %d tasks", rollout_id, len(created))
-        return created
+        return created, dropped
 
 
 def _after(action: str, state: RolloutState, row: dict[str, Any], now: datetime) -> RolloutState:

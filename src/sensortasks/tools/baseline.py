@@ -139,6 +139,7 @@ class SelectorLoop:
         self._selector = selectors.DefaultSelector()
         self._pending: set[paho.Client] = set()
         self._blocked: set[paho.Client] = set()
+        self._next_misc = time.monotonic() + MISC_INTERVAL_S
 
     def add(self, client: paho.Client, host: str, port: int) -> None:
         """Connect `client` (the TCP connection now, the MQTT handshake in `run_until`)."""
@@ -161,22 +162,28 @@ class SelectorLoop:
 
     def run_until(self, done: Callable[[], bool], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        next_misc = time.monotonic() + MISC_INTERVAL_S
         while not done():
             now = time.monotonic()
             if now > deadline:
                 raise TimeoutError(f"MQTT clients did not settle within {timeout_s:.0f} s")
-            for key, events in self._selector.select(0 if self._pending else min(deadline - now, MISC_INTERVAL_S)):
-                client: paho.Client = key.data
-                if events & selectors.EVENT_READ:
-                    client.loop_read()
-                if events & selectors.EVENT_WRITE:
-                    client.loop_write()
-            self._write_pending()
-            if now >= next_misc:
-                for client in self.clients:
-                    client.loop_misc()
-                next_misc = now + MISC_INTERVAL_S
+            self.run_once(min(deadline - now, MISC_INTERVAL_S))
+
+    def run_once(self, wait_s: float) -> None:
+        """One round: wait up to `wait_s` for the sockets (not at all while a client has
+        something to write), handle them, write, and give every client its keep-alive turn
+        when that is due."""
+        for key, events in self._selector.select(0 if self._pending else max(0.0, wait_s)):
+            client: paho.Client = key.data
+            if events & selectors.EVENT_READ:
+                client.loop_read()
+            if events & selectors.EVENT_WRITE:
+                client.loop_write()
+        self._write_pending()
+        now = time.monotonic()
+        if now >= self._next_misc:
+            for client in self.clients:
+                client.loop_misc()
+            self._next_misc = now + MISC_INTERVAL_S
 
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, set()
