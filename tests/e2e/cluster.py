@@ -23,7 +23,7 @@ import httpx
 from sensortasks.testing import MosquittoBroker
 from tests.integration.conftest import eventually
 
-from .conftest import ServeProcess
+from .conftest import ServeProcess, histories
 from .paho_fleet import PahoFleet
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
@@ -44,7 +44,6 @@ SESSION_EXPIRY_S = 4
 #: notice it is gone and take over what it held (up to 2 x INSTANCE_TIMEOUT_S), and 15 s of slack
 #: for re-sending and applying on a loaded 2-core machine.
 STRANDED_BOUND_S = SESSION_EXPIRY_S + 2 * INSTANCE_TIMEOUT_S + 15
-EVENT_FETCHES = 8
 
 
 def scale_env(instance: str, database_url: str) -> dict[str, str]:
@@ -161,18 +160,7 @@ async def create_rounds(cluster: Cluster, rounds: int) -> list[int]:
 
 async def events_of(cluster: Cluster, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """Every task's history, fetched through the live instances in turn."""
-    gate = asyncio.Semaphore(EVENT_FETCHES)
-    live = cluster.live()
-
-    async def one(n: int, task_id: int) -> list[dict[str, Any]]:
-        async with gate:
-            response = await cluster.apis[live[n % len(live)]].get(f"/v1/tasks/{task_id}/events")
-        assert response.status_code == 200, response.text
-        data: list[dict[str, Any]] = response.json()["data"]
-        return data
-
-    histories = await asyncio.gather(*(one(n, task_id) for n, task_id in enumerate(ids)))
-    return dict(zip(ids, histories, strict=True))
+    return await histories([cluster.apis[name] for name in cluster.live()], ids)
 
 
 def report(figure: str) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import pytest
 from sensortasks.testing import MosquittoBroker, free_port
 
 START_TIMEOUT_S = 60.0
+#: Task histories fetched at once (`histories`).
+EVENT_FETCHES = 8
 
 
 def wait_healthy(url: str, process: subprocess.Popen[Any], log: Callable[[], str]) -> None:
@@ -91,6 +94,22 @@ async def all_tasks(api: httpx.AsyncClient, **filters: Any) -> dict[int, dict[st
         if not page["has_more"]:
             return tasks
         params["cursor"] = page["next_cursor"]
+
+
+async def histories(apis: Sequence[httpx.AsyncClient], ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """Every task's history (``GET /v1/tasks/{id}/events``), `EVENT_FETCHES` at a time, through
+    `apis` in turn."""
+    gate = asyncio.Semaphore(EVENT_FETCHES)
+
+    async def one(n: int, task_id: int) -> list[dict[str, Any]]:
+        async with gate:
+            response = await apis[n % len(apis)].get(f"/v1/tasks/{task_id}/events")
+        assert response.status_code == 200, response.text
+        data: list[dict[str, Any]] = response.json()["data"]
+        return data
+
+    found = await asyncio.gather(*(one(n, task_id) for n, task_id in enumerate(ids)))
+    return dict(zip(ids, found, strict=True))
 
 
 @pytest.fixture

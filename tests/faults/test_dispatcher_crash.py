@@ -17,7 +17,7 @@ import pytest
 from sensortasks.protocol import StatusReport
 from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import MosquittoBroker
-from tests.e2e.conftest import ServeProcess, all_tasks
+from tests.e2e.conftest import ServeProcess, all_tasks, histories
 
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 TASKS, SENSORS, KILLS = 2000, 200, 4
@@ -70,8 +70,7 @@ async def test_sigkill_during_2000_tasks(broker: MosquittoBroker, tmp_path: Path
             assert Counter(t["status_name"] for t in tasks.values()) == {"Completed": TASKS}, serve.log()
 
             lost_statuses = 0
-            for task_id in ids:
-                events = (await api.get(f"/v1/tasks/{task_id}/events")).json()["data"]
+            for task_id, events in (await histories([api], ids)).items():
                 completions = [e for e in events if e["to_status_name"] == "Completed"]
                 assert len(completions) == 1
                 assert tasks[task_id]["attempt_count"] == sum(e["kind"] == "sent" for e in events)
