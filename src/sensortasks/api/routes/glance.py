@@ -51,7 +51,8 @@ def _frames(batch: Batch) -> str:
     responses={
         200: {
             "description": "A `text/event-stream` that stays open: one event per transition of one of your "
-            "tasks (`event: transition`, `id`: the event's id, `data`: the `ops/events` JSON), and a comment "
+            "tasks (`event: transition`, `data`: the `ops/events` JSON, `id`: where to resume after it, the "
+            "event's id or, for one committed after a later one, the highest id sent before it), and a comment "
             f"with the current `id` after {KEEPALIVE_S:.0f} s of silence. It ends after {STREAM_S:.0f} s "
             "(or when the server stops): reconnect with `Last-Event-ID` to go on where it ended.",
             "content": {"text/event-stream": {"schema": {"type": "string"}, "example": EVENT_STREAM}},
