@@ -18,6 +18,7 @@ import uvicorn
 from sensortasks.api.app import close_streams
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import free_port
+from tests.conftest import only_on
 from tests.integration.conftest import FILE_ID, Service, ServiceFactory, eventually
 
 SERIAL = 880_000_000_000_001
@@ -191,3 +192,35 @@ async def test_overview_and_count_are_per_customer(make_service: ServiceFactory)
     bad = await service.api.get("/v1/sensors/count", params={"label": "site"}, headers=alice)
     assert bad.status_code == 422
     assert bad.json()["error"]["details"]["field"] == "label"
+
+
+@only_on("sqlite")  # static files: the database plays no part
+@pytest.mark.parametrize("path", ["/console", "/console/app.js", "/console/api.js", "/console/style.css"])
+async def test_the_console_and_its_assets_carry_a_policy_that_allows_this_server_alone(
+    make_service: ServiceFactory, path: str
+) -> None:
+    service = await make_service(auth="required")
+    response = await service.api.get(path)  # the page itself needs no key: it asks for one
+    assert response.status_code == 200
+    policy = dict(part.strip().split(" ", 1) for part in response.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == policy["style-src"] == policy["connect-src"] == "'self'"
+    assert (policy["frame-ancestors"], policy["form-action"], policy["base-uri"]) == ("'none'",) * 3
+    assert "unsafe-inline" not in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-frame-options"] == "DENY"
+    if path.endswith(".js"):
+        assert "javascript" in response.headers["content-type"]
+    if path == "/console":
+        assert "<script" in response.text
+        assert "<script>" not in response.text  # no inline script: every one has a src
+        assert "http://" not in response.text
+        assert "https://" not in response.text
+
+
+@only_on("sqlite")  # static files: the database plays no part
+async def test_console_assets_outside_the_folder_are_not_served(make_service: ServiceFactory) -> None:
+    service = await make_service()
+    for path in ("/console/../api/app.py", "/console/%2e%2e/routes/console.py", "/console/nope.js"):
+        assert (await service.api.get(path)).status_code == 404, path
