@@ -224,3 +224,5 @@ async def test_console_assets_outside_the_folder_are_not_served(make_service: Se
     service = await make_service()
     for path in ("/console/../api/app.py", "/console/%2e%2e/routes/console.py", "/console/nope.js"):
         assert (await service.api.get(path)).status_code == 404, path
+    slash = await service.api.get("/console/")
+    assert (slash.status_code, slash.headers["location"]) == (308, "../console")

@@ -97,7 +97,7 @@ export function render(root) {
         "Cancel")
       : "";
     return h("tr", { "data-task": task.id, "data-status": task.status_name, onclick: () => showDetail(task.id) },
-      h("td", {}, h("a", { href: `#tasks`, onclick: (e) => e.preventDefault() }, task.id)),
+      h("td", { class: "id" }, task.id),
       h("td", {}, task.sensor_serial), h("td", {}, task.type), h("td", {}, status(task.status_name)),
       h("td", {}, task.attempt_count), h("td", {}, task.progress ?? ""), h("td", {}, task.updated_at),
       h("td", {}, cancel));

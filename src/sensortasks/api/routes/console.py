@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import Scope
@@ -46,6 +46,12 @@ class _ConsoleFiles(StaticFiles):
 @router.get(CONSOLE_URL, include_in_schema=False)
 async def console_page() -> FileResponse:
     return FileResponse(CONSOLE_DIR / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
+
+
+@router.get(f"{CONSOLE_URL}/", include_in_schema=False)
+async def console_slash() -> RedirectResponse:
+    """``/console/`` is the page too (its files are under ``/console/``: a relative link needs one URL)."""
+    return RedirectResponse("../console", status_code=308)
 
 
 def install_console(app: FastAPI) -> None:
