@@ -143,6 +143,28 @@ async def test_stream_ends_when_the_server_stops(make_service: ServiceFactory) -
     assert time.monotonic() - started < 3
 
 
+@only_on("sqlite")  # the HTTP side of a stream: the database plays no part
+async def test_a_stream_ends_once_its_client_is_gone(make_service: ServiceFactory) -> None:
+    service = await make_service()
+    glance = service.app.state.glance
+    follow, ended = glance.follow, asyncio.Event()
+
+    async def followed(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        try:
+            async for batch in follow(*args, **kwargs):
+                yield batch
+        finally:
+            ended.set()
+
+    glance.follow = followed
+    async with served(service) as url:
+        async with reading(url, {}):
+            pass
+        hung_up = time.monotonic()
+        await asyncio.wait_for(ended.wait(), 5)  # no longer polling for a client that left
+        assert time.monotonic() - hung_up < 2
+
+
 @pytest.mark.parametrize(
     ("params", "headers", "field"),
     [({"after": "-1"}, {}, "after"), ({"after": "x"}, {}, "after"), ({}, {"Last-Event-ID": "abc"}, "Last-Event-ID")],
