@@ -1,5 +1,6 @@
 """The console in a real browser: Debian's Chromium driven by Playwright, against a real `serve`
-(API key required) with a real broker and a simulated fleet (`sensortasks simulate`).
+(API key required) on Mosquitto with the shipped secure configuration (every sensor its own
+account, issued at registration) and a simulated fleet (`sensortasks simulate` on those accounts).
 
 One serve for the module. Every request the page makes is recorded: all go to 127.0.0.1, none
 carries the key in its URL, and serve's log never shows it. A screenshot of each page is kept in
@@ -8,6 +9,8 @@ fail instead when CI=true)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -22,9 +25,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from sensortasks.testing import MosquittoBroker
+from sensortasks.broker.dynsec import DynsecAdmin
 from tests.e2e.conftest import ServeProcess
 from tests.e2e.test_docs import chromium
+from tests.security.conftest import ADMIN, DISPATCHER, INSTANCE, SecureBroker
 
 pytestmark = pytest.mark.slow
 try:
@@ -47,18 +51,40 @@ if sync_playwright is not None:
 @dataclass
 class Console:
     serve: ServeProcess
+    broker: SecureBroker
     key: str
     browser: Browser
+    #: The credentials of the sensor that comes online when the test says.
+    late: dict[str, Any] = field(default_factory=dict)
     requested: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def simulate(self, first: int, sensors: int) -> None:
-        """A fleet of SDK sensors as a process, for the rest of the module."""
-        command = [sys.executable, "-m", "sensortasks", "simulate", "--sensors", str(sensors),
-                   "--first-serial", str(first), "--work-s", "0.3"]  # fmt: skip
-        with (self.serve.workdir / f"simulate-{first}.log").open("wb") as log:
-            self.processes.append(subprocess.Popen(command, env=self.serve.env, stdout=log, stderr=subprocess.STDOUT))
+    def register(self, serial: int, **labels: str) -> dict[str, Any]:
+        """Register a sensor through the API: its credentials, as `sensors add` prints them."""
+        with self.api() as api:
+            registered: dict[str, Any] = api.post("/v1/sensors", json={"serial": serial, "labels": labels}).json()
+        assert registered["mqtt"]["username"] == f"sensor-{serial}", registered
+        return registered
+
+    def simulate(self, *registrations: dict[str, Any]) -> None:
+        """These sensors, each on its own broker account, as a process for the rest of the module."""
+        serials = "-".join(str(r["serial"]) for r in registrations)
+        credentials = self.serve.workdir / f"credentials-{serials}.jsonl"
+        credentials.write_text("".join(json.dumps(r) + "\n" for r in registrations))
+        command = [
+            sys.executable,
+            "-m",
+            "sensortasks",
+            "simulate",
+            "--credentials",
+            str(credentials),
+            "--work-s",
+            "0.3",
+        ]
+        env = self.serve.env | {"SENSORTASKS_MQTT_URL": f"mqtt://{self.broker.host}:{self.broker.port}"}
+        with (self.serve.workdir / f"simulate-{serials}.log").open("wb") as log:
+            self.processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
 
     def page(self) -> Page:
         """A fresh tab, logged in with the key, every request and console problem recorded."""
@@ -98,34 +124,46 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     browser_path = chromium()
     start_playwright = _playwright()
     workdir: Path = tmp_path_factory.mktemp("console")
-    with MosquittoBroker(workdir=workdir / "broker") as broker, start_playwright() as playwright:
-        serve = ServeProcess(broker, workdir, SENSORTASKS_AUTH="required")
-        serve.start()
-        created = subprocess.run(
-            [sys.executable, "-m", "sensortasks", "keys", "create", "console-customer"],
-            env=serve.env, capture_output=True, text=True, check=True, timeout=60,
-        )  # fmt: skip
-        key = created.stdout.strip().splitlines()[-1]
-        browser = launch(playwright, browser_path)
-        running = Console(serve, key, browser)
-        with running.api() as api:
-            for serial in range(FLEET, FLEET + FLEET_SIZE):
-                api.post("/v1/sensors", json={"serial": serial, "labels": {"ring": "canary"}}).raise_for_status()
-            for serial in (LATE, OFFLINE):
-                api.post("/v1/sensors", json={"serial": serial}).raise_for_status()
-        running.simulate(FLEET, FLEET_SIZE)
-        wait_online(running, range(FLEET, FLEET + FLEET_SIZE))
-        try:
-            yield running
-        finally:
-            for process in running.processes:
-                process.terminate()
-                process.wait(10)
-            browser.close()
-            serve.stop()
-        log = (workdir / "serve-1.log").read_text()
-        assert key not in log
-        assert key[:12] not in log
+    with SecureBroker(workdir / "broker") as broker:
+        asyncio.run(dispatcher_account(broker))  # before Playwright's own event loop runs
+        with start_playwright() as playwright:
+            serve = ServeProcess(
+                broker, workdir, SENSORTASKS_AUTH="required", SENSORTASKS_INSTANCE=INSTANCE,
+                SENSORTASKS_MQTT_URL=f"mqtt://{DISPATCHER[0]}:{DISPATCHER[1]}@{broker.host}:{broker.port}",
+                SENSORTASKS_BROKER_ADMIN_URL=broker.admin_url,
+            )  # fmt: skip
+            serve.start()
+            created = subprocess.run(
+                [sys.executable, "-m", "sensortasks", "keys", "create", "console-customer"],
+                env=serve.env, capture_output=True, text=True, check=True, timeout=60,
+            )  # fmt: skip
+            key = created.stdout.strip().splitlines()[-1]
+            running = Console(serve, broker, key, launch(playwright, browser_path))
+            fleet = [running.register(serial, ring="canary") for serial in range(FLEET, FLEET + FLEET_SIZE)]
+            running.late = running.register(LATE)
+            running.register(OFFLINE)
+            running.simulate(*fleet)
+            wait_online(running, range(FLEET, FLEET + FLEET_SIZE))
+            try:
+                yield running
+            finally:
+                for process in running.processes:
+                    process.terminate()
+                    process.wait(10)
+                running.browser.close()
+                serve.stop()
+            log = (workdir / "serve-1.log").read_text()
+            assert key not in log
+            assert key[:12] not in log
+
+
+async def dispatcher_account(broker: SecureBroker) -> None:
+    """The dispatcher's own account (`INSTANCE`), as a deployment creates it before `serve`."""
+    admin = DynsecAdmin(broker.host, broker.port, *ADMIN, timeout_s=5.0)
+    try:
+        await admin.add_dispatcher(INSTANCE, DISPATCHER[1])
+    finally:
+        await admin.close()
 
 
 def wait_online(console: Console, serials: range) -> None:
@@ -165,7 +203,7 @@ def test_a_task_goes_from_pending_to_completed_live(console: Console) -> None:
     form.locator("button[type=submit]").click()
     row = page.locator(f"#tasks tr[data-task]:has(td:nth-child(2):text-is('{LATE}'))").first
     expect(row).to_have_attribute("data-status", "Pending")
-    console.simulate(LATE, 1)  # the sensor comes online: its task runs
+    console.simulate(console.late)  # the sensor comes online: its task runs
     expect(row).to_have_attribute("data-status", "Completed", timeout=30_000)
     assert page.evaluate("window.notReloaded") is True
     expect(page.locator("#live-events li").first).to_contain_text("Completed")
@@ -207,7 +245,17 @@ def test_sensors_page_and_registration(console: Console) -> None:
     register.locator("[name=labels]").fill("ring:late, site:b")
     register.locator("button[type=submit]").click()
     expect(page.locator("#sensors tr[data-serial='810000000000300']")).to_contain_text("site:b")
+    issued = page.locator("#credentials")
+    expect(issued).to_contain_text("shown only now")
+    expect(issued.locator("dd").first).to_have_text("sensor-810000000000300")
+    assert len(issued.locator("dd").nth(1).inner_text()) >= 16  # the password, once
+    expect(page.locator("#sensors td:text-is('…')")).to_have_count(0)  # every sensor's queue is in
+    expect(first.locator("td").nth(4)).to_have_text("0")
     shot(page, "sensors")
+    page.click("nav a[data-page=tasks]")
+    page.click("nav a[data-page=sensors]")
+    expect(page.locator(f"#sensors tr[data-serial='{FLEET}']")).to_be_visible()
+    expect(page.locator("#credentials")).to_have_count(0)  # gone with the page: never shown again
 
 
 def test_start_and_pause_a_rollout(console: Console) -> None:
