@@ -20,8 +20,7 @@ from sensortasks.store.engine import unavailable
 from sensortasks.store.glance import FEED_BACKLOG
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["events"])
-EventId = Annotated[int, Query(ge=0, le=MAX_ID)]
+router = APIRouter(prefix="/v1")
 
 
 @router.get(
@@ -30,7 +29,7 @@ EventId = Annotated[int, Query(ge=0, le=MAX_ID)]
     tags=["overview"],
     responses={200: ok("The overview.", OVERVIEW), **errors(*V1, 422)},
 )
-async def overview(glance: Glance, customer_id: CustomerId) -> OverviewPublic:
+async def get_overview(glance: Glance, customer_id: CustomerId) -> OverviewPublic:
     """Counts now, and attempts sent and tasks completed in each of the last 60 minutes. Its cost
     grows with your tasks touched in the last hour and your number of tasks (read from an index
     alone), never with the whole history of their events."""
@@ -47,6 +46,7 @@ def _frames(batch: Batch) -> str:
 @router.get(
     "/events",
     summary="Your tasks' transitions, live (server-sent events)",
+    tags=["events"],
     response_class=StreamingResponse,
     responses={
         200: {
@@ -60,7 +60,7 @@ def _frames(batch: Batch) -> str:
         **errors(*V1, 422),
     },
 )
-async def events(
+async def stream_events(
     glance: Glance,
     customer_id: CustomerId,
     after: Annotated[
