@@ -231,7 +231,20 @@ def test_filters_and_cancel(console: Console) -> None:
     row = page.locator(f"#tasks tr[data-task='{task['id']}']")
     row.locator("button.cancel").click()
     expect(row).to_have_attribute("data-status", "Cancelled")
-    expect(page.locator(f"#tasks tr[data-task='{task['id']}']")).to_have_attribute("data-status", "Cancelled")
+    expect(row.locator("button.cancel")).to_have_count(0)
+    # Paging, a task per page, newest first: this one, then the one before it.
+    filters.locator("[name=sensor_serial]").fill("")
+    filters.locator("[name=status][value=Pending]").uncheck()
+    filters.locator("[name=type]").select_option("")
+    filters.locator("[name=limit]").fill("1")
+    filters.locator("button[type=submit]").click()
+    expect(page.locator(f"#tasks tr[data-task='{task['id']}']")).to_be_visible()
+    page.click(".pager button.next")
+    expect(rows).to_have_count(1)
+    expect(page.locator(f"#tasks tr[data-task='{task['id']}']")).to_have_count(0)
+    expect(page.locator(".pager")).to_contain_text("page 2")
+    page.click(".pager button.previous")
+    expect(page.locator(f"#tasks tr[data-task='{task['id']}']")).to_be_visible()
 
 
 def test_sensors_page_and_registration(console: Console) -> None:

@@ -82,6 +82,24 @@ export function labelMap(list) {
   );
 }
 
+// A list's rows, or one row that says the list is empty.
+export function fill(tbody, rows, columns, empty) {
+  replace(tbody, rows.length ? rows : h("tr", {}, h("td", { colspan: columns }, empty)));
+}
+
+// Cursor paging: `cursors` is the cursor of each page seen (null for the first), the last one
+// the current page's; `page` the list answer, `load` what shows the current page.
+export function pager(element, cursors, page, load) {
+  replace(
+    element,
+    h("button", { type: "button", class: "previous", disabled: cursors.length === 1,
+      onclick: () => { cursors.pop(); load(); } }, "Previous"),
+    ` page ${cursors.length} `,
+    h("button", { type: "button", class: "next", disabled: !page.has_more,
+      onclick: () => { cursors.push(page.next_cursor); load(); } }, "Next"),
+  );
+}
+
 export function labels(map) {
   const entries = Object.entries(map || {});
   return entries.length ? entries.map(([k, v]) => h("span", { class: "label" }, `${k}:${v}`)) : "—";

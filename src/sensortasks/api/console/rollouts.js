@@ -2,7 +2,7 @@
 // that shows how many sensors its selector matches before it starts.
 
 import { get, post } from "./api.js";
-import { debounce, field, h, labelList, labelMap, notice, replace } from "./dom.js";
+import { debounce, field, fill, h, labelList, labelMap, notice, pager, replace } from "./dom.js";
 
 const STATES = ["scheduled", "running", "paused", "completed", "aborted", "cancelled"];
 const LIVE = new Set(["scheduled", "running", "paused"]);
@@ -68,7 +68,7 @@ export function render(root) {
   let rows = new Map(); // rollout id -> its row
   const message = h("div");
   const table = h("tbody");
-  const pager = h("div", { class: "pager" });
+  const paging = h("div", { class: "pager" });
 
   async function act(id, action) {
     try {
@@ -103,14 +103,8 @@ export function render(root) {
     try {
       const page = await get("/v1/rollouts", { state, limit: 20, cursor: cursors[cursors.length - 1] });
       rows = new Map(page.data.map((r) => [r.id, row(r)]));
-      replace(table, [...rows.values()]);
-      if (!page.data.length) table.append(h("tr", {}, h("td", { colspan: 7 }, "No rollout yet.")));
-      replace(pager,
-        h("button", { type: "button", disabled: cursors.length === 1, onclick: () => { cursors.pop(); load(); } },
-          "Previous"),
-        ` page ${cursors.length} `,
-        h("button", { type: "button", disabled: !page.has_more,
-          onclick: () => { cursors.push(page.next_cursor); load(); } }, "Next"));
+      fill(table, [...rows.values()], 7, "No rollout yet.");
+      pager(paging, cursors, page, load);
       notice(message, null);
     } catch (error) {
       notice(message, error);
@@ -143,7 +137,7 @@ export function render(root) {
     h("table", { class: "rollouts", id: "rollouts" },
       h("thead", {}, h("tr", {}, ["Id", "Name", "State", "Progress", "Rate", "Reason", ""].map((c) => h("th", {}, c)))),
       table),
-    pager, createForm(() => { cursors = [null]; load(); }, message));
+    paging, createForm(() => { cursors = [null]; load(); }, message));
   load();
   // State changes with no task event (scheduled -> running, a pacing round's abort) show up too.
   const timer = setInterval(() => {

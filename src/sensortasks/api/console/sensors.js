@@ -2,7 +2,7 @@
 // broker credentials shown once.
 
 import { get, post } from "./api.js";
-import { debounce, field, h, labelList, labelMap, labels, notice, replace } from "./dom.js";
+import { debounce, field, fill, h, labelList, labelMap, labels, notice, pager, replace } from "./dom.js";
 
 const PAGE = 20;
 
@@ -22,7 +22,7 @@ export function render(root) {
   let rows = new Map(); // serial -> its row
   const message = h("div");
   const table = h("tbody");
-  const pager = h("div", { class: "pager" });
+  const paging = h("div", { class: "pager" });
   const issued = h("div");
 
   function row(sensor, info) {
@@ -36,7 +36,7 @@ export function render(root) {
       h("td", {}, labels(sensor.labels)));
   }
 
-  async function fill(sensor) {
+  async function detail(sensor) {
     const info = await get(`/v1/sensors/${sensor.serial}`);
     const fresh = row({ ...sensor, online: info.online, last_seen: info.last_seen }, info);
     rows.get(sensor.serial)?.replaceWith(fresh);
@@ -49,15 +49,9 @@ export function render(root) {
       const page = await get("/v1/sensors", { label: selector, limit: PAGE, cursor: cursors[cursors.length - 1] });
       listed = page.data;
       rows = new Map(listed.map((s) => [s.serial, row(s, null)]));
-      replace(table, [...rows.values()]);
-      if (!listed.length) table.append(h("tr", {}, h("td", { colspan: 6 }, "No sensor matches.")));
-      replace(pager,
-        h("button", { type: "button", disabled: cursors.length === 1, onclick: () => { cursors.pop(); load(); } },
-          "Previous"),
-        ` page ${cursors.length} `,
-        h("button", { type: "button", disabled: !page.has_more,
-          onclick: () => { cursors.push(page.next_cursor); load(); } }, "Next"));
-      await Promise.all(listed.map(fill)); // the queue of each: GET /v1/sensors/{serial}
+      fill(table, [...rows.values()], 6, "No sensor matches.");
+      pager(paging, cursors, page, load);
+      await Promise.all(listed.map(detail)); // the queue of each: GET /v1/sensors/{serial}
       notice(message, null);
     } catch (error) {
       notice(message, error);
@@ -92,12 +86,12 @@ export function render(root) {
     }
   });
 
-  const soon = debounce(() => Promise.all(listed.map(fill)).catch((error) => notice(message, error)), 500);
+  const soon = debounce(() => Promise.all(listed.map(detail)).catch((error) => notice(message, error)), 500);
   root.append(h("h2", {}, "Sensors"), filter, message,
     h("table", { class: "sensors", id: "sensors" },
       h("thead", {}, h("tr", {}, ["Serial", "Presence", "Last seen", "Task in flight", "Queued", "Labels"]
         .map((c) => h("th", {}, c)))), table),
-    pager, register, issued);
+    paging, register, issued);
   load();
   return {
     onEvent(event) {

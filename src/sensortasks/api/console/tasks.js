@@ -2,7 +2,7 @@
 // result, create and cancel. Rows follow the live events without reloading the page.
 
 import { del, get, post } from "./api.js";
-import { debounce, field, h, notice, replace, STATUSES, status, values } from "./dom.js";
+import { debounce, field, fill, h, notice, pager, replace, STATUSES, status, values } from "./dom.js";
 
 const TYPES = ["update_firmware", "update_configuration"];
 const ACTIVE = new Set(["Pending", "Ongoing"]);
@@ -88,7 +88,7 @@ export function render(root) {
   let open = null; // the task whose detail is shown
   const message = h("div");
   const table = h("tbody");
-  const pager = h("div", { class: "pager" });
+  const paging = h("div", { class: "pager" });
   const panel = h("section", { class: "detail card", id: "task-detail", hidden: true });
 
   function row(task) {
@@ -109,14 +109,8 @@ export function render(root) {
       const status = [].concat(filters.status || []).join(","); // names, comma-separated
       const page = await get("/v1/tasks", { ...filters, status, cursor });
       shown = new Map(page.data.map((t) => [t.id, row(t)]));
-      replace(table, [...shown.values()]);
-      if (!page.data.length) table.append(h("tr", {}, h("td", { colspan: 8 }, "No task matches.")));
-      replace(pager,
-        h("button", { type: "button", disabled: cursors.length === 1, onclick: () => { cursors.pop(); load(); } },
-          "Previous"),
-        ` page ${cursors.length} `,
-        h("button", { type: "button", id: "next-page", disabled: !page.has_more,
-          onclick: () => { cursors.push(page.next_cursor); load(); } }, "Next"));
+      fill(table, [...shown.values()], 8, "No task matches.");
+      pager(paging, cursors, page, load);
       notice(message, null);
     } catch (error) {
       notice(message, error);
@@ -168,7 +162,7 @@ export function render(root) {
     h("table", { class: "tasks", id: "tasks" },
       h("thead", {}, h("tr", {}, ["Id", "Sensor", "Type", "Status", "Attempts", "Progress", "Updated", ""]
         .map((c) => h("th", {}, c)))), table),
-    pager,
+    paging,
     panel,
     createForm(() => { if (cursors.length === 1) reload(); }, message),
   );
