@@ -44,6 +44,7 @@ FLEET, FLEET_SIZE = 810_000_000_000_001, 3
 LATE = 810_000_000_000_100
 OFFLINE = 810_000_000_000_200
 TIMEOUT_MS = 15_000
+WRONG_KEY = "stk_this-is-not-a-key-0123456789abcdef"
 if sync_playwright is not None:
     expect.set_options(timeout=TIMEOUT_MS)
 
@@ -181,6 +182,19 @@ def launch(playwright: Playwright, path: Path) -> Browser:
     return playwright.chromium.launch(executable_path=str(path), args=args)
 
 
+def test_a_wrong_key_is_refused_and_never_logged(console: Console) -> None:
+    page = console.browser.new_page()
+    page.on("request", lambda request: console.requested.append(request.url))
+    page.goto(f"{console.serve.url}/console")
+    page.fill("#key", WRONG_KEY)
+    page.click("#login button[type=submit]")
+    expect(page.locator("#login-notice")).to_have_text("That key is not valid.")
+    assert page.evaluate("sessionStorage.length") == 0
+    expect(page.locator("#nav")).to_be_hidden()
+    assert WRONG_KEY not in console.serve.log()
+    page.close()
+
+
 def test_log_in_and_see_the_overview(console: Console) -> None:
     page = console.page()
     expect(page.locator("#nav")).to_be_visible()
@@ -287,15 +301,19 @@ def test_start_and_pause_a_rollout(console: Console) -> None:
     expect(row).to_contain_text(f"/ {FLEET_SIZE} finished")
     row.locator("button.pause").click()
     expect(row).to_have_attribute("data-state", "paused")
-    expect(row.locator("button.resume")).to_be_visible()
     shot(page, "rollouts")
+    row.locator("button.resume").click()
+    expect(row).to_have_attribute("data-state", "running")
+    row.locator("button.cancel").click()
+    expect(row).to_have_attribute("data-state", "cancelled")
+    expect(row.locator("button")).to_have_count(0)
 
 
 def test_nothing_left_127_0_0_1_and_no_key_in_any_url(console: Console) -> None:
     """Runs last: over every request of the tests before it."""
     assert console.requested
     assert [url for url in console.requested if urlsplit(url).hostname != "127.0.0.1"] == []
-    assert [url for url in console.requested if console.key in url or "stk_" in url] == []
+    assert [url for url in console.requested if console.key in url or "stk_" in url] == []  # nor the wrong one
     assert any(urlsplit(url).path == "/v1/events" for url in console.requested)
     assert console.problems == []
 
