@@ -21,8 +21,10 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from sensortasks.api import create_app
+from sensortasks.api.app import close_streams
 from sensortasks.broker.dynsec import DynsecAdmin
 from sensortasks.commands.mqtt import CommandHandler
 from sensortasks.config import Settings
@@ -38,9 +40,18 @@ log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # signals are handled by `serve`
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """End the open event streams first: uvicorn waits for every response to finish."""
+        close_streams(self.app)
+        await super().shutdown(sockets)
 
 
 def build_accounts(settings: Settings) -> DynsecAdmin | None:
@@ -121,7 +132,7 @@ async def serve(settings: Settings, *, api: bool = True, dispatcher: bool = True
         config = uvicorn.Config(
             app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
         )
-        server = _Server(config)
+        server = _Server(config, app)
 
     stopping = False
 

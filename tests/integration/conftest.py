@@ -64,6 +64,8 @@ class Service:
     broker: MosquittoBroker
     sensors: list[RecordingSensor] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
+    #: The ASGI app `api` talks to (to serve it over real HTTP where a test needs streaming).
+    app: Any = None
 
     async def stop(self) -> None:
         """Stop the dispatcher (as at shutdown) and wait until it has."""
@@ -229,7 +231,7 @@ async def make_service(broker: MosquittoBroker, database_url: str) -> AsyncItera
         runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
         await asyncio.wait_for(dispatcher.link.connected.wait(), 10)
         api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sensortasks.test")
-        service = Service(settings, store, dispatcher, api, broker, runner=runner)
+        service = Service(settings, store, dispatcher, api, broker, runner=runner, app=app)
         started.append((service, runner))
         return service
 

@@ -257,7 +257,8 @@ async def test_openapi_documents_every_route(make_service: ServiceFactory) -> No
     service = await make_service()
     spec = (await service.api.get("/openapi.json")).json()
     for path in ["/v1/tasks", "/v1/tasks/bulk", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/events",
-                 "/v1/tasks/{task_id}/result", "/v1/tasks/export.csv", "/v1/sensors/{serial}", "/healthz", "/metrics"]:  # fmt: skip
+                 "/v1/tasks/{task_id}/result", "/v1/tasks/export.csv", "/v1/sensors/{serial}", "/v1/sensors/count",
+                 "/v1/overview", "/v1/events", "/healthz", "/metrics"]:  # fmt: skip
         assert path in spec["paths"], path
         for operation in spec["paths"][path].values():
             assert operation.get("summary"), (path, operation)

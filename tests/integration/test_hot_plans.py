@@ -167,3 +167,34 @@ async def test_tasks_read_back_unvalidated_are_the_validated_ones(sqlite_url: st
         assert (await store.get(created.id or 0)).result == {"version": "2.1"}
     finally:
         await store.db.dispose()
+
+
+async def test_the_console_reads_recent_rows_and_one_tenants_index_entries(sqlite_url: str) -> None:
+    """The overview, the live tail and the selector count of one customer among others: no read
+    of every task or event; the counts by status come from the tenant's index entries alone."""
+    await upgrade(sqlite_url)
+    store = TaskStore(open_database(sqlite_url))
+    try:
+        for customer in (7, 8):
+            serials = [FIRST + customer * 1000 + i for i in range(SENSORS)]
+            for serial in serials:
+                await store.register_sensor(serial, customer_id=customer, now=utcnow(), labels={"ring": "canary"})
+            tasks = [NewTask(serials[i % SENSORS], "update_firmware", "f", 3, 3600) for i in range(SENSORS * QUEUE)]
+            await store.create(tasks, customer_id=customer, now=utcnow())
+        await store.claim_next(None, now=utcnow())
+        tail = await _plans(store, lambda: store.transitions_after(0, customer_id=7))
+        # Driven by the events' id range, each event's task by its key: a poll costs the new events.
+        assert tail[-1][:2] == ["SEARCH task_events USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
+                                "SEARCH tasks USING INTEGER PRIMARY KEY (rowid=?)"], tail  # fmt: skip
+        plans = list(tail)
+        for action in (
+            lambda: store.overview(customer_id=7, now=utcnow()),
+            lambda: store.count_sensors(customer_id=7, labels={"ring": "canary"}),
+        ):
+            plans += await _plans(store, action)
+        lines = [line for plan in plans for line in plan]
+        assert _whole_reads(plans) == [], lines
+        assert any("COVERING INDEX ix_tasks_customer_status (customer_id=?)" in line for line in lines), lines
+        assert any("ix_tasks_customer_updated (customer_id=? AND updated_at>?)" in line for line in lines), lines
+    finally:
+        await store.db.dispose()

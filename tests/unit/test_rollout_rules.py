@@ -53,6 +53,13 @@ def test_a_rate_between_rounds_keeps_its_average() -> None:
     assert {b - a for a, b in itertools.pairwise(starts)} == {1.0, 2.0}
 
 
+@pytest.mark.parametrize("per_minute", [5e-324, 1e-300, 1e-9])
+def test_a_vanishing_rate_paces_one_start_a_year_instead_of_overflowing(per_minute: float) -> None:
+    decided = step(RUNNING, Rules(max_in_flight=10, rate=Rate(per_minute)), Totals(not_started=5), None, MONDAY)
+    assert decided.starts == 1
+    assert decided.next_start_at == MONDAY + timedelta(days=365)
+
+
 def test_a_long_gap_is_not_made_up_in_a_burst() -> None:
     totals = Totals(not_started=1000)
     now = MONDAY + timedelta(hours=1)

@@ -10,9 +10,11 @@ from sensortasks.api import errors
 from sensortasks.api.deps import AppState
 from sensortasks.api.limits import BodyLimit
 from sensortasks.api.openapi import METADATA, DocumentedAPI, install_docs
-from sensortasks.api.routes import health, mqtt_clients, rollouts, sensors, tasks
+from sensortasks.api.routes import glance, health, mqtt_clients, rollouts, sensors, tasks
+from sensortasks.api.routes.console import install_console
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.ops.metrics import HttpMetrics, Metrics
+from sensortasks.service.glance import GlanceService
 from sensortasks.service.rollouts import RolloutService
 from sensortasks.service.tasks import TaskService
 
@@ -37,10 +39,18 @@ def create_app(service: TaskService) -> FastAPI:
     metrics = dispatcher.metrics if dispatcher else Metrics()
     app.state.sensortasks = AppState(service.settings, service, metrics)
     app.state.rollouts = RolloutService(service.settings, service.store, rollout_wake(dispatcher))
+    app.state.glance = GlanceService(service.store)
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: it sees 413s and 500s too
-    for router in (tasks.router, rollouts.router, sensors.router, mqtt_clients.router, health.router):
+    for router in (tasks.router, rollouts.router, sensors.router, glance.router, mqtt_clients.router, health.router):
         app.include_router(router)
     install_docs(app)
+    install_console(app)
     return app
+
+
+def close_streams(app: FastAPI) -> None:
+    """End the app's open event streams (at shutdown: the HTTP server waits for every response)."""
+    glance_service: GlanceService = app.state.glance
+    glance_service.close()

@@ -23,6 +23,7 @@ from sensortasks.api.errors import ApiError, route_of
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
 from sensortasks.ops.metrics import Metrics
+from sensortasks.service.glance import GlanceService
 from sensortasks.service.ratelimit import FailureLimiter
 from sensortasks.service.tasks import TaskService
 from sensortasks.store import TaskStore
@@ -59,6 +60,14 @@ def _state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(_state)]
+
+
+def _glance(request: Request) -> GlanceService:
+    glance: GlanceService = request.app.state.glance
+    return glance
+
+
+Glance = Annotated[GlanceService, Depends(_glance)]
 
 
 def _shown(key: str) -> str:

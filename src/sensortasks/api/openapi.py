@@ -53,6 +53,8 @@ METADATA: dict[str, Any] = {
             "name": "mqtt-clients",
             "description": "A customer's broker accounts for its backends, on the MQTT command topics.",
         },
+        {"name": "overview", "description": "Your fleet at a glance: tasks by status, sensors online, rates."},
+        {"name": "events", "description": "Your tasks' transitions as they happen (server-sent events)."},
         {"name": "operations", "description": "Health and metrics, for probes and scrapers (no API key)."},
     ],
     # The route's function name: `create_task`, not `create_task_v1_tasks_post`.

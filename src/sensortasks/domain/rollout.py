@@ -35,6 +35,9 @@ from typing import Any
 CATCH_UP_S = 1.0
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_SECONDS = 24 * 3600
+#: The longest pause between two starts: a rate below one a year (the API takes any positive
+#: rate, 1e-300 included) paces as one a year instead of overflowing the clock.
+MAX_INTERVAL = timedelta(days=365)
 #: Beyond this many steps a rate's increase has long reached any maximum.
 MAX_INCREASE_STEPS = 200
 _HH_MM = re.compile(r"(?P<h>[01][0-9]|2[0-4]):(?P<m>[0-5][0-9])")
@@ -229,7 +232,7 @@ def step(state: RolloutState, rules: Rules, totals: Totals, next_start_at: datet
 
 
 def _paced(wanted: int, rate: float, next_start_at: datetime | None, now: datetime) -> Step:
-    interval = timedelta(seconds=60.0 / rate)
+    interval = timedelta(seconds=min(60.0 / rate, MAX_INTERVAL.total_seconds()))
     first = now if next_start_at is None else max(next_start_at, now - timedelta(seconds=CATCH_UP_S))
     due = 0 if first > now else math.floor((now - first) / interval) + 1
     starts = min(wanted, due)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sensortasks.store.base import StaleBatch
 from sensortasks.store.dispatch import DispatchQueries
+from sensortasks.store.glance import GlanceQueries
 from sensortasks.store.idempotency import IdempotencyQueries
 from sensortasks.store.members import MemberQueries
 from sensortasks.store.notify import OnWake, listen
@@ -15,7 +16,16 @@ from sensortasks.store.tasks import TaskQueries
 __all__ = ["StaleBatch", "TaskStore"]
 
 
-class TaskStore(TaskQueries, SensorQueries, DispatchQueries, Outbox, IdempotencyQueries, MemberQueries, RolloutQueries):
+class TaskStore(
+    TaskQueries,
+    SensorQueries,
+    DispatchQueries,
+    Outbox,
+    IdempotencyQueries,
+    MemberQueries,
+    RolloutQueries,
+    GlanceQueries,
+):
     """The persistence interface the dispatcher and the API talk to."""
 
     async def listen(self, on_wake: OnWake) -> None:

@@ -62,6 +62,8 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_sensor_status_id", "sensor_serial", "status_id", "id"),
         Index("ix_tasks_customer_created", "customer_id", "created_at"),
         Index("ix_tasks_customer_updated", "customer_id", "updated_at"),
+        # The console's counts by status read a tenant's entries here alone (index-only).
+        Index("ix_tasks_customer_status", "customer_id", "status_id"),
         Index(
             "ix_tasks_rollout_status",
             "rollout_id",

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from sensortasks.api import examples
-from sensortasks.api.deps import CustomerId, State
+from sensortasks.api.deps import CustomerId, Glance, State
+from sensortasks.api.glance_models import SENSOR_COUNT, SensorCount
 from sensortasks.api.models import (
     MqttAccount,
     SensorCreate,
@@ -30,6 +31,16 @@ _NOT_FOUND = error(
     "No such sensor, or it belongs to another customer.",
     examples.error("not_found", f"sensor {examples.SERIAL} not found"),
 )
+LabelQuery = Annotated[
+    list[str],
+    Query(
+        max_length=MAX_LABELS,
+        description="Only sensors carrying this label, as `key:value` (the first `:` splits; "
+        "`region:` for an empty value). Repeat it: every label given must match.",
+        examples=[["region:eu-west", "ring:canary"]],
+    ),
+]
+_BAD_SELECTOR = error(422, "A parameter fails validation; a bad `label` names `label`.", examples.SELECTOR_INVALID)
 _BAD_LABEL = error(422, "The request fails validation; a label that breaks the rules names `labels.<key>`.",
                    examples.LABEL_INVALID)  # fmt: skip
 
@@ -85,6 +96,21 @@ async def remove_sensor(serial: SerialPath, state: State, customer_id: CustomerI
 
 
 @router.get(
+    "/count",
+    summary="Count your sensors, optionally by label",
+    responses={200: ok("How many match.", SENSOR_COUNT), **errors(*V1), 422: _BAD_SELECTOR},
+)
+async def count_sensors(
+    glance: Glance,
+    customer_id: CustomerId,
+    label: LabelQuery = [],  # noqa: B006 (FastAPI copies a list default per request)
+) -> SensorCount:
+    """The sensors `GET /v1/sensors` with the same `label`s lists, counted: what a rollout's
+    `selector` of these labels would target if it started now."""
+    return SensorCount(count=await glance.count_sensors(customer_id, selector(label)))
+
+
+@router.get(
     "/{serial}",
     summary="Presence, the task in flight and the queue of a sensor",
     responses={
@@ -122,21 +148,13 @@ async def relabel_sensor(
     responses={
         200: ok("A page of sensors.", examples.SENSOR_LIST),
         **errors(*V1),
-        422: error(422, "A parameter fails validation; a bad `label` names `label`.", examples.SELECTOR_INVALID),
+        422: _BAD_SELECTOR,
     },
 )
 async def list_sensors(
     state: State,
     customer_id: CustomerId,
-    label: Annotated[
-        list[str],
-        Query(
-            max_length=MAX_LABELS,
-            description="Only sensors carrying this label, as `key:value` (the first `:` splits; "
-            "`region:` for an empty value). Repeat it: every label given must match.",
-            examples=[["region:eu-west", "ring:canary"]],
-        ),
-    ] = [],  # noqa: B006 (FastAPI copies a list default per request)
+    label: LabelQuery = [],  # noqa: B006 (FastAPI copies a list default per request)
     limit: Annotated[int, Query(ge=1, le=1000, description="Sensors per page, 1-1000.")] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
 ) -> SensorsPublic:
