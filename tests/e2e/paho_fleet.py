@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sensortasks.tools.baseline import MISC_INTERVAL_S, SelectorLoop
+from sensortasks.tools.selector import MISC_INTERVAL_S, SelectorLoop
 
 CONNECT_TIMEOUT_S = 30.0
 ONLINE = json.dumps({"v": 1, "online": True})

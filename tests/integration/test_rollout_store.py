@@ -29,9 +29,8 @@ from sensortasks.store import (
     upgrade,
     utcnow,
 )
-from sensortasks.store.base import S
+from sensortasks.store.base import RT, R, S
 from sensortasks.store.migrate import alembic_config
-from sensortasks.store.rollouts import RT, R
 from tests.conftest import only_on
 from tests.integration.test_hot_plans import _plans
 

@@ -25,12 +25,14 @@ from sensortasks.errors import SensortasksError
 from sensortasks.store.changes import Changes, Work
 from sensortasks.store.engine import Database
 from sensortasks.store.notify import notify
-from sensortasks.store.tables import IdempotencyKey, Sensor, Task, TaskEvent
+from sensortasks.store.tables import IdempotencyKey, Rollout, RolloutTarget, Sensor, Task, TaskEvent
 
 T = Task.__table__  # type: ignore[attr-defined]
 E = TaskEvent.__table__  # type: ignore[attr-defined]
 S = Sensor.__table__  # type: ignore[attr-defined]
 I = IdempotencyKey.__table__  # type: ignore[attr-defined]  # noqa: E741
+R = Rollout.__table__  # type: ignore[attr-defined]
+RT = RolloutTarget.__table__  # type: ignore[attr-defined]
 
 ACTIVE = (TaskStatus.PENDING, TaskStatus.ONGOING)
 #: Columns a state change may write; the guarded UPDATE sets all of them.

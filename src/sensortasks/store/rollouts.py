@@ -1,7 +1,7 @@
 """Rollouts (SPEC section 10): create one with its targets, read and list them with their
 totals, pause, resume and cancel them, and the pacing round that starts their tasks.
 
-The rules are `domain.rollout.step`'s; this module counts what it needs (`_totals`: the
+The rules are `domain.rollout.step`'s; this module counts what it needs (`totals_of`: the
 rollout's ``target_count`` and ``started_count``, kept by every write here that adds, drops or
 starts a target, and its tasks not Completed through ``ix_tasks_rollout_status``), writes
 what it decided and creates tasks through `insert_tasks`, so that a rollout's tasks queue
@@ -26,23 +26,19 @@ from sensortasks.domain import TaskStatus
 from sensortasks.domain import lifecycle as lc
 from sensortasks.domain.rollout import Abort, Rate, RolloutState, Rules, Schedule, Step, Totals, step
 from sensortasks.errors import Conflict, InvalidInput, NotFound
-from sensortasks.store.base import ACTIVE, S, StoreBase, T, labelled, owned, registered_to
+from sensortasks.store.base import ACTIVE, RT, R, S, StoreBase, T, labelled, owned, registered_to
 from sensortasks.store.changes import Changes, Work
 from sensortasks.store.records import NewRollout, NewTask, RolloutAdvance, RolloutInfo
+from sensortasks.store.rollout_totals import after_starts, totals_of
 from sensortasks.store.tables import (
     LIVE_ROLLOUT_SQL,
     ROLLOUT_TASK_SQL,
     WAITING_TARGET_SQL,
-    Rollout,
-    RolloutTarget,
     Task,
 )
 from sensortasks.store.tasks import _check_owned, insert_tasks
 
 log = logging.getLogger(__name__)
-
-R = Rollout.__table__  # type: ignore[attr-defined]
-RT = RolloutTarget.__table__  # type: ignore[attr-defined]
 
 #: Columns a rollout's state change may write.
 ROLLOUT_MUTABLE = ("state", "reason", "started_at", "finished_at", "next_start_at", "updated_at")
@@ -59,7 +55,6 @@ _SET_TASK = (
 UNFINISHED = (RolloutState.SCHEDULED, RolloutState.RUNNING, RolloutState.PAUSED)
 CANCELLED_REASON = "cancelled by the customer"
 _DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
-_NOT_COMPLETED = [s for s in TaskStatus if s is not TaskStatus.COMPLETED]
 
 
 def _insert_ignoring(conn: AsyncConnection) -> postgresql.Insert | sqlite.Insert:
@@ -84,42 +79,6 @@ async def _add_selected(
     )
     stmt = _insert_ignoring(conn).from_select(["rollout_id", "sensor_serial", "added_at"], chosen)
     await conn.execute(stmt)
-
-
-async def _totals(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Totals]:
-    """Each rollout's totals, at a cost that does not grow with its targets or its Completed
-    tasks: its two counts, and its other tasks by status (``ix_tasks_rollout_status``, a few
-    rows while it goes well). Every target started has exactly one task (tasks are never
-    deleted), so the Completed ones are the started ones that are not in another status."""
-    if not ids:
-        return {}
-    counts: dict[int, dict[str, int]] = {}
-    started: dict[int, int] = {}
-    for rollout_id, targets, begun in await conn.execute(
-        select(R.c.id, R.c.target_count, R.c.started_count).where(R.c.id.in_(ids))
-    ):
-        counts[rollout_id] = {"targets": targets, "not_started": targets - begun}
-        started[rollout_id] = begun
-    tasks = (
-        select(T.c.rollout_id, T.c.status_id, func.count())
-        .where(T.c.rollout_id.in_(ids), ROLLOUT_TASK_SQL, T.c.status_id.in_(_NOT_COMPLETED))
-        .group_by(T.c.rollout_id, T.c.status_id)
-    )
-    for rollout_id, status, n in await conn.execute(tasks):
-        counts[rollout_id][TaskStatus(status).name.lower()] = n
-        started[rollout_id] -= n
-    return {i: Totals(**c, completed=started[i]) for i, c in counts.items()}
-
-
-def _after_starts(totals: Totals, started: int, dropped: int) -> Totals:
-    """The totals once a round started `started` targets' tasks (Pending) and dropped `dropped`
-    targets: known without counting again."""
-    return replace(
-        totals,
-        targets=totals.targets - dropped,
-        not_started=totals.not_started - started - dropped,
-        pending=totals.pending + started,
-    )
 
 
 async def _updated_since(conn: AsyncConnection, since: datetime | None, looked: Sequence[int]) -> list[dict[str, Any]]:
@@ -151,7 +110,7 @@ def _info(row: Mapping[Any, Any], totals: Totals) -> RolloutInfo:
 
 
 async def _infos(conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> list[RolloutInfo]:
-    totals = await _totals(conn, [r["id"] for r in rows])
+    totals = await totals_of(conn, [r["id"] for r in rows])
     return [_info(r, totals[r["id"]]) for r in rows]
 
 
@@ -234,7 +193,7 @@ class RolloutQueries(StoreBase):
                 await _add_selected(conn, rollout_id, new.selector, customer_id, now)
             counted = select(func.count()).where(RT.c.rollout_id == rollout_id).scalar_subquery()
             await conn.execute(update(R).where(R.c.id == rollout_id).values(target_count=counted))
-            totals = (await _totals(conn, [rollout_id]))[rollout_id]
+            totals = (await totals_of(conn, [rollout_id]))[rollout_id]
             if totals.targets == 0 and not (new.continuous and new.selector is not None):
                 raise InvalidInput(
                     "targets: no sensor matches the rollout's sensors and selector", details={"field": "targets"}
@@ -353,14 +312,14 @@ class RolloutQueries(StoreBase):
         async with self._write() as conn:
             live = self._locked(select(R).where(LIVE_ROLLOUT_SQL).order_by(R.c.id))
             rows = [dict(r._mapping) for r in await conn.execute(live)]
-            totals = await _totals(conn, [r["id"] for r in rows])
+            totals = await totals_of(conn, [r["id"] for r in rows])
             changed, aborted = [], []
             for row in rows:
                 decided = step(RolloutState(row["state"]), _rules(row), totals[row["id"]], row["next_start_at"], now)
                 if decided.starts:
                     begun, dropped = await self._start_rollout_tasks(conn, row, decided.starts, now)
                     started += begun
-                    totals[row["id"]] = _after_starts(totals[row["id"]], len(begun), dropped)
+                    totals[row["id"]] = after_starts(totals[row["id"]], len(begun), dropped)
                 if decided.state is RolloutState.ABORTED:
                     reason = f"rollout {row['id']} aborted: {decided.reason}"
                     await self._cancel_rollout_tasks(conn, changes, row["id"], reason, every=False)
@@ -370,7 +329,7 @@ class RolloutQueries(StoreBase):
             await _save_rollouts(conn, changed)
             await self._write_changes(conn, changes)
             others = await _updated_since(conn, changed_since, [r["id"] for r in rows])
-            totals |= await _totals(conn, [*aborted, *(r["id"] for r in others)])
+            totals |= await totals_of(conn, [*aborted, *(r["id"] for r in others)])
             return RolloutAdvance(started, [_info(r, totals[r["id"]]) for r in [*rows, *others]])
 
     async def _start_rollout_tasks(

@@ -59,11 +59,8 @@ from sensortasks.tools.baseline import (
     FIRST_SERIAL,
     RAW_FLOWS,
     ROLES,
-    START_TIMEOUT_S,
     CpuMeter,
     RunResult,
-    clear_retained,
-    end_sessions,
     measured_roles,
     run_raw,
 )
@@ -78,6 +75,7 @@ from sensortasks.tools.deployment import (
 )
 from sensortasks.tools.paced import bulk_json, fleet_rows, fleet_serial, post_tasks, product_name, wait_completed
 from sensortasks.tools.scenarios import Findings, Product, Scenarios, fill_backlog, raw_paced, with_product
+from sensortasks.tools.selector import START_TIMEOUT_S, clear_retained, end_sessions
 
 BULK_CHUNK = 1000
 #: How often the driver reads the product's task counts while waiting for the end.

@@ -44,9 +44,7 @@ from sensortasks.tools.baseline import (
     DISPATCH_WINDOW,
     FILE_ID,
     FIRST_SERIAL,
-    START_TIMEOUT_S,
     RawFlow,
-    paho_client,
     paho_fleet,
     raw_processes,
     run_timeout_s,
@@ -54,6 +52,7 @@ from sensortasks.tools.baseline import (
     task_json,
 )
 from sensortasks.tools.deployment import Deployment, as_utc
+from sensortasks.tools.selector import START_TIMEOUT_S, paho_client
 from sensortasks.tools.stats import percentile
 
 #: How often a paced run creates the tasks due.
