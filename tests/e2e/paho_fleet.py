@@ -107,13 +107,15 @@ class OneThread:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the thread (within `MISC_INTERVAL_S`), then disconnect every client cleanly."""
+        """Stop the thread (within `MISC_INTERVAL_S`), then disconnect every client cleanly: its
+        DISCONNECT written and its socket closed (paho says "not connected" before either)."""
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join()
         for client in self.loop.clients:
             client.disconnect()
-        self.loop.run_until(lambda: not any(c.is_connected() for c in self.loop.clients), CONNECT_TIMEOUT_S)
+        self.loop.run_until(lambda: all(c.socket() is None for c in self.loop.clients), CONNECT_TIMEOUT_S)
+        self.loop.close()
 
     def _run(self) -> None:
         while not self._stopped.is_set():

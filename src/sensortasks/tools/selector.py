@@ -95,6 +95,10 @@ class SelectorLoop:
                 client.loop_misc()
             self._next_misc = now + MISC_INTERVAL_S
 
+    def close(self) -> None:
+        """Release the selector (its clients' sockets are theirs to close)."""
+        self._selector.close()
+
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, set()
         for client in pending:
@@ -133,6 +137,7 @@ def end_sessions(host: str, port: int, identifiers: Sequence[str]) -> None:
         client.on_connect = lambda c, *_: c.disconnect()
         client.on_disconnect = on_disconnect
     loop.connect(clients, host, port, lambda: ended[0])
+    loop.close()
 
 
 def clear_retained(host: str, port: int, topics: Sequence[str]) -> None:
@@ -149,4 +154,5 @@ def clear_retained(host: str, port: int, topics: Sequence[str]) -> None:
     loop.add(client, host, port)
     loop.run_until(lambda: acked[0] == len(topics), START_TIMEOUT_S)
     client.disconnect()
-    loop.run_until(lambda: not loop.clients[0].is_connected(), START_TIMEOUT_S)
+    loop.run_until(lambda: client.socket() is None, START_TIMEOUT_S)
+    loop.close()
