@@ -94,7 +94,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def build_store(settings: Settings) -> TaskStore:
     policy = RetryPolicy(settings.retry_backoff_s, settings.retry_backoff_max_s)
-    return TaskStore(open_database(settings.database_url), policy, origin=settings.instance)
+    return TaskStore(open_database(settings.database_url, instance=settings.instance), policy, origin=settings.instance)
 
 
 def build_service(

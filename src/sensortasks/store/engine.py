@@ -63,6 +63,8 @@ DATABASE_DOWN: tuple[type[Exception], ...] = (
 #: frozen mid-transaction, and its row locks would otherwise block every other instance until
 #: TCP gives up (minutes). The instance that loses it retries on a new connection.
 IDLE_IN_TRANSACTION_MS = 3000
+#: PostgreSQL keeps this many bytes of ``application_name`` (NAMEDATALEN - 1).
+APPLICATION_NAME_MAX = 63
 #: What a caller is told when the database cannot take its request.
 DATABASE_UNAVAILABLE = "database unavailable; retry the request"
 
@@ -177,15 +179,21 @@ class Database:
             await self.reader.dispose()
 
 
-def open_database(url: str) -> Database:
+def application_name(instance: str) -> str:
+    """How an instance's PostgreSQL sessions are named (``pg_stat_activity.application_name``),
+    so that the leader can end them once the instance is silent (`MemberQueries.beat`)."""
+    return f"sensortasks:{instance}".encode()[:APPLICATION_NAME_MAX].decode(errors="ignore")
+
+
+def open_database(url: str, *, instance: str | None = None) -> Database:
+    """Engines for `url`; on PostgreSQL, sessions named after `instance` (`application_name`)."""
     if _sqlite_path(url) is not None:
         return Database(url, _sqlite_engine(url, immediate=True), _sqlite_engine(url, immediate=False))
+    settings = {"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)}
+    if instance is not None:
+        settings["application_name"] = application_name(instance)
     engine = create_async_engine(
-        url,
-        pool_size=10,
-        max_overflow=10,
-        pool_pre_ping=True,
-        connect_args={"server_settings": {"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)}},
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"server_settings": settings}
     )
     return Database(url, engine, engine)
 

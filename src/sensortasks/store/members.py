@@ -1,22 +1,39 @@
 """The dispatcher instances' heartbeats and the leader lease, in the database every instance
 shares: `store.membership` decides, this writes. Each beat is one short transaction that
-locks the lease row first, so beats of several instances serialise on it."""
+locks the lease row first, so beats of several instances serialise on it.
+
+On PostgreSQL the leader also ends the database sessions of an instance it finds silent
+(`engine.application_name` names them). A partition can leave such a session holding row locks
+indefinitely: cut between an extended-protocol ``Execute`` and its ``Sync`` (asyncpg pipelines
+an executemany), the server never reports the session idle, so
+``idle_in_transaction_session_timeout`` does not end it, and TCP keeps it open for hours. The
+tasks it locked would then block every other instance's batches until then.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.store.base import StoreBase
+from sensortasks.store.engine import application_name
 from sensortasks.store.membership import LEADER, Beat, LeaseState, Member, plan_beat, plan_leave
 from sensortasks.store.tables import DispatcherInstance, Lease
 
+log = logging.getLogger(__name__)
+
 M = DispatcherInstance.__table__  # type: ignore[attr-defined]
 L = Lease.__table__  # type: ignore[attr-defined]
+_END_SESSIONS = text(
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = ANY(:names)"
+)
 
 
 class MemberQueries(StoreBase):
@@ -31,6 +48,7 @@ class MemberQueries(StoreBase):
                 await conn.execute(update(L).where(L.c.name == LEADER).values(asdict(beat.lease)))
             if beat.resent:
                 await conn.execute(update(M).where(M.c.instance.in_(beat.resent)).values(recovered=1))
+                await self._end_sessions(conn, beat.resent)
             if beat.removed:
                 await conn.execute(delete(M).where(M.c.instance.in_(beat.removed)))
         return beat
@@ -48,6 +66,21 @@ class MemberQueries(StoreBase):
         async with self._read() as conn:
             row = (await conn.execute(select(M).where(M.c.instance == instance))).first()
         return None if row is None else Member(**dict(row._mapping))
+
+    async def _end_sessions(self, conn: AsyncConnection, instances: tuple[str, ...]) -> None:
+        """End the silent `instances`' PostgreSQL sessions, releasing any lock they hold; best
+        effort (a role that may not signal theirs is logged, and the beat goes on)."""
+        if conn.dialect.name != "postgresql":
+            return
+        names = [application_name(i) for i in instances]
+        try:
+            async with conn.begin_nested():
+                ended = (await conn.execute(_END_SESSIONS, {"names": names})).scalar_one()
+        except DBAPIError as exc:
+            log.warning("could not end the database sessions of %s: %s", ", ".join(instances), exc)
+            return
+        if ended:
+            log.warning("ended %d database session(s) of silent instance(s) %s", ended, ", ".join(instances))
 
     async def _lease(self, conn: AsyncConnection) -> LeaseState:
         row = (await conn.execute(self._locked(select(L).where(L.c.name == LEADER)))).one()
