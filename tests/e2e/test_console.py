@@ -201,7 +201,6 @@ def test_log_in_and_see_the_overview(console: Console) -> None:
     expect(page.locator("[data-count=sensors] strong")).to_have_text(f"{FLEET_SIZE} / {FLEET_SIZE + 2}")
     expect(page.locator("svg.chart")).to_be_visible()
     assert page.evaluate("Object.keys(sessionStorage)") == ["sensortasks.key"]
-    shot(page, "overview")
     page.click("#logout")
     expect(page.locator("#login")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
@@ -227,6 +226,28 @@ def test_a_task_goes_from_pending_to_completed_live(console: Console) -> None:
     expect(detail.locator("table.history tbody tr").first).to_contain_text("created")
     expect(detail.locator("pre.result")).to_contain_text("simulated")
     shot(page, "tasks")
+
+
+def test_the_overview_counts_and_charts_what_ran(console: Console) -> None:
+    """Once tasks ran, the cards say what ``GET /v1/overview`` says and the last hour's bars show them."""
+    with console.api() as api:
+        body = {"sensor_serial": FLEET, "file_id": FILE_ID, "type": "update_firmware"}
+        task = api.post("/v1/tasks", json=body).raise_for_status().json()
+        deadline = time.monotonic() + 30
+        while api.get(f"/v1/tasks/{task['id']}").json()["status_name"] != "Completed":
+            assert time.monotonic() < deadline, f"task {task['id']} did not complete"
+            time.sleep(0.1)
+        overview = api.get("/v1/overview").raise_for_status().json()
+    completed = overview["tasks"]["Completed"]
+    assert completed >= 1
+    page = console.page()
+    expect(page.locator("[data-count=Completed] strong")).to_have_text(str(completed))
+    expect(page.locator("[data-count=Pending] strong")).to_have_text(str(overview["tasks"]["Pending"]))
+    bars = page.locator("svg.chart rect.completed")
+    expect(bars).to_have_count(len(overview["minutes"]))
+    drawn = sum(float(bars.nth(i).get_attribute("height") or 0) for i in range(bars.count()))
+    assert drawn > 0, "no completed bar is drawn"
+    shot(page, "overview")
 
 
 def test_filters_and_cancel(console: Console) -> None:
