@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import TaskStatus
 from sensortasks.store.base import E, S, StoreBase, T, labelled, owned, registered_to
@@ -54,7 +56,7 @@ class GlanceQueries(StoreBase):
     async def latest_event_id(self) -> int:
         """The newest event's id (0 with none): where a tail that asks for nothing old starts."""
         async with self._read() as conn:
-            return int((await conn.execute(select(func.max(E.c.id)))).scalar_one() or 0)
+            return await _latest_event_id(conn)
 
     async def transitions_after(
         self, after_id: int, *, customer_id: int | None, limit: int = FEED_BATCH
@@ -62,21 +64,10 @@ class GlanceQueries(StoreBase):
         """The customer's transitions with an id above `after_id`, oldest first, and the cursor to
         read from next: the last id returned, or the newest id looked at when none of the
         customer's were among them (other tenants' events are passed over once, not re-read)."""
-        newest = await self.latest_event_id()
-        start = max(after_id, newest - FEED_BACKLOG)
-        query = (
-            select(E, T.c.sensor_serial, T.c.type, T.c.rollout_id)
-            .join(T, T.c.id == E.c.task_id)
-            .where(E.c.id > start, E.c.id <= newest, E.c.kind == "transition")
-            .order_by(E.c.id)
-            .limit(limit)
-        )
-        if customer_id is not None:
-            # ``+ 0``: no index on it, so that the read is driven by the events' id range (a few
-            # rows), never by the tenant's tasks (SQLite, without statistics, would pick them).
-            query = query.where(T.c.customer_id + 0 == customer_id)
         async with self._read() as conn:
-            rows = (await conn.execute(query)).all()
+            newest = await _latest_event_id(conn)
+            start = max(after_id, newest - FEED_BACKLOG)
+            rows = (await conn.execute(_tail(start, newest, customer_id, limit))).all()
         found = [(r.id, transition_of(r._mapping, r.sensor_serial, r.type, r.rollout_id)) for r in rows]
         return found, found[-1][0] if len(found) == limit else max(start, newest)
 
@@ -110,3 +101,23 @@ class GlanceQueries(StoreBase):
         query = select(func.count()).where(registered_to(customer_id), *labelled(labels))
         async with self._read() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+
+async def _latest_event_id(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.max(E.c.id)))).scalar_one() or 0)
+
+
+def _tail(start: int, newest: int, customer_id: int | None, limit: int) -> Select[Any]:
+    """Transition events with ids in (`start`, `newest`], oldest first, of the customer's tasks."""
+    query = (
+        select(E, T.c.sensor_serial, T.c.type, T.c.rollout_id)
+        .join(T, T.c.id == E.c.task_id)
+        .where(E.c.id > start, E.c.id <= newest, E.c.kind == "transition")
+        .order_by(E.c.id)
+        .limit(limit)
+    )
+    if customer_id is not None:
+        # ``+ 0``: no index on it, so that the read is driven by the events' id range (a few
+        # rows), never by the tenant's tasks (SQLite, without statistics, would pick them).
+        query = query.where(T.c.customer_id + 0 == customer_id)
+    return query
