@@ -172,9 +172,9 @@ def completions(history: list[dict[str, Any]]) -> int:
     return sum(e["kind"] == "transition" and e["to_status_name"] == "Completed" for e in history)
 
 
-async def fleet_completed(cluster: Cluster, count: int, *, timeout: float) -> None:
+async def fleet_completed(fleet: PahoFleet, count: int, *, timeout: float) -> None:
     async def reached() -> bool:
-        return cluster.fleet.completed() >= count
+        return fleet.completed() >= count
 
     await eventually(reached, timeout=timeout, what=f"the fleet to complete {count} tasks")
 

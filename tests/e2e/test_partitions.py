@@ -112,7 +112,7 @@ async def answered(
 async def cut_and_heal(cluster: Cluster, proxy: TcpProxy, mode: Mode, what: str, bounds: Bounds) -> None:
     """The scenario of the module docstring; `what` names the connection cut."""
     ids = await create_rounds(cluster, ROUNDS)
-    await fleet_completed(cluster, len(ids) // 3, timeout=60)
+    await fleet_completed(cluster.fleet, len(ids) // 3, timeout=60)
     before = cluster.fleet.completed()
     cluster.down.add(CUT)
     cut = time.monotonic()

@@ -21,7 +21,7 @@ from sensortasks.testing import MosquittoBroker
 from sensortasks.tools.deployment import cpu_seconds
 from tests.integration.conftest import eventually
 
-from .cluster import report, task_body
+from .cluster import fleet_completed, report, task_body
 from .conftest import ServeProcess, all_tasks
 from .paho_fleet import PahoFleet
 from .test_rollout_processes import all_completed, create_rollout
@@ -63,13 +63,6 @@ async def paced_from_outside(api: httpx.AsyncClient, fleet: PahoFleet) -> None:
         await asyncio.sleep(PACE_S)  # the pacing interval itself, not a wait for something
 
 
-async def completed_by(fleet: PahoFleet, count: int) -> None:
-    async def reached() -> bool:
-        return fleet.completed() >= count
-
-    await eventually(reached, timeout=TIMEOUT_S, what=f"the fleet to complete {count} tasks")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_rollout_over_2000_real_sensors_fills_its_cap_and_never_passes_it(
@@ -88,7 +81,7 @@ async def test_a_rollout_over_2000_real_sensors_fills_its_cap_and_never_passes_i
 
             cpu, started = cpu_seconds(pid), time.monotonic()
             created = await create_rollout(api, SERIALS, max_in_flight=CAP)
-            await completed_by(fleet, 2 * len(SERIALS))
+            await fleet_completed(fleet, 2 * len(SERIALS), timeout=TIMEOUT_S)
             rollout_cpu, rollout_s = cpu_seconds(pid) - cpu, time.monotonic() - started
 
             async def finished() -> bool:

@@ -98,7 +98,7 @@ async def test_a_rollout_survives_kill_9_of_its_dispatcher_with_its_cap_held(
             cluster = Cluster({"e2e": serve}, {"e2e": api}, fleet)
             await seen_online(cluster)
             created = await create_rollout(api, SERIALS, max_in_flight=5, rate={"per_minute": RATE_PER_MINUTE})
-            await fleet_completed(cluster, len(SERIALS) // 3, timeout=ROLLOUT_TIMEOUT_S)
+            await fleet_completed(cluster.fleet, len(SERIALS) // 3, timeout=ROLLOUT_TIMEOUT_S)
             before = fleet.completed()
             await cluster.kill("e2e")
             assert before < len(SERIALS), "the kill came after the rollout"
@@ -137,7 +137,7 @@ async def test_three_instances_hold_a_rollouts_cap_across_the_leaders_death(clus
 
     led_by = await leader(cluster, timeout=10)
     second = await create_rollout(cluster.apis[cluster.live()[-1]], SCALE_SERIALS, max_in_flight=4)
-    await fleet_completed(cluster, len(first_tasks) + 8, timeout=ROLLOUT_TIMEOUT_S)
+    await fleet_completed(cluster.fleet, len(first_tasks) + 8, timeout=ROLLOUT_TIMEOUT_S)
     before = fleet.completed() - len(first_tasks)
     await cluster.kill(led_by)
     assert before < len(SCALE_SERIALS), "the kill came after the second rollout"

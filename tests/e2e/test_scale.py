@@ -68,7 +68,7 @@ async def test_three_instances_share_the_work_exactly_once(cluster: Cluster) -> 
 
 async def test_an_instance_killed_for_good_strands_nothing_beyond_the_bound(cluster: Cluster) -> None:
     ids = await create_rounds(cluster, ROUNDS)
-    await fleet_completed(cluster, len(ids) // 3, timeout=60)
+    await fleet_completed(cluster.fleet, len(ids) // 3, timeout=60)
     before = cluster.fleet.completed()
     killed = time.monotonic()
     await cluster.kill("beta")
@@ -124,12 +124,12 @@ async def test_instances_killed_in_turn_and_restarted_lose_nothing(cluster: Clus
     creating = asyncio.create_task(creator.run())
     try:
         for name in INSTANCES:
-            await fleet_completed(cluster, fleet.completed() + STEP, timeout=60)
+            await fleet_completed(cluster.fleet, fleet.completed() + STEP, timeout=60)
             await cluster.kill(name)
             # The others go on while it is down.
-            await fleet_completed(cluster, fleet.completed() + STEP, timeout=STRANDED_BOUND_S)
+            await fleet_completed(cluster.fleet, fleet.completed() + STEP, timeout=STRANDED_BOUND_S)
             await cluster.restart(name)
-        await fleet_completed(cluster, fleet.completed() + STEP, timeout=STRANDED_BOUND_S)
+        await fleet_completed(cluster.fleet, fleet.completed() + STEP, timeout=STRANDED_BOUND_S)
     finally:
         creator.stopping.set()
         await creating
