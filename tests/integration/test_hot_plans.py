@@ -41,8 +41,8 @@ async def busy(sqlite_url: str) -> AsyncIterator[TaskStore]:
     await store.db.dispose()
 
 
-async def _plans(store: TaskStore, action: Callable[[], Awaitable[object]]) -> list[list[str]]:
-    """The plan of every SELECT `action` ran."""
+async def _statements(store: TaskStore, action: Callable[[], Awaitable[object]]) -> list[tuple[str, Sequence[Any]]]:
+    """Every statement `action` ran, with its parameters."""
     statements: list[tuple[str, Sequence[Any]]] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Sequence[Any], *_: Any) -> None:
@@ -56,6 +56,12 @@ async def _plans(store: TaskStore, action: Callable[[], Awaitable[object]]) -> l
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", record)
+    return statements
+
+
+async def _plans(store: TaskStore, action: Callable[[], Awaitable[object]]) -> list[list[str]]:
+    """The plan of every SELECT `action` ran."""
+    statements = await _statements(store, action)
     async with store.db.reader.connect() as conn:
         return [
             [row[3] for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", tuple(parameters))]
@@ -119,6 +125,30 @@ async def test_timeouts_and_the_outbox_read_only_what_is_in_flight(busy: TaskSto
         lambda: busy.unpublished(limit=100),
     ):
         assert _whole_reads(await _plans(busy, action)) == []
+
+
+def _set_columns(statements: list[tuple[str, Sequence[Any]]]) -> list[list[str]]:
+    """The SET columns of each UPDATE of tasks."""
+    found = []
+    for statement, _ in statements:
+        if match := re.match(r"\s*UPDATE tasks SET (.*) WHERE", statement, re.S):
+            found.append(sorted(re.findall(r"(\w+)=", match.group(1))))
+    return found
+
+
+async def test_a_status_change_writes_only_the_columns_it_changed(busy: TaskStore) -> None:
+    """SQLite rewrites an index of every column in an UPDATE's SET list, changed or not."""
+    [head] = await busy.redeliver([FIRST], now=utcnow(), reason="the test needs its attempt")
+    written = []
+    for status in ("ongoing", "completed"):
+        report = IncomingReport(serial=FIRST, task_id=head.task_id, attempt=head.attempt, status=status)
+        written += _set_columns(await _statements(busy, lambda r=report: busy.apply_reports([r], now=utcnow())))
+    written += _set_columns(await _statements(busy, lambda: busy.claim_next([FIRST], now=utcnow())))
+    assert written == [
+        ["deadline_at", "progress", "started_at", "status_id", "updated_at"],
+        ["completed_at", "deadline_at", "error", "progress", "result", "status_id", "updated_at"],
+        ["attempt_count", "not_before", "sent_at", "updated_at"],
+    ]
 
 
 async def test_a_claim_after_a_report_takes_the_next_in_line(busy: TaskStore) -> None:

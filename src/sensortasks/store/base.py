@@ -13,6 +13,7 @@ rolls the whole batch back (`StaleBatch`) to be retried on fresh rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,7 +36,7 @@ R = Rollout.__table__  # type: ignore[attr-defined]
 RT = RolloutTarget.__table__  # type: ignore[attr-defined]
 
 ACTIVE = (TaskStatus.PENDING, TaskStatus.ONGOING)
-#: Columns a state change may write; the guarded UPDATE sets all of them.
+#: Columns a state change may write; the guarded UPDATE sets those a transaction changed.
 MUTABLE = (
     "status_id",
     "attempt_count",
@@ -52,15 +53,23 @@ MUTABLE = (
 #: Largest IN (...) list sent in one statement.
 IN_CHUNK = 500
 
-_GUARDED_UPDATE = (
-    update(T)
-    .where(
-        T.c.id == bindparam("g_id"),
-        T.c.status_id == bindparam("g_status"),
-        T.c.attempt_count == bindparam("g_attempt"),
+
+@functools.cache
+def _guarded_update(columns: tuple[str, ...]) -> Any:  # noqa: ANN401
+    """The guarded UPDATE of these columns, one statement object per set of them (a claim
+    writes 4 columns, a completion 7: SQLite rewrites an index of every column in the SET list,
+    so writing all of `MUTABLE` for a claim took 21 µs a row against 12 for its own 4)."""
+    if unknown := set(columns) - set(MUTABLE):
+        raise ValueError(f"a state change cannot write {sorted(unknown)}")
+    return (
+        update(T)
+        .where(
+            T.c.id == bindparam("g_id"),
+            T.c.status_id == bindparam("g_status"),
+            T.c.attempt_count == bindparam("g_attempt"),
+        )
+        .values({name: bindparam(f"v_{name}", type_=T.c[name].type) for name in columns})
     )
-    .values({name: bindparam(f"v_{name}", type_=T.c[name].type) for name in MUTABLE})
-)
 
 
 class StaleBatch(SensortasksError):
@@ -118,16 +127,19 @@ class StoreBase:
     async def _write_changes(self, conn: AsyncConnection, changes: Changes) -> None:
         """Write changed rows with one guarded executemany, and the events; `StaleBatch` if a
         guard missed. Unpublished events wake the other instances' outboxes (`notify`)."""
-        changed = [w for w in changes.works.values() if w.changed]
-        if changed:
+        shapes: dict[tuple[str, ...], list[Work]] = {}
+        for work in changes.works.values():
+            if work.dirty:
+                shapes.setdefault(tuple(sorted(work.dirty)), []).append(work)
+        for columns, works in shapes.items():
             params = [
                 {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
-                | {f"v_{name}": w.row[name] for name in MUTABLE}
-                for w in changed
+                | {f"v_{name}": w.row[name] for name in columns}
+                for w in works
             ]
-            result = await conn.execute(_GUARDED_UPDATE, params)
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(changed):
-                raise StaleBatch(f"{len(changed) - result.rowcount} of {len(changed)} rows changed meanwhile")
+            result = await conn.execute(_guarded_update(columns), params)
+            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(works):
+                raise StaleBatch(f"{len(works) - result.rowcount} of {len(works)} rows changed meanwhile")
         if changes.events:
             await conn.execute(insert(E), changes.events)
             if not all(e["published"] for e in changes.events):

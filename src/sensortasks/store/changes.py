@@ -93,7 +93,9 @@ class Work:
     row: dict[str, Any]
     guard_status: int
     guard_attempt: int
-    changed: bool = False
+    #: The columns set in this transaction: the guarded UPDATE writes only these (SQLite
+    #: rewrites every index of a column in the SET list, changed or not).
+    dirty: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> Work:
@@ -109,9 +111,13 @@ class Work:
         in_flight = status is TaskStatus.ONGOING or (status is TaskStatus.PENDING and self.row["sent_at"] is not None)
         return TaskState(status, self.row["attempt_count"], self.row["max_attempts"], in_flight)
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.dirty)
+
     def set(self, now: datetime, **values: Any) -> None:  # noqa: ANN401
         self.row.update(values, updated_at=now)
-        self.changed = True
+        self.dirty.update(values, ("updated_at",))
 
     def dispatch(self) -> Dispatch:
         r = self.row
