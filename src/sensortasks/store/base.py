@@ -148,8 +148,10 @@ class StoreBase:
     def _locked(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
         return query.with_for_update(skip_locked=skip_locked) if self._lock_rows else query
 
-    async def _load(self, conn: AsyncConnection, query: Select[Any], changes: Changes) -> list[Work]:
-        return [changes.load(dict(row._mapping)) for row in await conn.execute(query)]
+    async def _load(
+        self, conn: AsyncConnection, query: Select[Any], changes: Changes, params: Mapping[str, Any] | None = None
+    ) -> list[Work]:
+        return [changes.load(dict(row._mapping)) for row in await conn.execute(query, params)]
 
     async def ping(self) -> None:
         async with self._read() as conn:
