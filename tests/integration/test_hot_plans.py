@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event
+from sqlalchemy import Select, event
 from sqlmodel import SQLModel
 
 from sensortasks.store import IncomingReport, NewTask, Task, TaskFilter, TaskStore, open_database, upgrade, utcnow
@@ -149,6 +149,26 @@ async def test_a_status_change_writes_only_the_columns_it_changed(busy: TaskStor
         ["completed_at", "deadline_at", "error", "progress", "result", "status_id", "updated_at"],
         ["attempt_count", "not_before", "sent_at", "updated_at"],
     ]
+
+
+async def test_the_claim_and_the_reports_build_no_query(busy: TaskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their queries are built once: building the claim and its cache key took 750 µs a call."""
+    built = [0]
+    select_init = Select.__init__
+
+    def counted(self: Select[Any], *args: Any) -> None:
+        built[0] += 1
+        select_init(self, *args)
+
+    monkeypatch.setattr(Select, "__init__", counted)
+    [head] = await busy.redeliver([FIRST], now=utcnow(), reason="the test needs its attempt")
+    assert await busy.claim_next([FIRST], now=utcnow()) == []  # its head is in flight; built now
+    built[0] = 0
+    for status in ("ongoing", "completed"):
+        report = IncomingReport(serial=FIRST, task_id=head.task_id, attempt=head.attempt, status=status)
+        await busy.apply_reports([report], now=utcnow())
+    assert len(await busy.claim_next([FIRST], now=utcnow())) == 1
+    assert built == [0]
 
 
 async def test_a_claim_after_a_report_takes_the_next_in_line(busy: TaskStore) -> None:
