@@ -1,9 +1,11 @@
-"""The listing benchmark runs (small here; `python -m sensortasks.tools.listbench` for 1,000,000 rows),
+"""The listing benchmark runs (small here; `python -m sensortasks.listbench` for 1,000,000 rows),
 and the plans it measured stay chosen."""
 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -147,3 +149,16 @@ async def test_a_wide_window_is_read_in_id_order(fleet: tuple[TaskStore, datetim
     assert more
     assert page == (await _expected(store, where))[:10]
     assert plans[-1] == ["SCAN tasks"], plans
+
+
+def test_it_runs_as_python_m_sensortasks_listbench() -> None:
+    """The name the performance targets give it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sensortasks.listbench", "3000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("3,000 tasks inserted"), done.stdout

@@ -1,6 +1,6 @@
 """Filtered listing on a large table: builds N tasks and prints the p50/p99 of the common queries.
 
-``python -m sensortasks.tools.listbench [ROWS]`` (default 1,000,000) on a temporary SQLite file.
+``python -m sensortasks.listbench [ROWS]`` (default 1,000,000) on a temporary SQLite file.
 The rows are `tools.history`'s (20,000 sensors, 3 customers, mostly Completed, 90 days of
 history); every query goes through `TaskStore.list_tasks`, the code path of
 ``GET /v1/tasks``, and export through `TaskStore.iter_tasks`. The polls follow the cursor of
