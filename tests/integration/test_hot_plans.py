@@ -208,6 +208,7 @@ async def test_tasks_read_back_unvalidated_are_the_validated_ones(sqlite_url: st
     store = TaskStore(open_database(sqlite_url))
     try:
         [created] = await store.create([NewTask(FIRST, "update_firmware", "f", 3, 60)], customer_id=None, now=utcnow())
+        assert created == await store.get(created.id or 0)  # built from the values inserted, not read back
         [dispatch] = await store.claim_next([FIRST], now=utcnow())
         report = IncomingReport(FIRST, dispatch.task_id, dispatch.attempt, "completed", result={"version": "2.1"})
         await store.apply_reports([report], now=utcnow())
