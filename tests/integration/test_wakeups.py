@@ -17,7 +17,7 @@ import pytest
 
 from sensortasks.api import create_app
 from sensortasks.config import Settings
-from sensortasks.dispatcher import Dispatcher, dispatcher_link, service
+from sensortasks.dispatcher import Dispatcher, dispatcher_link, outbox, service
 from sensortasks.runtime import build_service, build_store
 from sensortasks.store import upgrade
 from sensortasks.testing import MosquittoBroker
@@ -54,7 +54,7 @@ async def test_a_task_made_through_another_instance_is_sent_and_cancelled_at_onc
     monkeypatch: pytest.MonkeyPatch, broker: MosquittoBroker, database_url: str
 ) -> None:
     monkeypatch.setattr(service, "SWEEP_INTERVAL_S", 3600.0)
-    monkeypatch.setattr(service, "OUTBOX_POLL_S", 3600.0)
+    monkeypatch.setattr(outbox, "OUTBOX_POLL_S", 3600.0)
     received: asyncio.Queue[tuple[float, dict[str, object]]] = asyncio.Queue()
 
     def on(message: aiomqtt.Message) -> None:

@@ -178,8 +178,8 @@ class _Unreachable(InMemoryStore):
             return super().__getattribute__(name)
         target = super().__getattribute__("shared")
         value = getattr(target, name)
-        if not callable(value) or name.startswith("_"):
-            return value
+        if not callable(value) or name.startswith("_") or name == "watch_commits":
+            return value  # the commit feed is the process's own, not behind the partition
 
         async def guarded(*args: Any, **kwargs: Any) -> Any:
             if super(_Unreachable, self).__getattribute__("cut"):

@@ -4,9 +4,9 @@ Side tasks, each named and watched by one TaskGroup (one crashing stops the serv
 loudly): the MQTT link, ``consume`` (status and presence batches), ``dispatch``
 (claims the next attempt of sensors that may move on), ``timers`` (acknowledgement
 and run timeouts), ``outbox`` (ops events and cancel messages committed with their
-transitions), ``rollouts`` (their pacing, `dispatcher.rollouts`), ``stats``, ``members``
-(heartbeat and lead, `dispatcher.members`) and
-``wakeups`` (other instances' writes, `store.notify`). The database, not memory, says what
+transitions, published from the store's commit feed: `dispatcher.outbox`), ``rollouts``
+(their pacing, `dispatcher.rollouts`), ``stats``, ``members`` (heartbeat and lead,
+`dispatcher.members`) and ``wakeups`` (other instances' writes, `store.notify`). The database, not memory, says what
 to send: the in-memory set of "dirty" sensors only makes things faster, and a periodic sweep
 catches everything else (a wake-up lost, back offs that ran out).
 
@@ -33,12 +33,13 @@ from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock
 from sensortasks.dispatcher.intake import QUOTED_TOPIC_CHARS, Refused, isolate, rejection, sort_batch
 from sensortasks.dispatcher.link import Incoming, Link
 from sensortasks.dispatcher.members import Membership, Retrying
+from sensortasks.dispatcher.outbox import Outbox
 from sensortasks.dispatcher.rollouts import RolloutPacer
-from sensortasks.dispatcher.stats import StatsPublisher, account, event_json, log_sent
+from sensortasks.dispatcher.stats import StatsPublisher, account, log_sent
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import ConfigError, SensortasksError, Unavailable
 from sensortasks.ops.metrics import Counters, Metrics
-from sensortasks.protocol import CancelMessage, DispatcherPresence, TaskMessage
+from sensortasks.protocol import DispatcherPresence, TaskMessage
 from sensortasks.store import Dispatch, Transition, format_time
 from sensortasks.store.interface import CLAIM_BATCH, DispatchStore, RolloutStore
 from sensortasks.store.notify import Wake
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 #: A full look at every sensor's queue, for what no wake-up announced.
 SWEEP_INTERVAL_S = 2.0
 TIMER_TICK_S = 0.5
-OUTBOX_POLL_S = 1.0
-#: After a wake-up the outbox waits this long so that one transaction marks many events
-#: published (SQLite has one writer; many tiny transactions slow everyone down).
-OUTBOX_COALESCE_S = 0.05
 #: Incoming messages handled (and committed) together.
 MAX_BATCH = 1000
 #: How long a stop waits for the batch being handled to commit and be acknowledged.
@@ -91,7 +88,7 @@ class Dispatcher:
             timeout_s=settings.instance_timeout_s,
             session_expiry_s=settings.session_expiry,
             on_resend=self._resend,
-            on_lead=self.notify_outbox,
+            on_lead=self._read_outbox,
         )
         self.stats = StatsPublisher(
             self.instance, self.topics.ops_stats, settings.stats_interval_s, store, link, self.members, clock
@@ -106,7 +103,8 @@ class Dispatcher:
         #: Why every in-flight attempt must be re-sent at the next dispatch round (None: no need).
         self._resync: str | None = None
         self._wake = asyncio.Event()
-        self._outbox_wake = asyncio.Event()
+        self.outbox = Outbox(store, link, self.members, clock, self.topics, self._retrying, self.kick)
+        store.watch_commits(self.outbox.on_commit)
         self._stop = asyncio.Event()
         self._in_hand: asyncio.Future[None] | None = None
         self._returning = False
@@ -137,13 +135,14 @@ class Dispatcher:
             self._wake.set()
 
     def notify_outbox(self) -> None:
-        """New transitions were committed (e.g. a cancel through the API): publish them soon."""
-        self._outbox_wake.set()
+        """New transitions were committed (e.g. a cancel through the API): publish them soon
+        (this process's store feeds them to the outbox already)."""
+        self.outbox.wake()
 
     def notify_rollouts(self) -> None:
         """A rollout was created, paused, resumed or cancelled: pace it now, and publish the
         events of the tasks a cancel cancelled."""
-        self._outbox_wake.set()
+        self.outbox.wake()
         if self.rollouts is not None:
             self.rollouts.poke()
 
@@ -152,7 +151,7 @@ class Dispatcher:
 
     def _rollout_started(self, serials: Iterable[int]) -> None:
         self.kick(serials)
-        self._outbox_wake.set()  # their "created" events
+        self.outbox.wake()  # their "created" events
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Run until `stop()` (or, with `until_idle`, until no task is Pending or Ongoing)."""
@@ -166,7 +165,7 @@ class Dispatcher:
                     ("consume", self._consume()),
                     ("dispatch", self._dispatch_loop()),
                     ("timers", self._timers()),
-                    ("outbox", self._outbox()),
+                    ("outbox", self.outbox.run()),
                     ("stats", self.stats.run()),
                     ("members", self.members.run()),
                     ("wakeups", self.store.listen(self._on_wake)),
@@ -225,7 +224,11 @@ class Dispatcher:
             self._resend("dispatcher restarted")
         self._sweep_soon()
         self.members.poke()
-        self._outbox_wake.set()
+        self.outbox.read_soon()  # what the feed dropped while disconnected, or a crash left
+
+    def _read_outbox(self) -> None:
+        """This instance took the lead: publish what followers and the last leader left."""
+        self.outbox.read_soon()
 
     def _resend(self, reason: str) -> None:
         """Re-send every in-flight attempt soon: statuses may have been lost (`reason`)."""
@@ -245,7 +248,7 @@ class Dispatcher:
             self._sweep_soon()
         elif wake.serials:
             self.kick(wake.serials)
-        self._outbox_wake.set()
+        self.outbox.read_soon()  # its events are in the database only
 
     def _after(
         self, transitions: Sequence[Transition], wake: Iterable[int], retries: Iterable[tuple[int, float]]
@@ -253,8 +256,6 @@ class Dispatcher:
         self.counters.transitions += len(transitions)
         self.counters.completed += sum(t.target is TaskStatus.COMPLETED for t in transitions)
         account(self.counters.transitions_by, transitions)
-        if transitions:
-            self._outbox_wake.set()
         if any(t.rollout_id is not None and t.target.terminal for t in transitions):
             self.notify_rollouts()  # a slot is free, or the abort threshold may be crossed
         self.kick(wake)
@@ -403,39 +404,13 @@ class Dispatcher:
             await self._send(expiry.dispatches)
             self._after(expiry.transitions, expiry.wake, expiry.retries)
 
-    # -- outbox --------------------------------------------------------------
-    async def _outbox(self) -> None:
-        while True:
-            if await self.clock.wait(self._outbox_wake, OUTBOX_POLL_S):
-                await self.clock.sleep(OUTBOX_COALESCE_S)
-            self._outbox_wake.clear()
-            await self.link.connected.wait()
-            if not self.members.leader:
-                continue  # the leader publishes; it wakes up on our writes too
-            pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
-            if not pending:
-                continue
-            cancels = [
-                (self.topics.tasks(t.sensor_serial), CancelMessage(task_id=t.task_id).to_json())
-                for _, t in pending
-                if t.tells_sensor
-            ]
-            events = [(self.topics.ops_event(t.sensor_serial, t.task_id), event_json(t)) for _, t in pending]
-            # Cancels first: the sensor must hear of the cancel before its next task.
-            sent = await self.link.publish_many(cancels) + await self.link.publish_many(events)
-            if sent < len(cancels) + len(events):
-                continue  # broker went away: publish them all again later (consumers dedupe)
-            ids = [event_id for event_id, _ in pending]
-            await self._retrying("outbox mark", self.store.mark_published, ids)
-            self.kick(t.sensor_serial for _, t in pending if t.target.terminal)
-            if len(pending) == CLAIM_BATCH:
-                self._outbox_wake.set()
-
+    # -- idle ----------------------------------------------------------------
     async def _stop_when_idle(self) -> None:
         while True:
             await self.clock.sleep(IDLE_POLL_S)
             counts = await self.store.counts()
             active = counts[TaskStatus.PENDING] + counts[TaskStatus.ONGOING]
-            if active == 0 and not await self.store.unpublished(limit=1):
+            # The database last: it may hold another process's events the feed never had.
+            if active == 0 and self.outbox.idle and not await self.store.unpublished(limit=1):
                 self.stop()
                 return

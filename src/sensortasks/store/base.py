@@ -8,24 +8,33 @@ writers), let the pure domain decide, then write all changes with one guarded
 executemany and one INSERT of events. A batch of N reports costs a handful of
 statements, not N round trips, and a guard that matches fewer rows than expected
 rolls the whole batch back (`StaleBatch`) to be retried on fresh rows.
+
+The commit feed (`StoreBase.watch_commits`): every write transaction collects the unpublished
+events it inserts, with their ids, in a buffer on its connection (``conn.info``); once it has
+committed, the one listener gets them, in commit order, and nothing of a transaction rolled
+back. The dispatcher's outbox publishes from it instead of reading the database each round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.errors import SensortasksError
 from sensortasks.store.changes import Changes, Work
 from sensortasks.store.engine import Database
+from sensortasks.store.interface import CommitListener
 from sensortasks.store.notify import notify
+from sensortasks.store.records import Transition
 from sensortasks.store.tables import IdempotencyKey, Rollout, RolloutTarget, Sensor, Task, TaskEvent
 
 T = Task.__table__  # type: ignore[attr-defined]
@@ -35,7 +44,11 @@ I = IdempotencyKey.__table__  # type: ignore[attr-defined]  # noqa: E741
 R = Rollout.__table__  # type: ignore[attr-defined]
 RT = RolloutTarget.__table__  # type: ignore[attr-defined]
 
+log = logging.getLogger(__name__)
+
 ACTIVE = (TaskStatus.PENDING, TaskStatus.ONGOING)
+#: Where a write transaction's connection keeps the unpublished events it inserted (`insert_events`).
+_FEED = "sensortasks.commit_feed"
 #: Columns a state change may write; the guarded UPDATE sets those a transaction changed.
 MUTABLE = (
     "status_id",
@@ -97,6 +110,38 @@ def labelled(labels: Mapping[str, str]) -> list[ColumnElement[bool]]:
     return [S.c.labels[key].as_string() == value for key, value in labels.items()]
 
 
+def _feed_of(conn: AsyncConnection) -> list[tuple[int, Transition]] | None:
+    feed = conn.info.get(_FEED)
+    return feed if isinstance(feed, list) else None
+
+
+async def _inserted_ids(conn: AsyncConnection, events: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert `events` with one executemany; their ids, in order. SQLite: the writer holds the
+    database (``BEGIN IMMEDIATE``) and each row takes the next rowid, so the ids are the ones
+    up to ``last_insert_rowid()`` (the reasoning of `store.tasks._insert_in_order`).
+    PostgreSQL: ``RETURNING`` in parameter order."""
+    if conn.dialect.name == "sqlite":
+        await conn.execute(insert(E), events)
+        last = int((await conn.execute(select(func.last_insert_rowid()))).scalar_one())
+        return list(range(last - len(events) + 1, last + 1))
+    result = await conn.execute(insert(E).returning(E.c.id, sort_by_parameter_order=True), events)
+    return [int(event_id) for event_id in result.scalars()]
+
+
+async def insert_events(
+    conn: AsyncConnection, events: Sequence[dict[str, Any]], transitions: Sequence[Transition]
+) -> None:
+    """Insert task events; the unpublished ones (in order, one for each of `transitions`) go
+    into the transaction's commit feed with their ids, if it has one (a listener watches)."""
+    feed = _feed_of(conn)
+    if feed is None or not transitions:
+        await conn.execute(insert(E), events)
+        return
+    ids = await _inserted_ids(conn, events)
+    unpublished = [event_id for event_id, event in zip(ids, events, strict=True) if not event["published"]]
+    feed.extend(zip(unpublished, transitions, strict=True))
+
+
 class StoreBase:
     """Connections and locking, shared by the per-concern parts of `TaskStore`."""
 
@@ -109,15 +154,33 @@ class StoreBase:
         # SQLite has one writer. Queue this process's writers here instead of letting them
         # collide in SQLite's busy handler, which sleeps in millisecond steps.
         self._write_lock = asyncio.Lock() if db.is_sqlite else None
+        self._on_commit: CommitListener | None = None
+
+    def watch_commits(self, listener: CommitListener) -> None:
+        """Call `listener` with ``(event_id, transition)`` for the unpublished events of every
+        write transaction of this store, right after it commits, in commit order (module
+        docstring). One listener: a later call replaces it."""
+        self._on_commit = listener
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self.db.writer.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.db.writer.begin() as conn:
+        feed: list[tuple[int, Transition]] = []
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            conn = await stack.enter_async_context(self.db.writer.begin())
+            # Set at every start (so nothing stale is left from a failed one). Never read in a
+            # `finally`: the connection of a cancelled statement refuses even that.
+            conn.info[_FEED] = feed if self._on_commit is not None else None
             yield conn
+            conn.info[_FEED] = None
+        # Committed (an exception rolled back and skipped this), and the writer lock is free;
+        # no await since, so the next writer has not committed yet.
+        if feed and self._on_commit is not None:
+            try:
+                self._on_commit(feed)
+            except Exception:  # the commit stands; the outbox reads what its feed lost
+                log.exception("the commit listener failed on %d events", len(feed))
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -141,7 +204,7 @@ class StoreBase:
             if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(works):
                 raise StaleBatch(f"{len(works) - result.rowcount} of {len(works)} rows changed meanwhile")
         if changes.events:
-            await conn.execute(insert(E), changes.events)
+            await insert_events(conn, changes.events, changes.transitions)
             if not all(e["published"] for e in changes.events):
                 await notify(conn, self.origin, ())
 

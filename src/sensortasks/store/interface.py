@@ -8,7 +8,7 @@ clock drives timeouts and back offs in either store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -27,6 +27,9 @@ from sensortasks.store.records import (
 
 #: Rows one dispatcher query claims, expires or publishes at a time; a full batch means "ask again".
 CLAIM_BATCH = 500
+
+#: Told the unpublished events of one committed transaction, ``(event_id, transition)`` in order.
+CommitListener = Callable[[Sequence[tuple[int, Transition]]], None]
 
 
 class DispatchStore(Protocol):
@@ -52,10 +55,16 @@ class DispatchStore(Protocol):
         ...
 
     async def unpublished(self, *, limit: int = CLAIM_BATCH) -> list[tuple[int, Transition]]:
-        """The outbox: transitions not yet published, oldest first, with their event ids."""
+        """The outbox: transitions not yet published, in `outbox_order`, with their event ids."""
         ...
 
     async def mark_published(self, event_ids: Sequence[int]) -> None: ...
+
+    def watch_commits(self, listener: CommitListener) -> None:
+        """The commit feed: after each of this process's write transactions that wrote
+        unpublished events commits (never after a rollback), call `listener` with them and
+        their ids, in commit order. One listener; a later call replaces it."""
+        ...
 
     async def counts(self) -> dict[TaskStatus, int]: ...
 

@@ -1,5 +1,10 @@
 """The outbox of ``ops/events``: transition events are written unpublished in the
-transaction that applies them; the dispatcher reads them here and marks them published.
+transaction that applies them, and marked published here once they are out.
+
+The dispatcher publishes this process's events from the commit feed (`StoreBase.watch_commits`,
+`dispatcher.outbox`) and reads them here only for what the feed cannot know: what a crash
+left, what another instance or process wrote, what it dropped while it did not lead or was
+disconnected, a round that failed. Reads and the feed keep the same order.
 
 It has two lanes (`outbox_order`): changes of tasks under way first, oldest first, then
 creations, newest first. A bulk of 50,000 new tasks then holds back neither the changes of

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
-from sensortasks.store.base import E, S, StoreBase, T, chunks, owned
-from sensortasks.store.changes import Changes, created_event, task_row
+from sensortasks.store.base import E, S, StoreBase, T, chunks, insert_events, owned
+from sensortasks.store.changes import Changes, created_event, task_row, transition_of
 from sensortasks.store.notify import notify
 from sensortasks.store.records import NewTask, PastTask, TaskFilter
 from sensortasks.store.tables import Task, TaskEvent
@@ -112,7 +112,11 @@ async def insert_tasks(
     else:
         result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
         created = [_task(r._mapping) for r in result]
-    await conn.execute(insert(E), [created_event(t.id or 0, now) for t in created])
+    events = [created_event(t.id or 0, now) for t in created]
+    transitions = [
+        transition_of(e, t.sensor_serial, t.type, t.rollout_id) for e, t in zip(events, created, strict=True)
+    ]
+    await insert_events(conn, events, transitions)
     await notify(conn, origin, {t.sensor_serial for t in tasks})
     return created
 

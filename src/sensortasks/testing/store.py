@@ -7,6 +7,8 @@ it, exactly as in `TaskStore`. Only the selections are Python instead of SQL (a
 sensor's head is its oldest Pending or Ongoing task; sensors known to be offline get
 nothing and their acknowledgement clock does not run; a back off holds a task until
 `not_before`), and tests/behaviour runs the same tests on both stores to keep them equal.
+Its commit feed (`watch_commits`) is `TaskStore`'s: each call that wrote unpublished events
+tells the listener their ids and transitions once it is done.
 Single tenant: customers and sensor registration are not modelled.
 """
 
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sensortasks.domain import RetryPolicy, TaskStatus
 from sensortasks.errors import NotFound
 from sensortasks.store.changes import Changes, Work, created_event, task_row, transition_of
-from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
+from sensortasks.store.interface import CLAIM_BATCH, CommitListener, DispatchStore
 from sensortasks.store.membership import RESENT_ONCE, Beat, LeaseState, Member, plan_beat, plan_leave
 from sensortasks.store.notify import OnWake
 from sensortasks.store.records import (
@@ -54,16 +56,20 @@ class InMemoryStore:
         self.lease = LeaseState()
         self._task_ids = itertools.count(1)
         self._event_ids = itertools.count(1)
+        self._on_commit: CommitListener | None = None
 
     # -- what tests set up and read ------------------------------------------------
     async def create(self, tasks: Sequence[NewTask], *, customer_id: int | None = None, now: datetime) -> list[Task]:
-        created = []
+        created, events = [], []
         for new in tasks:
             row = dict.fromkeys(_COLUMNS) | task_row(new, customer_id=customer_id, now=now)
             row["id"] = next(self._task_ids)
             self.tasks[row["id"]] = row
-            self._add_events([created_event(row["id"], now)])
+            events.append(created_event(row["id"], now))
             created.append(Task.model_validate(row))
+        ids = self._add_events(events)
+        feed = zip(ids, events, strict=True)
+        self._committed([(i, transition_of(e, *self._serial_and_type(e["task_id"]))) for i, e in feed])
         return created
 
     async def get(self, task_id: int, *, customer_id: int | None = None) -> Task:
@@ -160,6 +166,9 @@ class InMemoryStore:
         for event_id in event_ids:
             self.task_events[event_id]["published"] = True
 
+    def watch_commits(self, listener: CommitListener) -> None:
+        self._on_commit = listener
+
     async def counts(self) -> dict[TaskStatus, int]:
         counts = dict.fromkeys(TaskStatus, 0)
         for row in self.tasks.values():
@@ -213,9 +222,9 @@ class InMemoryStore:
         """Sensors with a cancel in the outbox: their next task waits for it."""
         return {t.sensor_serial for _, t in self._unpublished() if t.tells_sensor}
 
-    def _serial_and_type(self, task_id: int) -> tuple[int, str]:
+    def _serial_and_type(self, task_id: int) -> tuple[int, str, int | None]:
         row = self.tasks[task_id]
-        return row["sensor_serial"], row["type"]
+        return row["sensor_serial"], row["type"], row["rollout_id"]
 
     @staticmethod
     def _load(changes: Changes, rows: Iterable[dict[str, Any]]) -> list[Work]:
@@ -226,13 +235,22 @@ class InMemoryStore:
         for work in changes.works.values():
             if work.changed:
                 self.tasks[work.id] = work.row
-        self._add_events(changes.events)
+        ids = self._add_events(changes.events)
+        unpublished = [i for i, e in zip(ids, changes.events, strict=True) if not e["published"]]
+        self._committed(list(zip(unpublished, changes.transitions, strict=True)))
         return changes
 
-    def _add_events(self, events: Iterable[dict[str, Any]]) -> None:
+    def _add_events(self, events: Iterable[dict[str, Any]]) -> list[int]:
+        ids = []
         for event in events:
             event_id = next(self._event_ids)
             self.task_events[event_id] = {"id": event_id, **event}
+            ids.append(event_id)
+        return ids
+
+    def _committed(self, feed: list[tuple[int, Transition]]) -> None:
+        if feed and self._on_commit is not None:
+            self._on_commit(feed)
 
 
 if TYPE_CHECKING:  # mypy keeps the fake in step with the protocol

@@ -1,0 +1,218 @@
+"""The outbox's publisher: ``ops/events`` and cancel messages, from the transactions that
+committed them.
+
+Every transition is written unpublished in the transaction that applies it (G6); the store's
+commit feed (`DispatchStore.watch_commits`) hands this process's committed events, with their
+ids, to `Outbox.on_commit` once the transaction has committed. They queue here in two lanes:
+changes of tasks under way in commit order, and creations, newest first (a bulk of 50,000
+new tasks holds back neither the changes of other tasks nor the creations after it). A change
+whose task's creation is still queued takes that creation out just before itself, so each
+task's events keep their commit order. A round publishes up to `CLAIM_BATCH` of them, cancels
+first (the sensor hears of a cancel before its next task), marks them published in one
+transaction, and only then wakes the sensors they finished (the claim refuses a sensor whose
+cancel is not marked published yet).
+
+The database stays the truth: an event is unpublished there until a round marks it, so none
+is lost between its commit and its publication. What the feed cannot know is read from it
+(`DispatchStore.unpublished`): everything at the start (a previous life may have crashed
+between a commit and its round), after a (re)connect, on taking the lead (a follower drops
+its feed: the leader alone publishes), on another instance's wake-up, after a round that
+failed, and when the feed has been quiet for `OUTBOX_POLL_S` (another process writing the same
+SQLite file wakes nobody). Such a read catches up: the lanes wait until a read comes back
+short, so that no task's change goes out before a creation only the database holds. A read
+may return events that the feed delivers as well; the ids published in the last seconds are
+kept (`RECENT_S`) and neither path publishes them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from sensortasks.dispatcher.clock import Clock
+from sensortasks.dispatcher.link import Link
+from sensortasks.dispatcher.stats import event_json
+from sensortasks.protocol import CancelMessage
+from sensortasks.protocol.topics import Topics
+from sensortasks.store import Transition
+from sensortasks.store.interface import CLAIM_BATCH, DispatchStore
+
+log = logging.getLogger(__name__)
+
+#: With nothing from the feed for this long, the outbox looks at the database.
+OUTBOX_POLL_S = 1.0
+#: After a wake-up the outbox waits this long so that one transaction marks many events
+#: published (SQLite has one writer; many tiny transactions slow everyone down).
+OUTBOX_COALESCE_S = 0.05
+#: How long ids stay known as published once marked: longer than any commit takes to reach the feed.
+RECENT_S = 5.0
+#: Events queued beyond this are dropped from the lanes and read from the database instead.
+FEED_MAX = 200_000
+
+Event = tuple[int, Transition]
+Retry = Callable[..., Awaitable[Any]]
+
+
+class Leading(Protocol):
+    @property
+    def leader(self) -> bool: ...
+
+
+class Outbox:
+    """The feed's lanes and the publishing loop (module docstring); `run` until cancelled."""
+
+    def __init__(
+        self,
+        store: DispatchStore,
+        link: Link,
+        members: Leading,
+        clock: Clock,
+        topics: Topics,
+        retrying: Retry,
+        on_finished: Callable[[Iterable[int]], None],
+    ) -> None:
+        self.store = store
+        self.link = link
+        self.members = members
+        self.clock = clock
+        self.topics = topics
+        self._retrying = retrying
+        self._on_finished = on_finished
+        self._changes: deque[Event] = deque()
+        #: Creations not yet taken, by task id, oldest first (`popitem` takes the newest).
+        self._creations: dict[int, Event] = {}
+        #: Ids published lately (`RECENT_S`): when each was marked, None while its round is out.
+        self._recent: dict[int, float | None] = {}
+        self._wake = asyncio.Event()
+        #: The database may hold what the feed does not: read it before the lanes (module docstring).
+        self._read = True
+        #: Rounds read from the database (tests count them).
+        self.reads = 0
+
+    # -- what the dispatcher calls ----------------------------------------------------
+    def on_commit(self, events: Sequence[Event]) -> None:
+        """The store's commit listener: queue a committed transaction's unpublished events."""
+        if not self.members.leader or not self.link.connected.is_set():
+            return  # in the database, read when this instance leads or is connected again
+        for event in events:
+            if event[0] in self._recent:
+                continue  # a read published it already
+            transition = event[1]
+            if transition.source is None:
+                self._creations[transition.task_id] = event
+                continue
+            created = self._creations.pop(transition.task_id, None)
+            if created is not None:
+                self._changes.append(created)
+            self._changes.append(event)
+        if self.queued > FEED_MAX:
+            log.warning("%d events queued for the outbox; reading them from the database instead", self.queued)
+            self._drop()
+            self._read = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something may be waiting to be published: look at once (it comes through the feed)."""
+        self._wake.set()
+
+    def read_soon(self) -> None:
+        """The database may hold events the feed never had (reconnect, lead, another instance)."""
+        self._read = True
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._changes) + len(self._creations)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no read due (the database may still hold another process's events)."""
+        return not self.queued and not self._read
+
+    # -- the loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        full = False
+        while True:
+            if not full:  # a full round goes on at once; otherwise let commits gather
+                if self._read or self.queued or await self.clock.wait(self._wake, OUTBOX_POLL_S):
+                    await self.clock.sleep(OUTBOX_COALESCE_S)
+                else:
+                    self._read = True  # the feed was quiet: what did others write?
+            self._wake.clear()
+            await self.link.connected.wait()
+            if not self.members.leader:
+                self._drop()  # the leader publishes; it reads these when it wakes on our writes
+                self._read, full = False, False
+                continue
+            if self._read:
+                self._read = False
+                self.reads += 1
+                pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
+                full = len(pending) >= CLAIM_BATCH
+                self._read = full  # more in the database: the lanes wait for it
+                pending = self._forget(pending)
+            else:
+                pending = self._take(CLAIM_BATCH)
+                full = len(pending) >= CLAIM_BATCH
+            if pending and not await self._publish(pending):
+                full = False
+                self.read_soon()  # the lanes lost them: the database has them all
+
+    def _take(self, limit: int) -> list[Event]:
+        """A round from the lanes: changes in commit order, then creations, newest first."""
+        taken: list[Event] = []
+        while self._changes and len(taken) < limit:
+            taken.append(self._changes.popleft())
+        while self._creations and len(taken) < limit:
+            taken.append(self._creations.popitem()[1])
+        return [event for event in taken if event[0] not in self._recent]
+
+    def _forget(self, pending: Sequence[Event]) -> list[Event]:
+        """A read's events that are new, taken out of the lanes, where they may wait as well."""
+        fresh = [event for event in pending if event[0] not in self._recent]
+        ids = {event_id for event_id, _ in fresh}
+        for event_id, t in fresh:
+            if t.source is None and self._creations.get(t.task_id, (None,))[0] == event_id:
+                del self._creations[t.task_id]
+        if self._changes and any(event_id in ids for event_id, _ in self._changes):
+            self._changes = deque(event for event in self._changes if event[0] not in ids)
+        return fresh
+
+    def _drop(self) -> None:
+        self._changes.clear()
+        self._creations.clear()
+
+    async def _publish(self, pending: Sequence[Event]) -> bool:
+        """Publish a round, mark it published, wake the sensors it finished; False if the broker
+        went away (publish them all again later: consumers dedupe)."""
+        cancels = [
+            (self.topics.tasks(t.sensor_serial), CancelMessage(task_id=t.task_id).to_json())
+            for _, t in pending
+            if t.tells_sensor
+        ]
+        events = [(self.topics.ops_event(t.sensor_serial, t.task_id), event_json(t)) for _, t in pending]
+        ids = [event_id for event_id, _ in pending]
+        self._recent.update(dict.fromkeys(ids))
+        # Cancels first: the sensor must hear of the cancel before its next task.
+        sent = await self.link.publish_many(cancels) + await self.link.publish_many(events)
+        if sent < len(cancels) + len(events):
+            for event_id in ids:
+                self._recent.pop(event_id, None)
+            return False
+        await self._retrying("outbox mark", self.store.mark_published, ids)
+        now = self.clock.now().timestamp()
+        self._recent.update(dict.fromkeys(ids, now))
+        self._prune(now)
+        self._on_finished(t.sensor_serial for _, t in pending if t.target.terminal)
+        return True
+
+    def _prune(self, now: float) -> None:
+        """Forget ids marked more than `RECENT_S` ago (oldest first: rounds mark in turn)."""
+        while self._recent:
+            event_id, marked = next(iter(self._recent.items()))
+            if marked is None or now - marked < RECENT_S:
+                return
+            del self._recent[event_id]

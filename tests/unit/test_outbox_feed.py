@@ -1,0 +1,199 @@
+"""The outbox publishes from the store's commit feed (`dispatcher.outbox`), on fakes: no read of
+the database's outbox while the feed flows, every event exactly once, each task's events in
+commit order behind a backlog of creations, and the database read for what the feed never had."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from sensortasks.config import Settings
+from sensortasks.dispatcher import Dispatcher
+from sensortasks.dispatcher.outbox import OUTBOX_COALESCE_S, OUTBOX_POLL_S
+from sensortasks.domain import TaskStatus
+from sensortasks.protocol import OpsEvent, StatusReport, TaskMessage
+from sensortasks.store import NewTask, Transition
+from sensortasks.store.notify import Wake
+from sensortasks.testing import FakeClock, FakeLink, InMemoryStore
+
+FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
+SENSORS = range(100, 110)
+BACKLOG = 5_000
+
+
+class CountingStore(InMemoryStore):
+    """Counts the outbox reads (`unpublished`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def unpublished(self, *, limit: int = 500) -> list[tuple[int, Transition]]:
+        self.reads += 1
+        return await super().unpublished(limit=limit)
+
+
+@dataclass
+class Running:
+    clock: FakeClock
+    store: CountingStore
+    link: FakeLink
+    dispatcher: Dispatcher
+
+    def events(self) -> list[tuple[int, str]]:
+        """``ops/events`` published, as (task id, to), in publish order."""
+        prefix = self.dispatcher.topics.ops_event(0, 0).split("/0/")[0]
+        published = [p for p in self.link.published if p.topic.startswith(prefix + "/")]
+        return [(e.task_id, e.to) for e in (OpsEvent.model_validate_json(p.payload) for p in published)]
+
+    def committed(self) -> list[tuple[int, str]]:
+        """Every transition in the store, as (task id, to), in commit order."""
+        return [
+            (e["task_id"], TaskStatus(e["to_status"]).label)
+            for e in self.store.task_events.values()
+            if e["kind"] == "transition"
+        ]
+
+    def sent(self) -> list[TaskMessage]:
+        return [
+            TaskMessage.model_validate_json(p.payload)
+            for p in self.link.published
+            if p.topic.endswith("/tasks") and b'"task"' in p.payload
+        ]
+
+    def report(self, serial: int, task_id: int, status: str) -> None:
+        report = StatusReport(task_id=task_id, attempt=1, status=status)  # type: ignore[arg-type]
+        self.link.deliver(self.dispatcher.topics.status(serial), report.to_json())
+
+    async def create(self, serials: Sequence[int]) -> list[int]:
+        tasks = [NewTask(s, "update_firmware", FILE_ID, 3, 3600) for s in serials]
+        created = await self.store.create(tasks, now=self.clock.now())
+        return [t.id or 0 for t in created]
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    clock = FakeClock()
+    store, link = CountingStore(), FakeLink(clock)
+    settings = Settings(instance="feed", database_url="sqlite+aiosqlite:///unused.db", ack_timeout_s=3600)
+    dispatcher = Dispatcher(settings, store, link, clock=clock)
+    runner = asyncio.create_task(dispatcher.run())
+    await clock.advance(0.1)  # started: the start's read is done, this instance leads
+    assert dispatcher.members.leader
+    yield Running(clock, store, link, dispatcher)
+    dispatcher.stop()
+    await asyncio.wait_for(runner, 5)
+
+
+def assert_each_once_in_commit_order(r: Running) -> None:
+    published, committed = r.events(), r.committed()
+    assert sorted(published) == sorted(committed)  # every event, none twice
+    for task_id in {t for t, _ in committed}:
+        assert [to for t, to in published if t == task_id] == [to for t, to in committed if t == task_id]
+    assert all(e["published"] for e in r.store.task_events.values())
+
+
+async def test_steady_state_events_go_out_from_the_feed_with_no_outbox_read(running: Running) -> None:
+    r = running
+    reads_at_start = r.store.reads
+    assert reads_at_start >= 1  # the start reads what a previous life left
+    await r.create([s for s in SENSORS for _ in range(3)])
+    r.dispatcher.kick(SENSORS)
+    for _ in range(3):  # each sensor's three tasks in turn; the feed never falls quiet for OUTBOX_POLL_S
+        await r.clock.advance(0.2)
+        heads = r.sent()[-len(SENSORS) :]
+        for sent in heads:
+            r.report(_serial_of(r, sent.task_id), sent.task_id, "ongoing")
+        await r.clock.advance(0.2)
+        for sent in heads:
+            r.report(_serial_of(r, sent.task_id), sent.task_id, "completed")
+    await r.clock.advance(0.2)
+    assert len(r.committed()) == 3 * len(SENSORS) * 3  # created, Ongoing, Completed
+    assert_each_once_in_commit_order(r)
+    assert r.store.reads == reads_at_start
+    assert r.dispatcher.outbox.reads == reads_at_start
+
+
+def _serial_of(r: Running, task_id: int) -> int:
+    return int(r.store.tasks[task_id]["sensor_serial"])
+
+
+async def test_a_backlog_of_creations_keeps_each_tasks_order_and_a_change_pulls_its_creation_ahead(
+    running: Running,
+) -> None:
+    r = running
+    reads_at_start = r.store.reads
+    ids = await r.create([1000 + i for i in range(BACKLOG)])
+    oldest = ids[2]
+    await r.store.cancel(oldest, now=r.clock.now())  # committed before the outbox took anything
+    await r.clock.advance(OUTBOX_COALESCE_S)
+    published = r.events()
+    # The change goes first, right behind its own creation; then the creations, newest first.
+    assert published[:2] == [(oldest, "Pending"), (oldest, "Cancelled")]
+    creations = [task_id for task_id, to in published[2:] if to == "Pending"]
+    assert creations == sorted(set(ids) - {oldest}, reverse=True)
+    assert len(published) == BACKLOG + 1
+    assert_each_once_in_commit_order(r)
+    assert r.store.reads == reads_at_start
+
+
+async def test_a_change_of_a_queued_task_waits_for_nothing_but_its_creation(running: Running) -> None:
+    """A task created after the backlog but changed before the outbox took it: its creation and
+    change go out in the first round, together and in order."""
+    r = running
+    await r.create([2000 + i for i in range(BACKLOG)])
+    (late,) = await r.create([7])
+    r.dispatcher.kick([7])
+    await r.clock.settle()  # claimed (the outbox is still coalescing)
+    (sent,) = [s for s in r.sent() if s.task_id == late]
+    r.report(7, late, "ongoing")
+    await r.clock.advance(OUTBOX_COALESCE_S)
+    mine = [(i, e) for i, e in enumerate(r.events()) if e[0] == late]
+    assert [e for _, e in mine] == [(late, "Pending"), (late, "Ongoing")]
+    assert mine[0][0] < 500  # in the first round, not behind the backlog
+    assert sent.attempt == 1
+    assert_each_once_in_commit_order(r)
+
+
+async def test_a_read_that_meets_the_feed_publishes_each_event_once(running: Running) -> None:
+    """Another instance's wake-up makes the outbox read the database while the feed holds the
+    same events: neither path publishes them again."""
+    r = running
+    reads = r.store.reads
+    await r.create([300, 301, 302])
+    r.dispatcher._on_wake(Wake("another", ()))  # as LISTEN delivers it
+    await r.clock.advance(OUTBOX_COALESCE_S)
+    assert r.store.reads == reads + 1
+    assert_each_once_in_commit_order(r)
+    await r.clock.advance(0.5)
+    assert len(r.events()) == 3
+
+
+async def test_a_quiet_feed_reads_the_database_for_what_it_never_had(running: Running) -> None:
+    """Events another process committed (the feed is this process's): read once the feed is quiet."""
+    r = running
+    r.store.watch_commits(lambda _events: None)  # "another process" writes
+    await r.create([400])
+    r.store.watch_commits(r.dispatcher.outbox.on_commit)
+    await r.clock.advance(OUTBOX_POLL_S / 2)
+    assert r.events() == []
+    await r.clock.advance(OUTBOX_POLL_S)
+    assert r.events() == [(1, "Pending")]
+
+
+async def test_what_was_committed_before_the_start_is_published_at_the_start() -> None:
+    """A crash between a commit and its round leaves the event unpublished: the start reads it."""
+    clock = FakeClock()
+    store, link = CountingStore(), FakeLink(clock)
+    (task,) = await store.create([NewTask(5, "update_firmware", FILE_ID, 3, 60)], now=clock.now())
+    settings = Settings(instance="feed", database_url="sqlite+aiosqlite:///unused.db")
+    dispatcher = Dispatcher(settings, store, link, clock=clock)
+    runner = asyncio.create_task(dispatcher.run())
+    await clock.advance(0.1)
+    ops = [OpsEvent.model_validate_json(p.payload) for p in link.published if "/events/" in p.topic]
+    assert [(e.task_id, e.to) for e in ops] == [(task.id, "Pending")]
+    dispatcher.stop()
+    await asyncio.wait_for(runner, 5)
