@@ -12,7 +12,7 @@ import pytest
 
 from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher
-from sensortasks.dispatcher.outbox import OUTBOX_COALESCE_S, OUTBOX_POLL_S
+from sensortasks.dispatcher.outbox import OUTBOX_COALESCE_S, OUTBOX_POLL_S, OUTBOX_SWEEP_S
 from sensortasks.domain import TaskStatus
 from sensortasks.protocol import OpsEvent, StatusReport, TaskMessage
 from sensortasks.store import NewTask, Transition
@@ -182,6 +182,21 @@ async def test_a_quiet_feed_reads_the_database_for_what_it_never_had(running: Ru
     assert r.events() == []
     await r.clock.advance(OUTBOX_POLL_S)
     assert r.events() == [(1, "Pending")]
+
+
+async def test_a_feed_that_never_goes_quiet_still_lets_a_read_in(running: Running) -> None:
+    """Another process's event waits for a read at most `OUTBOX_SWEEP_S`, however busy the feed."""
+    r = running
+    r.store.watch_commits(lambda _events: None)  # "another process" writes
+    [theirs] = await r.create([400])
+    r.store.watch_commits(r.dispatcher.outbox.on_commit)
+    step = OUTBOX_POLL_S / 2
+    for _ in range(int(OUTBOX_SWEEP_S / step) + 2):  # a creation every half poll: never quiet
+        await r.create([401])
+        await r.clock.advance(step)
+    published = [task_id for task_id, _ in r.events()]
+    assert theirs in published
+    assert published.count(theirs) == 1
 
 
 async def test_what_was_committed_before_the_start_is_published_at_the_start() -> None:

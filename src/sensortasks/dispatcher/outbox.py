@@ -19,9 +19,13 @@ between a commit and its round), after a (re)connect, on taking the lead (a foll
 its feed: the leader alone publishes), on another instance's wake-up, after a round that
 failed, and when the feed has been quiet for `OUTBOX_POLL_S` (another process writing the same
 SQLite file wakes nobody). Such a read catches up: the lanes wait until a read comes back
-short, so that no task's change goes out before a creation only the database holds. A read
-may return events that the feed delivers as well; the ids published in the last seconds are
-kept (`RECENT_S`) and neither path publishes them again.
+short, so that no task's change goes out before a creation only the database holds. A feed
+that never goes quiet still lets one read in every `OUTBOX_SWEEP_S`, which publishes what it
+finds beside the lanes instead of holding them (a bulk of 50,000 creations would otherwise
+drain through reads): a cancel another process committed then holds its sensor's next task
+back for seconds, not for as long as this process stays busy. A read may return events that
+the feed delivers as well; the ids published in the last seconds are kept (`RECENT_S`) and
+neither path publishes them again.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ OUTBOX_POLL_S = 1.0
 #: After a wake-up the outbox waits this long so that one transaction marks many events
 #: published (SQLite has one writer; many tiny transactions slow everyone down).
 OUTBOX_COALESCE_S = 0.05
+#: However busy the feed, the database is read at least this often (module docstring).
+OUTBOX_SWEEP_S = 5.0
 #: How long ids stay known as published once marked: longer than any commit takes to reach the feed.
 RECENT_S = 5.0
 #: Events queued beyond this are dropped from the lanes and read from the database instead.
@@ -89,8 +95,9 @@ class Outbox:
         self._wake = asyncio.Event()
         #: The database may hold what the feed does not: read it before the lanes (module docstring).
         self._read = True
-        #: Rounds read from the database (tests count them).
+        #: Rounds read from the database (tests count them), and when the last one was.
         self.reads = 0
+        self._read_at = clock.now()
 
     # -- what the dispatcher calls ----------------------------------------------------
     def on_commit(self, events: Sequence[Event]) -> None:
@@ -147,11 +154,13 @@ class Outbox:
                 self._drop()  # the leader publishes; it reads these when it wakes on our writes
                 self._read, full = False, False
                 continue
-            if self._read:
-                self._read = False
+            sweep = (self.clock.now() - self._read_at).total_seconds() >= OUTBOX_SWEEP_S
+            if self._read or sweep:
+                catch_up, self._read = self._read, False
                 self.reads += 1
+                self._read_at = self.clock.now()
                 pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
-                full = len(pending) >= CLAIM_BATCH
+                full = catch_up and len(pending) >= CLAIM_BATCH
                 self._read = full  # more in the database: the lanes wait for it
                 pending = self._forget(pending)
             else:
