@@ -35,6 +35,7 @@ from sensortasks.store.engine import Database
 from sensortasks.store.interface import CommitListener
 from sensortasks.store.notify import notify
 from sensortasks.store.records import Transition
+from sensortasks.store.rows import insert_rows
 from sensortasks.store.tables import IdempotencyKey, Rollout, RolloutTarget, Sensor, Task, TaskEvent
 
 T = Task.__table__  # type: ignore[attr-defined]
@@ -110,6 +111,9 @@ def labelled(labels: Mapping[str, str]) -> list[ColumnElement[bool]]:
     return [S.c.labels[key].as_string() == value for key, value in labels.items()]
 
 
+_LAST_ROWID = select(func.last_insert_rowid())
+
+
 def _feed_of(conn: AsyncConnection) -> list[tuple[int, Transition]] | None:
     feed = conn.info.get(_FEED)
     return feed if isinstance(feed, list) else None
@@ -121,8 +125,8 @@ async def _inserted_ids(conn: AsyncConnection, events: Sequence[dict[str, Any]])
     up to ``last_insert_rowid()`` (the reasoning of `store.tasks._insert_in_order`).
     PostgreSQL: ``RETURNING`` in parameter order."""
     if conn.dialect.name == "sqlite":
-        await conn.execute(insert(E), events)
-        last = int((await conn.execute(select(func.last_insert_rowid()))).scalar_one())
+        await insert_rows(conn, E, events)
+        last = int((await conn.execute(_LAST_ROWID)).scalar_one())
         return list(range(last - len(events) + 1, last + 1))
     result = await conn.execute(insert(E).returning(E.c.id, sort_by_parameter_order=True), events)
     return [int(event_id) for event_id in result.scalars()]
@@ -135,7 +139,7 @@ async def insert_events(
     into the transaction's commit feed with their ids, if it has one (a listener watches)."""
     feed = _feed_of(conn)
     if feed is None or not transitions:
-        await conn.execute(insert(E), events)
+        await insert_rows(conn, E, events)
         return
     ids = await _inserted_ids(conn, events)
     unpublished = [event_id for event_id, event in zip(ids, events, strict=True) if not event["published"]]
