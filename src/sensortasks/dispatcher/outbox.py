@@ -90,8 +90,10 @@ class Outbox:
         self._changes: deque[Event] = deque()
         #: Creations not yet taken, by task id, oldest first (`popitem` takes the newest).
         self._creations: dict[int, Event] = {}
-        #: Ids published lately (`RECENT_S`): when each was marked, None while its round is out.
-        self._recent: dict[int, float | None] = {}
+        #: Ids published lately or out in a round (`RECENT_S`), and each marked round's ids with
+        #: when it was marked, oldest first (a dict popped from its front is O(n) a pop).
+        self._recent: set[int] = set()
+        self._marked: deque[tuple[float, list[int]]] = deque()
         self._wake = asyncio.Event()
         #: The database may hold what the feed does not: read it before the lanes (module docstring).
         self._read = True
@@ -204,24 +206,20 @@ class Outbox:
         ]
         events = [(self.topics.ops_event(t.sensor_serial, t.task_id), event_json(t)) for _, t in pending]
         ids = [event_id for event_id, _ in pending]
-        self._recent.update(dict.fromkeys(ids))
+        self._recent.update(ids)
         # Cancels first: the sensor must hear of the cancel before its next task.
         sent = await self.link.publish_many(cancels) + await self.link.publish_many(events)
         if sent < len(cancels) + len(events):
-            for event_id in ids:
-                self._recent.pop(event_id, None)
+            self._recent.difference_update(ids)
             return False
         await self._retrying("outbox mark", self.store.mark_published, ids)
         now = self.clock.now().timestamp()
-        self._recent.update(dict.fromkeys(ids, now))
+        self._marked.append((now, ids))
         self._prune(now)
         self._on_finished(t.sensor_serial for _, t in pending if t.target.terminal)
         return True
 
     def _prune(self, now: float) -> None:
         """Forget ids marked more than `RECENT_S` ago (oldest first: rounds mark in turn)."""
-        while self._recent:
-            event_id, marked = next(iter(self._recent.items()))
-            if marked is None or now - marked < RECENT_S:
-                return
-            del self._recent[event_id]
+        while self._marked and now - self._marked[0][0] >= RECENT_S:
+            self._recent.difference_update(self._marked.popleft()[1])
