@@ -131,8 +131,8 @@ def _set_columns(statements: list[tuple[str, Sequence[Any]]]) -> list[list[str]]
     """The SET columns of each UPDATE of tasks."""
     found = []
     for statement, _ in statements:
-        if match := re.match(r"\s*UPDATE tasks SET (.*) WHERE", statement, re.S):
-            found.append(sorted(re.findall(r"(\w+)=", match.group(1))))
+        if match := re.match(r'\s*UPDATE "?tasks"? SET (.*) WHERE', statement, re.S):
+            found.append(sorted(re.findall(r'"?(\w+)"? ?=', match.group(1))))
     return found
 
 

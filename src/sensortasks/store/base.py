@@ -35,7 +35,7 @@ from sensortasks.store.engine import Database
 from sensortasks.store.interface import CommitListener
 from sensortasks.store.notify import notify
 from sensortasks.store.records import Transition
-from sensortasks.store.rows import insert_rows
+from sensortasks.store.rows import insert_rows, update_rows
 from sensortasks.store.tables import IdempotencyKey, Rollout, RolloutTarget, Sensor, Task, TaskEvent
 
 T = Task.__table__  # type: ignore[attr-defined]
@@ -64,6 +64,8 @@ MUTABLE = (
     "not_before",
     "deadline_at",
 )
+#: What a guarded UPDATE matches: the row as loaded (`Work`).
+_GUARDS = ("id", "status_id", "attempt_count")
 #: Largest IN (...) list sent in one statement.
 IN_CHUNK = 500
 
@@ -199,14 +201,20 @@ class StoreBase:
             if work.dirty:
                 shapes.setdefault(tuple(sorted(work.dirty)), []).append(work)
         for columns, works in shapes.items():
-            params = [
-                {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
-                | {f"v_{name}": w.row[name] for name in columns}
-                for w in works
-            ]
-            result = await conn.execute(_guarded_update(columns), params)
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(works):
-                raise StaleBatch(f"{len(works) - result.rowcount} of {len(works)} rows changed meanwhile")
+            if self.db.is_sqlite:
+                values = [[w.row[name] for name in columns] + [w.id, w.guard_status, w.guard_attempt] for w in works]
+                changed = await update_rows(conn, T, columns, _GUARDS, values)
+            else:
+                params = [
+                    {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
+                    | {f"v_{name}": w.row[name] for name in columns}
+                    for w in works
+                ]
+                result = await conn.execute(_guarded_update(columns), params)
+                # asyncpg's executemany counts nothing; there the loaded rows are locked anyway.
+                changed = result.rowcount if conn.dialect.supports_sane_multi_rowcount else len(works)
+            if changed != len(works):
+                raise StaleBatch(f"{len(works) - changed} of {len(works)} rows changed meanwhile")
         if changes.events:
             await insert_events(conn, changes.events, changes.transitions)
             if not all(e["published"] for e in changes.events):
