@@ -4,6 +4,7 @@ live view of ``ops/#``."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -109,6 +110,10 @@ def simulate(
             loop.call_later(seconds, stop.set)
 
         def started(stats: FleetStats) -> None:
+            # The fleet's clients, sockets and buffers live as long as the run: no collection
+            # scans them again. At 5,000 sensors collections were 41 % of this process's CPU
+            # (paho allocates a Condition per publish, each allocation counting towards one).
+            gc.freeze()
             for line in labelled_groups(fleet.labels()):
                 say(line)
             say(f"simulating {stats.connected} sensor(s) from serial {first_serial}; Ctrl-C to stop")
