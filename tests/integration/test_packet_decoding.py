@@ -15,8 +15,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sensortasks.mqtt.loop import BufferedClient
+from sensortasks.mqtt import MqttTarget
+from sensortasks.mqtt.loop import BufferedClient, Connection, new_paho_client
 from sensortasks.testing import MosquittoBroker
+from sensortasks.testing.proxy import TcpProxy
 
 PUBACK = 0x40
 PUBLISH = 0x30
@@ -192,3 +194,21 @@ def test_an_exception_in_on_message_is_raised_as_paho_raises_it() -> None:
         mqtt._handle_on_message(paho.MQTTMessage(mid=1, topic=b"t"))
     mqtt.suppress_exceptions = True
     mqtt._handle_on_message(paho.MQTTMessage(mid=1, topic=b"t"))  # logged, not raised
+
+
+async def test_a_publish_nobody_acknowledges_returns_what_was_acknowledged_in_time(broker: MosquittoBroker) -> None:
+    """The wait for PUBACKs is bounded: behind a partition the publish returns 0 after its timeout."""
+    with TcpProxy(broker.host, broker.port) as proxy:
+        target = MqttTarget(broker.host, proxy.port, None, None, tls=False)
+        mqtt = new_paho_client(target, identifier="unacknowledged", timeout_s=5)
+        connection = Connection(mqtt, lambda *_: None, timeout_s=5)
+        await connection.open(target, keepalive_s=60, session_expiry_s=0)
+        try:
+            assert await connection.publish([("t/ok", b"1", 1, False, None)], 1, 5) == 1
+            proxy.cut("blackhole")
+            started = asyncio.get_running_loop().time()
+            assert await connection.publish([("t/lost", b"2", 1, False, None)], 1, 0.3) == 0
+            assert 0.3 <= asyncio.get_running_loop().time() - started < 3
+            assert connection.problem() == "no acknowledgement in 5 s"
+        finally:
+            connection.close()

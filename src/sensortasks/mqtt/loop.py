@@ -412,9 +412,16 @@ class Connection:
                 raise InvalidInput(f"cannot publish to {topic[:100]!r}: {exc}") from exc
             batch.unacked += 1
             self.pending[info.mid] = batch
-        batch.done = self.loop.create_future()
+        done = batch.done = self.loop.create_future()
         batch.settle()
-        await _within(batch.done, timeout_s)
+        if not done.done():
+            # One timer, not `asyncio.timeout`'s context and task bookkeeping: a sensor's every
+            # report waits here.
+            timer = self.loop.call_later(timeout_s, _settle, done)
+            try:
+                await done
+            finally:
+                timer.cancel()
         return batch.acked
 
     def problem(self) -> str:
@@ -430,6 +437,12 @@ class Connection:
         waiter = self.subacks[mid] = self.loop.create_future()
         if not await _within(waiter, self.timeout_s):
             raise aiomqtt.MqttError("no SUBACK from the broker")
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    """The wait for acknowledgements ran out: the publish returns what was acknowledged."""
+    if not done.done():
+        done.set_result(None)
 
 
 async def _within(waiter: Any, timeout_s: float) -> bool:  # noqa: ANN401
