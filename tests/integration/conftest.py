@@ -23,7 +23,7 @@ from sensortasks.config import Settings
 from sensortasks.dispatcher import Dispatcher, dispatcher_link
 from sensortasks.runtime import build_service, build_store
 from sensortasks.sensor import Handler, Job, SensorOptions
-from sensortasks.store import TaskStore, upgrade, utcnow
+from sensortasks.store import TaskStore, open_database, upgrade, utcnow
 from sensortasks.store.accounts import ClientAccount, MqttClientStore
 from sensortasks.store.keys import KeyStore
 from sensortasks.testing import MosquittoBroker
@@ -320,3 +320,12 @@ async def wiretap(broker: MosquittoBroker) -> AsyncIterator[Wiretap]:
 
     async with listening(broker, "#", heard):
         yield tap
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[TaskStore]:
+    """A store on a fresh, migrated database (`database_url`: each database the module runs on)."""
+    await upgrade(database_url)
+    store = TaskStore(open_database(database_url))
+    yield store
+    await store.db.dispose()

@@ -4,25 +4,17 @@ commit order, and nothing of a transaction that rolled back."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
 from sensortasks.domain import TaskStatus
-from sensortasks.store import IncomingReport, NewTask, TaskStore, Transition, open_database, upgrade, utcnow
+from sensortasks.store import IncomingReport, NewTask, TaskStore, Transition, utcnow
 from sensortasks.store.tasks import insert_tasks
 
 SERIAL = 810_000_000_000_000
 
 Feed = list[list[tuple[int, Transition]]]
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[TaskStore]:
-    await upgrade(database_url)
-    store = TaskStore(open_database(database_url))
-    yield store
-    await store.db.dispose()
 
 
 def watched(store: TaskStore) -> Feed:

@@ -3,23 +3,11 @@ and each task's events still go out in the order they were committed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from sensortasks.domain import TaskStatus
-from sensortasks.store import IncomingReport, NewTask, TaskStore, open_database, upgrade, utcnow
+from sensortasks.store import IncomingReport, NewTask, TaskStore, utcnow
 
 SERIAL = 800_000_000_000_000
 BULK = 3_000
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[TaskStore]:
-    await upgrade(database_url)
-    store = TaskStore(open_database(database_url))
-    yield store
-    await store.db.dispose()
 
 
 async def _publish_all(store: TaskStore) -> None:

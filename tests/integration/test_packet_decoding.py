@@ -16,12 +16,26 @@ from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.reasoncodes import ReasonCode
 
 from sensortasks.mqtt import MqttTarget
-from sensortasks.mqtt.loop import BufferedClient, Connection, new_paho_client
+from sensortasks.mqtt.loop import Connection, new_paho_client
+from sensortasks.mqtt.packets import BufferedClient
 from sensortasks.testing import MosquittoBroker
 from sensortasks.testing.proxy import TcpProxy
 
 PUBACK = 0x40
 PUBLISH = 0x30
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch, decoder: str) -> list[int]:
+    """How often paho's own `decoder` (of `paho.mqtt._packet`) runs from here on."""
+    calls = [0]
+    original = getattr(_packet, decoder)
+
+    def counted(*args: object) -> object:
+        calls[0] += 1
+        return original(*args)
+
+    monkeypatch.setattr(_packet, decoder, counted)
+    return calls
 
 
 def client() -> BufferedClient:
@@ -31,14 +45,7 @@ def client() -> BufferedClient:
 async def test_the_pubacks_mosquitto_sends_are_decoded_without_paho(
     broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decoded = [0]
-    paho_decode = _packet.decode_puback
-
-    def counted(*args: object) -> object:
-        decoded[0] += 1
-        return paho_decode(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_packet, "decode_puback", counted)
+    decoded = _counted(monkeypatch, "decode_puback")
     mqtt = client()
     acked: dict[int, ReasonCode] = {}
     done = threading.Event()
@@ -127,14 +134,7 @@ def test_a_publish_is_received_as_paho_receives_it(flags: int, packet: bytes, mo
 async def test_publishes_from_mosquitto_are_decoded_without_paho(
     broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decoded = [0]
-    paho_decode = _packet.decode_publish
-
-    def counted(*args: object) -> object:
-        decoded[0] += 1
-        return paho_decode(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_packet, "decode_publish", counted)
+    decoded = _counted(monkeypatch, "decode_publish")
     mqtt = client()
     got: list[tuple[str, bytes]] = []
     done = threading.Event()

@@ -12,7 +12,7 @@ import aiomqtt
 import pytest
 from paho.mqtt import client as paho
 
-from sensortasks.mqtt.loop import BufferedClient
+from sensortasks.mqtt.packets import BufferedClient
 from sensortasks.protocol import StatusReport, TaskMessage
 from sensortasks.sensor import Job, SensorClient, SensorOptions
 from sensortasks.testing import MosquittoBroker

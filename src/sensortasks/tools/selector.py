@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sensortasks.mqtt.loop import BufferedClient
+from sensortasks.mqtt.packets import BufferedClient
 
 START_TIMEOUT_S = 60.0
 #: Clients connecting at once (the broker's listen backlog is finite).
