@@ -81,3 +81,14 @@ async def test_a_listener_registered_later_gets_what_commits_after(store: TaskSt
     feed = watched(store)
     await store.cancel(task.id or 0, now=utcnow())
     assert [[(t.task_id, t.target) for _, t in batch] for batch in feed] == [[(task.id, TaskStatus.CANCELLED)]]
+
+
+async def test_created_tasks_are_the_stored_ones(store: TaskStore) -> None:
+    """A create builds its tasks from the values it inserted (outside the writer), not by reading
+    them back: they must be what the database holds, time zones included."""
+    created = await store.create(
+        [NewTask(SERIAL + i, "update_firmware", "f", 3, 60) for i in range(3)], customer_id=None, now=utcnow()
+    )
+    assert [t.id for t in created] == sorted(t.id for t in created)
+    for task in created:
+        assert task == await store.get(task.id or 0)

@@ -86,48 +86,66 @@ _LARGEST_ID = select(func.coalesce(func.max(T.c.id), 0))
 _NO_VALUES = dict.fromkeys(T.c.keys())
 
 
-async def _insert_in_order(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[Task]:
-    """SQLite: one prepared INSERT run for every row. SQLAlchemy cannot keep ``RETURNING`` in
-    parameter order there and falls back to one statement per row (1,000 statements for 1,000
-    tasks). The writer holds the database (``BEGIN IMMEDIATE``) and rowids grow by one from the
-    largest, so the new rows have the ids above the old largest, in insertion order, and are
-    built from the values inserted: reading them back cost 70 µs a task, a third of a create."""
+async def _insert_in_order(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """SQLite: one prepared INSERT run for every row; the new ids, in order. SQLAlchemy cannot
+    keep ``RETURNING`` in parameter order there and falls back to one statement per row (1,000
+    statements for 1,000 tasks). The writer holds the database (``BEGIN IMMEDIATE``) and rowids
+    grow by one from the largest, so the new rows have the ids above the old largest, in
+    insertion order (reading them back cost 70 µs a task, a third of a create)."""
     before = (await conn.execute(_LARGEST_ID)).scalar_one()
     await insert_rows(conn, T, rows)
     after = (await conn.execute(_LARGEST_ID)).scalar_one()
     if after - before != len(rows):  # someone else wrote inside our transaction: impossible on SQLite
         raise RuntimeError(f"inserted {len(rows)} tasks but the largest id grew by {after - before}")
-    return [_task(_NO_VALUES | row | {"id": before + 1 + i}) for i, row in enumerate(rows)]
+    return list(range(before + 1, after + 1))
+
+
+def _built(rows: Sequence[dict[str, Any]], ids: Sequence[int]) -> list[Task]:
+    """The tasks of rows inserted with these ids (18 µs a task: a create builds them outside the
+    writer where it can)."""
+    return [_task(_NO_VALUES | row | {"id": task_id}) for row, task_id in zip(rows, ids, strict=True)]
+
+
+async def _insert_rows(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], *, customer_id: int | None, now: datetime, origin: str
+) -> list[int]:
+    """Insert task rows with their created events in the caller's transaction (`InvalidInput`
+    for a sensor not registered to the customer); their ids. The other instances are woken up
+    when it commits."""
+    serials = {r["sensor_serial"] for r in rows}
+    if customer_id is not None:
+        await _check_owned(conn, serials, customer_id)
+    if conn.dialect.name == "sqlite":
+        ids = await _insert_in_order(conn, rows)
+    else:
+        result = await conn.execute(insert(T).returning(T.c.id, sort_by_parameter_order=True), rows)
+        ids = [int(task_id) for task_id in result.scalars()]
+    events = [created_event(task_id, now) for task_id in ids]
+    transitions = [
+        transition_of(e, r["sensor_serial"], r["type"], r["rollout_id"]) for e, r in zip(events, rows, strict=True)
+    ]
+    await insert_events(conn, events, transitions)
+    await notify(conn, origin, serials)
+    return ids
 
 
 async def insert_tasks(
     conn: AsyncConnection, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime, origin: str
 ) -> list[Task]:
-    """Insert tasks with their created events in the caller's transaction (`InvalidInput` for a
-    sensor not registered to the customer); the other instances are woken up when it commits."""
-    if customer_id is not None:
-        await _check_owned(conn, {t.sensor_serial for t in tasks}, customer_id)
+    """Insert tasks with their created events in the caller's transaction (`_insert_rows`)."""
     rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
-    if conn.dialect.name == "sqlite":
-        created = await _insert_in_order(conn, rows)
-    else:
-        result = await conn.execute(insert(T).returning(*T.c, sort_by_parameter_order=True), rows)
-        created = [_task(r._mapping) for r in result]
-    events = [created_event(t.id or 0, now) for t in created]
-    transitions = [
-        transition_of(e, t.sensor_serial, t.type, t.rollout_id) for e, t in zip(events, created, strict=True)
-    ]
-    await insert_events(conn, events, transitions)
-    await notify(conn, origin, {t.sensor_serial for t in tasks})
-    return created
+    return _built(rows, await _insert_rows(conn, rows, customer_id=customer_id, now=now, origin=origin))
 
 
 class TaskQueries(StoreBase):
     async def create(self, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime) -> list[Task]:
         """Insert tasks in one transaction, all or nothing (with an idempotency key claimed:
         `IdempotencyQueries.create_answering`)."""
+        # Rows and tasks built outside the writer: a bulk of 10,000 held it 200 ms longer.
+        rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
         async with self._write() as conn:
-            return await insert_tasks(conn, tasks, customer_id=customer_id, now=now, origin=self.origin)
+            ids = await _insert_rows(conn, rows, customer_id=customer_id, now=now, origin=self.origin)
+        return _built(rows, ids)
 
     async def bulk_insert(self, tasks: Sequence[PastTask]) -> None:
         """Insert tasks as they are given, in one transaction: for loading a history (the listing
