@@ -35,30 +35,25 @@ def _converters(table: Table, columns: tuple[str, ...], dialect: Dialect) -> tup
     return tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns)
 
 
-def _converted(value: Any, convert: Converter, memo: dict[Any, Any]) -> Any:  # noqa: ANN401
+def _column(values: list[Any], convert: Converter | None) -> list[Any]:
+    """One column's values as the driver takes them, each distinct value converted once."""
+    if convert is None:
+        return values
     try:
-        return memo[value]
-    except KeyError:
-        memo[value] = converted = convert(value)
-        return converted
+        converted = {value: convert(value) for value in set(values)}
     except TypeError:  # unhashable (a JSON document)
-        return convert(value)
+        return [convert(value) for value in values]
+    return list(map(converted.__getitem__, values))
 
 
 def _params(
-    table: Table, columns: tuple[str, ...], rows: Iterable[Sequence[Any]], dialect: Dialect
+    table: Table, columns: tuple[str, ...], values: Iterable[list[Any]], dialect: Dialect
 ) -> list[tuple[Any, ...]]:
-    """Each row's values (in `columns` order) as the driver takes them, each distinct value of a
-    column converted once."""
+    """The rows' parameters from their values column by column (`values`: one list per name of
+    `columns`, in its order): a column at a time, as a bulk's rows share most of their values."""
     converters = _converters(table, columns, dialect)
-    memos: list[dict[Any, Any]] = [{} for _ in columns]
-    return [
-        tuple(
-            value if convert is None else _converted(value, convert, memo)
-            for value, convert, memo in zip(row, converters, memos, strict=True)
-        )
-        for row in rows
-    ]
+    converted = [_column(column, convert) for column, convert in zip(values, converters, strict=True)]
+    return list(zip(*converted, strict=True))
 
 
 async def insert_rows(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -69,7 +64,7 @@ async def insert_rows(conn: AsyncConnection, table: Table, rows: Sequence[dict[s
         await conn.execute(insert(table), rows)
         return
     statement, order = _insert(table, tuple(rows[0]), conn.dialect)
-    params = _params(table, order, ([row[name] for name in order] for row in rows), conn.dialect)
+    params = _params(table, order, ([row[name] for row in rows] for name in order), conn.dialect)
     await conn.exec_driver_sql(statement, params)
 
 
@@ -97,6 +92,6 @@ async def update_rows(
     }
     positions = [given[name] for name in order]
     named = tuple(name[2:] for name in order)
-    params = _params(table, named, ([row[at] for at in positions] for row in rows), conn.dialect)
+    params = _params(table, named, ([row[at] for row in rows] for at in positions), conn.dialect)
     result = await conn.exec_driver_sql(statement, params)
     return int(result.rowcount)
