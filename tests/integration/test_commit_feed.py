@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from sensortasks.domain import TaskStatus
-from sensortasks.store import IncomingReport, NewTask, TaskStore, Transition, utcnow
+from sensortasks.store import IncomingReport, NewTask, Task, TaskStore, Transition, utcnow
 from sensortasks.store.tasks import insert_tasks
 
 SERIAL = 810_000_000_000_000
@@ -92,3 +92,29 @@ async def test_created_tasks_are_the_stored_ones(store: TaskStore) -> None:
     assert [t.id for t in created] == sorted(t.id for t in created)
     for task in created:
         assert task == await store.get(task.id or 0)
+
+
+async def test_a_create_builds_its_tasks_only_when_they_are_read(
+    store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk's answer is its ids: building 10,000 tasks nobody reads held the event loop as long
+    as the rest of the request. The ids come without a task built; each task, when read, is the
+    stored one (slices too)."""
+    built: list[int] = []
+    construct = Task.model_construct
+
+    def counted(**values: object) -> Task:
+        built.append(1)
+        return construct(**values)
+
+    monkeypatch.setattr(Task, "model_construct", counted)
+    created = await store.create(
+        [NewTask(SERIAL + i, "update_firmware", "f", 3, 60) for i in range(200)], customer_id=None, now=utcnow()
+    )
+    assert (len(created), len(built)) == (200, 0)
+    assert created.ids == list(range(created.ids[0], created.ids[0] + 200))
+    seventh = created[7]
+    assert [t.id for t in created[198:]] == created.ids[198:]
+    assert len(built) == 1 + 2
+    assert seventh == await store.get(created.ids[7])
+    assert [t.sensor_serial for t in created][:3] == [SERIAL, SERIAL + 1, SERIAL + 2]

@@ -94,10 +94,10 @@ async def task_ids(store: TaskStore) -> list[int]:
 async def test_a_failed_request_releases_its_key(database_url: str) -> None:
     async with service_on(database_url) as service:
         with pytest.raises(InvalidInput, match="not registered"):
-            await service.create_once("retry-me", 7, REQUEST, [BODY], answer_ids)
+            await service.create_once("retry-me", 7, lambda: REQUEST, [BODY], answer_ids)
         assert await service.store.remembered(7, "retry-me") is None
         await service.store.register_sensor(SERIAL, customer_id=7, now=utcnow())
-        status, body = await service.create_once("retry-me", 7, REQUEST, [BODY], answer_ids)
+        status, body = await service.create_once("retry-me", 7, lambda: REQUEST, [BODY], answer_ids)
         assert (status, json.loads(body)) == (201, await task_ids(service.store))
 
 
@@ -106,7 +106,7 @@ async def test_a_claim_left_by_a_dead_request_is_taken_over(database_url: str) -
         died_at = utcnow() - IDEMPOTENCY_STALE - timedelta(seconds=1)
         keep = timedelta(days=2)
         assert await service.store.claim(0, "orphan", "x" * 64, now=died_at, keep=keep, stale=IDEMPOTENCY_STALE) is None
-        status, body = await service.create_once("orphan", None, REQUEST, [BODY], answer_ids)
+        status, body = await service.create_once("orphan", None, lambda: REQUEST, [BODY], answer_ids)
         assert (status, json.loads(body)) == (201, await task_ids(service.store))
 
 
@@ -123,16 +123,16 @@ async def test_a_request_still_running_elsewhere_is_waited_for_then_a_conflict(
             raise AssertionError
 
         monkeypatch.setattr(elsewhere.store, "create_answering", stuck)
-        first = asyncio.create_task(elsewhere.create_once("slow", None, REQUEST, [BODY], answer_ids))
+        first = asyncio.create_task(elsewhere.create_once("slow", None, lambda: REQUEST, [BODY], answer_ids))
         await running.wait()
         with pytest.raises(Conflict, match="still being processed"):
-            await here.create_once("slow", None, REQUEST, [BODY], answer_ids)
+            await here.create_once("slow", None, lambda: REQUEST, [BODY], answer_ids)
         with pytest.raises(Conflict, match="different request"):
-            await here.create_once("slow", None, {**REQUEST, "body": {"n": 2}}, [BODY], answer_ids)
+            await here.create_once("slow", None, lambda: {**REQUEST, "body": {"n": 2}}, [BODY], answer_ids)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
-        status, body = await here.create_once("slow", None, REQUEST, [BODY], answer_ids)
+        status, body = await here.create_once("slow", None, lambda: REQUEST, [BODY], answer_ids)
         assert (status, json.loads(body)) == (201, await task_ids(here.store))
 
 
@@ -218,9 +218,9 @@ async def test_a_request_whose_claim_was_taken_over_creates_nothing(
         async def overtaken(*args: Any, **kwargs: Any) -> Remembered | None:
             known = await claim(*args, **kwargs)
             if known is None and not answers:  # slow holds the key: fast takes it over meanwhile
-                answers.append(await fast.create_once("late", None, REQUEST, [BODY], answer_ids))
+                answers.append(await fast.create_once("late", None, lambda: REQUEST, [BODY], answer_ids))
             return known
 
         monkeypatch.setattr(slow.store, "claim", overtaken)
-        assert await slow.create_once("late", None, REQUEST, [BODY], answer_ids) == answers[0]
+        assert await slow.create_once("late", None, lambda: REQUEST, [BODY], answer_ids) == answers[0]
         assert json.loads(answers[0][1]) == await task_ids(slow.store)

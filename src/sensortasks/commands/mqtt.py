@@ -211,9 +211,12 @@ class CommandHandler:
             if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
                 raise InvalidInput(f"idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
 
-            request = {"path": "tasks/commands/create", "body": body.model_dump(mode="json")}
             _, created = await self.service.create_once(
-                key, customer_id, request, [body], lambda tasks: (201, TaskPublic.of(tasks[0]).model_dump_json())
+                key,
+                customer_id,
+                lambda: {"path": "tasks/commands/create", "body": body.model_dump(mode="json")},
+                [body],
+                lambda tasks: (201, TaskPublic.of(tasks[0]).model_dump_json()),
             )
             return Task.model_validate_json(created)
         target = CommandTarget.model_validate_json(message.payload)

@@ -36,9 +36,11 @@ from sensortasks.store.records import (
 from sensortasks.store.repository import StaleBatch, TaskStore
 from sensortasks.store.rollouts import join_continuous
 from sensortasks.store.tables import MqttClient, Sensor, Task, TaskEvent
+from sensortasks.store.tasks import Created
 
 __all__ = [
     "CLAIM_BATCH",
+    "Created",
     "Database",
     "Dispatch",
     "DispatchStore",

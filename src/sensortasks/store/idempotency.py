@@ -30,8 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.store.base import I, StoreBase
 from sensortasks.store.records import NewTask, Remembered
-from sensortasks.store.tables import Task
-from sensortasks.store.tasks import insert_tasks
+from sensortasks.store.tasks import Created, insert_tasks
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ IN_PROGRESS = 0
 
 #: How a request answers, ``(status_code, response)``, from the tasks it created. It runs inside
 #: their transaction (holding SQLite's write lock): it must be quick and do no I/O.
-Answer = Callable[[list[Task]], tuple[int, str]]
+Answer = Callable[[Created], tuple[int, str]]
 
 
 @dataclass(frozen=True, slots=True)

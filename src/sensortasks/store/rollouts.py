@@ -334,7 +334,7 @@ class RolloutQueries(StoreBase):
 
     async def _start_rollout_tasks(
         self, conn: AsyncConnection, row: Mapping[Any, Any], starts: int, now: datetime
-    ) -> tuple[list[Task], int]:
+    ) -> tuple[Sequence[Task], int]:
         """Create the tasks of the rollout's next `starts` waiting targets, in serial order,
         dropping the targets whose sensor left the rollout's customer on the way: the tasks, and
         how many were dropped. A sensor known to be offline is passed over and keeps waiting: its

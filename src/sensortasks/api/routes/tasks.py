@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
@@ -28,7 +28,7 @@ from sensortasks.domain import TaskStatus
 from sensortasks.errors import InvalidInput, NotFound
 from sensortasks.protocol.commands import STATUS_IDS, TaskCreate, TaskType
 from sensortasks.protocol.topics import MAX_ID
-from sensortasks.store import Task, TaskFilter
+from sensortasks.store import Created, TaskFilter
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 #: Not a bound: an id no task has (however large) is a 404, not a 422.
@@ -120,11 +120,13 @@ IdempotencyKey = Annotated[
 async def create_task(
     body: TaskCreate, state: State, customer_id: CustomerId, idempotency_key: IdempotencyKey = None
 ) -> TaskPublic:
-    def answer(tasks: list[Task]) -> tuple[int, str]:
+    def answer(tasks: Created) -> tuple[int, str]:
         (task,) = tasks
         return 201, TaskPublic.of(task).model_dump_json()
 
-    request = {"path": "/v1/tasks", "body": body.model_dump(mode="json")}
+    def request() -> dict[str, Any]:
+        return {"path": "/v1/tasks", "body": body.model_dump(mode="json")}
+
     status, payload = await state.service.create_once(idempotency_key, customer_id, request, [body], answer)
     return Response(payload, status_code=status, media_type="application/json")  # type: ignore[return-value]
 
@@ -145,10 +147,12 @@ async def create_tasks(
     """All or nothing: one invalid item refuses the whole request, and the error names its index
     (`tasks.<index>.<field>`)."""
 
-    def answer(tasks: list[Task]) -> tuple[int, str]:
-        return 201, TasksBulkCreated(ids=[t.id for t in tasks if t.id is not None]).model_dump_json()
+    def answer(tasks: Created) -> tuple[int, str]:
+        return 201, TasksBulkCreated(ids=tasks.ids).model_dump_json()
 
-    request = {"path": "/v1/tasks/bulk", "body": body.model_dump(mode="json")}
+    def request() -> dict[str, Any]:
+        return {"path": "/v1/tasks/bulk", "body": body.model_dump(mode="json")}
+
     status, payload = await state.service.create_once(idempotency_key, customer_id, request, body.tasks, answer)
     return Response(payload, status_code=status, media_type="application/json")  # type: ignore[return-value]
 
