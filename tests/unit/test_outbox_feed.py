@@ -17,6 +17,7 @@ from sensortasks.dispatcher.outbox import OUTBOX_COALESCE_S, OUTBOX_POLL_S, OUTB
 from sensortasks.domain import TaskStatus
 from sensortasks.protocol import OpsEvent, StatusReport, TaskMessage
 from sensortasks.store import NewTask, Transition
+from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.notify import Wake
 from sensortasks.testing import FakeClock, FakeLink, InMemoryStore
 
@@ -139,6 +140,20 @@ async def test_a_backlog_of_creations_keeps_each_tasks_order_and_a_change_pulls_
     assert len(published) == BACKLOG + 1
     assert_each_once_in_commit_order(r)
     assert r.store.reads == reads_at_start
+
+
+async def test_a_task_created_just_before_a_bulk_is_not_held_back_by_it(running: Running) -> None:
+    """Creations go out by the transaction that made them, the smallest first: a task created
+    just before a bulk (older than all of the bulk, so last of all newest first) is published
+    in the first round, and the bulk drains behind it."""
+    r = running
+    (early,) = await r.create([7])
+    await r.create([3000 + i for i in range(BACKLOG)])
+    await r.clock.advance(OUTBOX_COALESCE_S)
+    published = [task_id for task_id, _ in r.events()]
+    assert published.index(early) < CLAIM_BATCH
+    assert len(published) == BACKLOG + 1
+    assert_each_once_in_commit_order(r)
 
 
 async def test_a_change_of_a_queued_task_waits_for_nothing_but_its_creation(running: Running) -> None:

@@ -88,8 +88,10 @@ class Outbox:
         self._retrying = retrying
         self._on_finished = on_finished
         self._changes: deque[Event] = deque()
-        #: Creations not yet taken, by task id, oldest first (`popitem` takes the newest).
-        self._creations: dict[int, Event] = {}
+        #: Creations not yet taken: each transaction's by task id (oldest first, `popitem` takes
+        #: the newest), and each task's group by its id.
+        self._groups: list[dict[int, Event]] = []
+        self._creations: dict[int, dict[int, Event]] = {}
         #: Ids published lately or out in a round (`RECENT_S`), and each marked round's ids with
         #: when it was marked, oldest first (a dict popped from its front is O(n) a pop).
         self._recent: set[int] = set()
@@ -106,17 +108,21 @@ class Outbox:
         """The store's commit listener: queue a committed transaction's unpublished events."""
         if not self.members.leader or not self.link.connected.is_set():
             return  # in the database, read when this instance leads or is connected again
+        made: dict[int, Event] = {}  # this transaction's creations
         for event in events:
             if event[0] in self._recent:
                 continue  # a read published it already
             transition = event[1]
             if transition.source is None:
-                self._creations[transition.task_id] = event
+                made[transition.task_id] = event
+                self._creations[transition.task_id] = made
                 continue
-            created = self._creations.pop(transition.task_id, None)
-            if created is not None:
-                self._changes.append(created)
+            group = self._creations.pop(transition.task_id, None)
+            if group is not None:
+                self._changes.append(group.pop(transition.task_id))
             self._changes.append(event)
+        if made:
+            self._groups.append(made)
         if self.queued > FEED_MAX:
             log.warning("%d events queued for the outbox; reading them from the database instead", self.queued)
             self._drop()
@@ -173,12 +179,17 @@ class Outbox:
                 self.read_soon()  # the lanes lost them: the database has them all
 
     def _take(self, limit: int) -> list[Event]:
-        """A round from the lanes: changes in commit order, then creations, newest first."""
+        """A round from the lanes: changes in commit order, then creations, the transactions
+        that made fewest first, each newest first (module docstring)."""
         taken: list[Event] = []
         while self._changes and len(taken) < limit:
             taken.append(self._changes.popleft())
-        while self._creations and len(taken) < limit:
-            taken.append(self._creations.popitem()[1])
+        self._groups = sorted((group for group in self._groups if group), key=len)
+        for group in self._groups:
+            while group and len(taken) < limit:
+                event = group.popitem()[1]
+                del self._creations[event[1].task_id]
+                taken.append(event)
         return [event for event in taken if event[0] not in self._recent]
 
     def _forget(self, pending: Sequence[Event]) -> list[Event]:
@@ -186,14 +197,16 @@ class Outbox:
         fresh = [event for event in pending if event[0] not in self._recent]
         ids = {event_id for event_id, _ in fresh}
         for event_id, t in fresh:
-            if t.source is None and self._creations.get(t.task_id, (None,))[0] == event_id:
-                del self._creations[t.task_id]
+            group = self._creations.get(t.task_id) if t.source is None else None
+            if group is not None and group[t.task_id][0] == event_id:
+                del self._creations[t.task_id], group[t.task_id]
         if self._changes and any(event_id in ids for event_id, _ in self._changes):
             self._changes = deque(event for event in self._changes if event[0] not in ids)
         return fresh
 
     def _drop(self) -> None:
         self._changes.clear()
+        self._groups.clear()
         self._creations.clear()
 
     async def _publish(self, pending: Sequence[Event]) -> bool:
