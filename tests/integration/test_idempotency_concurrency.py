@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from operator import itemgetter
 from typing import Any
@@ -82,7 +82,7 @@ BODY = TaskCreate.model_validate({"sensor_serial": SERIAL, "file_id": FILE_ID, "
 REQUEST = {"path": "/v1/tasks", "body": BODY.model_dump(mode="json")}
 
 
-def answer_ids(tasks: list[Task]) -> tuple[int, str]:
+def answer_ids(tasks: Sequence[Task]) -> tuple[int, str]:
     return 201, json.dumps([t.id for t in tasks])
 
 

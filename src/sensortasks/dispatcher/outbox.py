@@ -4,10 +4,13 @@ committed them.
 Every transition is written unpublished in the transaction that applies it (G6); the store's
 commit feed (`DispatchStore.watch_commits`) hands this process's committed events, with their
 ids, to `Outbox.on_commit` once the transaction has committed. They queue here in two lanes:
-changes of tasks under way in commit order, and creations, newest first (a bulk of 50,000
-new tasks holds back neither the changes of other tasks nor the creations after it). A change
-whose task's creation is still queued takes that creation out just before itself, so each
-task's events keep their commit order. A round publishes up to `CLAIM_BATCH` of them, cancels
+changes of tasks under way in commit order, and creations, by the transaction that made them,
+the smallest first (each newest first): a bulk of 50,000 new tasks holds back neither the
+changes of other tasks nor the creations made before or after it, which go out at the next
+round, and the bulk drains in what the rounds leave. (A read of the database orders its
+creations newest first, `outbox_order`: there a task created just before a bulk still waits
+for it.) A change whose task's creation is still queued takes that creation out just before
+itself, so each task's events keep their commit order. A round publishes up to `CLAIM_BATCH` of them, cancels
 first (the sensor hears of a cancel before its next task), marks them published in one
 transaction, and only then wakes the sensors they finished (the claim refuses a sensor whose
 cancel is not marked published yet).
@@ -31,6 +34,7 @@ neither path publishes them again.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -121,8 +125,8 @@ class Outbox:
             if group is not None:
                 self._changes.append(group.pop(transition.task_id))
             self._changes.append(event)
-        if made:
-            self._groups.append(made)
+        if made:  # in order of size (roughly: groups only shrink once in)
+            bisect.insort(self._groups, made, key=len)
         if self.queued > FEED_MAX:
             log.warning("%d events queued for the outbox; reading them from the database instead", self.queued)
             self._drop()
@@ -184,12 +188,15 @@ class Outbox:
         taken: list[Event] = []
         while self._changes and len(taken) < limit:
             taken.append(self._changes.popleft())
-        self._groups = sorted((group for group in self._groups if group), key=len)
         for group in self._groups:
+            if len(taken) >= limit:
+                break
             while group and len(taken) < limit:
                 event = group.popitem()[1]
                 del self._creations[event[1].task_id]
                 taken.append(event)
+        emptied = next((at for at, group in enumerate(self._groups) if group), len(self._groups))
+        del self._groups[:emptied]  # the smallest go first, so the emptied ones lead
         return [event for event in taken if event[0] not in self._recent]
 
     def _forget(self, pending: Sequence[Event]) -> list[Event]:

@@ -374,7 +374,10 @@ class RolloutQueries(StoreBase):
             NewTask(s, row["type"], row["file_id"], row["max_attempts"], row["timeout_s"], rollout_id) for s in chosen
         ]
         created = await insert_tasks(conn, new, customer_id=customer_id, now=now, origin=self.origin)
-        params = [{"k_rollout": rollout_id, "k_serial": t.sensor_serial, "v_task": t.id} for t in created]
+        params = [
+            {"k_rollout": rollout_id, "k_serial": serial, "v_task": task_id}
+            for serial, task_id in zip(chosen, created.ids, strict=True)
+        ]
         await conn.execute(_SET_TASK, params)
         log.info("rollout %d started %d tasks", rollout_id, len(created))
         return created, dropped
