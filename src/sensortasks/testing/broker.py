@@ -16,11 +16,31 @@ from typing import Self
 START_TIMEOUT_S = 10.0
 
 
+def _worker() -> tuple[int, int]:
+    """This pytest-xdist worker's index and the number of workers ((0, 1) outside xdist)."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return (int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0), max(1, count)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free on 127.0.0.1 now, for a process started next. Two test workers picking at
+    once could get the same one before either bound it ("Address already in use" in a CI run),
+    so each worker takes only ports of its own residue (port % workers == its index); the ports
+    looked at meanwhile stay bound until the pick, so none comes back twice."""
+    index, workers = _worker()
+    held: list[socket.socket] = []
+    try:
+        while True:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            if port % workers == index:
+                return port
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def mosquitto_binary() -> str:
