@@ -26,8 +26,10 @@ def _worker() -> tuple[int, int]:
 def free_port() -> int:
     """A port free on 127.0.0.1 now, for a process started next. Two test workers picking at
     once could get the same one before either bound it ("Address already in use" in a CI run),
-    so each worker takes only ports of its own residue (port % workers == its index); the ports
-    looked at meanwhile stay bound until the pick, so none comes back twice."""
+    so each worker takes only ports of its own (port // 2 % workers == its index: Linux gives
+    ``bind`` odd ports and keeps the even ones for outgoing connections, so the parity is not
+    ours to split); the ports looked at meanwhile stay bound until the pick, so none comes back
+    twice."""
     index, workers = _worker()
     held: list[socket.socket] = []
     try:
@@ -36,7 +38,7 @@ def free_port() -> int:
             held.append(sock)
             sock.bind(("127.0.0.1", 0))
             port: int = sock.getsockname()[1]
-            if port % workers == index:
+            if port // 2 % workers == index:
                 return port
     finally:
         for sock in held:
