@@ -48,7 +48,9 @@ async def test_a_sensor_gets_one_task_at_a_time_oldest_first(store: TaskStore) -
     assert await store.claim_next(None, now=utcnow()) == []  # the head is in flight
     done = await store.apply_reports([IncomingReport(1, first.id or 0, 1, "completed")], now=utcnow())
     assert [t.target for t in done.transitions] == [TaskStatus.ONGOING, TaskStatus.COMPLETED]
-    assert [d.task_id for d in await store.claim_next([1], now=utcnow())] == [second.id]
+    # The batch that freed the sensor claimed its next task, in the same transaction.
+    assert [(d.task_id, d.attempt) for d in done.dispatches] == [(second.id, 1)]
+    assert await store.claim_next([1], now=utcnow()) == []  # in flight already
 
 
 async def test_concurrent_claims_never_send_an_attempt_twice(store: TaskStore) -> None:

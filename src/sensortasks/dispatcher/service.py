@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sensortasks.config import Settings
 from sensortasks.dispatcher.clock import SYSTEM_CLOCK, Clock
@@ -334,7 +334,10 @@ class Dispatcher:
             result = await self._retrying("status batch", self.store.apply_reports, intake.reports, now=now)
             for refusal in result.refused:
                 intake.refused.append(Refused.of(intake.origin[id(refusal.report)], refusal.code, refusal.reason))
-            self._after(result.transitions, result.wake, result.retries)
+            # The sensors the batch freed had their next attempts claimed with it: no wake-up.
+            self._after(result.transitions, (), result.retries)
+            self._claimed(result.dispatches, now)
+            await self._send(result.dispatches)
         if intake.back_online:
             serials = sorted(set(intake.back_online))
             if self.members.leader:  # every instance hears it; one re-sends
@@ -382,13 +385,16 @@ class Dispatcher:
                     continue
             while True:
                 claimed = await self._retrying("claim", self.store.claim_next, serials, now=now)
-                self.counters.dispatched += len(claimed)
-                for dispatch in claimed:
-                    if dispatch.attempt == 1:
-                        self.metrics.dispatch_latency.observe((now - dispatch.created_at).total_seconds())
+                self._claimed(claimed, now)
                 await self._send(claimed)
                 if serials is not None or len(claimed) < CLAIM_BATCH:
                     break
+
+    def _claimed(self, dispatches: Sequence[Dispatch], now: datetime) -> None:
+        self.counters.dispatched += len(dispatches)
+        for dispatch in dispatches:
+            if dispatch.attempt == 1:
+                self.metrics.dispatch_latency.observe((now - dispatch.created_at).total_seconds())
 
     # -- timers --------------------------------------------------------------
     async def _timers(self) -> None:

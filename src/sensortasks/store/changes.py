@@ -199,8 +199,8 @@ class Changes:
             )
         self.apply(work, outcome)
 
-    def report_result(self, refused: list[Refusal]) -> ReportBatchResult:
-        return ReportBatchResult(self.transitions, refused, self.ignored, self.wake, self.retries)
+    def report_result(self, refused: list[Refusal], claimed: list[Dispatch]) -> ReportBatchResult:
+        return ReportBatchResult(self.transitions, refused, self.ignored, self.wake, self.retries, claimed)
 
     def expiry(self) -> Expiry:
         return Expiry(self.dispatches, self.transitions, self.wake, self.retries)

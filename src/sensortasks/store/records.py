@@ -151,6 +151,9 @@ class ReportBatchResult:
     wake: set[int]
     #: Retries scheduled: (sensor serial, back off in seconds).
     retries: list[tuple[int, float]]
+    #: The next attempts claimed for the sensors of `wake`, in the same transaction: the
+    #: dispatcher sends these and need not wake those sensors again.
+    dispatches: list[Dispatch] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,8 @@ class InMemoryStore:
         for serial in {r.serial for r in reports}:
             if serial in self.sensors:
                 self.sensors[serial]["last_seen"] = now
-        return changes.report_result(refused)
+        claimed = await self.claim_next(sorted(changes.wake), now=now) if changes.wake else []
+        return changes.report_result(refused, claimed)
 
     async def expire(self, *, now: datetime, ack_timeout_s: float) -> Expiry:
         cutoff = now - timedelta(seconds=ack_timeout_s)
