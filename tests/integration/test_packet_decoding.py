@@ -5,8 +5,10 @@ without paho's per-packet objects; anything else is left to paho."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from paho.mqtt import _packet
@@ -212,3 +214,59 @@ async def test_a_publish_nobody_acknowledges_returns_what_was_acknowledged_in_ti
             assert connection.problem() == "no acknowledgement in 5 s"
         finally:
             connection.close()
+
+
+def _queued(mqtt: BufferedClient) -> list[bytes]:
+    return [bytes(p["packet"]) for p in mqtt._out_packet]
+
+
+@contextlib.contextmanager
+def _connected(*clients: BufferedClient) -> Iterator[None]:
+    """The clients "connected" to a socket pair that nothing reads: packets stay queued, as for
+    a client an outside loop writes for."""
+    pairs = [socket.socketpair() for _ in clients]
+    for mqtt, (sock, _) in zip(clients, pairs, strict=True):
+        mqtt._sock = sock
+        mqtt.on_socket_register_write = lambda *_: None
+    try:
+        yield
+    finally:
+        for mqtt, pair in zip(clients, pairs, strict=True):
+            mqtt._sock = None
+            for sock in pair:
+                sock.close()
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [("sensors/1/tasks", b'{"task_id": 1}'), ("é/x", b""), ("t", b"\x00" * 200)],  # 200: two length bytes
+)
+def test_a_qos1_publish_is_the_packet_paho_sends_without_its_message_objects(topic: str, payload: bytes) -> None:
+    """`publish_qos1` queues the bytes paho's ``publish`` queues for the same message id, keeps
+    no `MQTTMessage` for it, and its PUBACK reaches ``on_publish`` once, as paho's does."""
+    ours, theirs = client(), client()
+    with _connected(ours, theirs):
+        mid = ours.publish_qos1(topic, payload)
+        assert theirs.publish(topic, payload, qos=1).mid == mid
+        assert _queued(ours) == _queued(theirs)
+    assert not ours._out_messages
+    acked: list[tuple[int, int]] = []
+    ours.on_publish = lambda _c, _u, m, reason, _p: acked.append((m, reason.value))
+    ours._in_packet = {"command": PUBACK, "packet": mid.to_bytes(2, "big") + b"\x10"}  # type: ignore[typeddict-item]
+    ours._handle_pubackcomp("PUBACK")
+    ours._handle_pubackcomp("PUBACK")  # a duplicate PUBACK: nothing waits for it any more
+    assert acked == [(mid, 16)]
+
+
+@pytest.mark.parametrize("topic", ["sensors/+/tasks", "sensors/#", ""])
+def test_a_qos1_publish_refuses_what_paho_refuses(topic: str) -> None:
+    """Wildcards, as paho; and an empty topic, which paho lets through for a topic alias that a
+    publish without properties cannot carry (the broker would close the connection)."""
+    ours, theirs = client(), client()
+    with _connected(ours, theirs):
+        if topic:
+            with pytest.raises(ValueError):
+                theirs.publish(topic, b"x", qos=1)
+        with pytest.raises(ValueError):
+            ours.publish_qos1(topic, b"x")
+    assert not ours._unacked

@@ -69,7 +69,7 @@ def new_paho_client(
     ssl_context: ssl.SSLContext | None = None,
     will: aiomqtt.Will | None = None,
     manual_ack: bool = False,
-) -> paho.Client:
+) -> BufferedClient:
     """An MQTT 5 paho client for `target`, not connected; TLS when the target is ``mqtts://``
     (`ssl_context`, else the system's trust store). `manual_ack`: received QoS 1 messages are
     acknowledged only by ``client.ack`` (else paho acks each after its callback returned)."""
@@ -113,7 +113,7 @@ class Connection:
     `lost` resolves (with the reason) when the connection ends, however it ends; `heard_at` is
     when the latest burst was read off the socket (one stamp per read, for `on_message`)."""
 
-    def __init__(self, client: paho.Client, on_message: OnMessage, *, timeout_s: float) -> None:
+    def __init__(self, client: BufferedClient, on_message: OnMessage, *, timeout_s: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.client = client
         self.timeout_s = timeout_s
@@ -297,11 +297,14 @@ class Connection:
             if self.lost.done() or len(self.pending) >= WINDOW or batch.unacked >= batch.limit:
                 break
             try:
-                info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+                if qos == 1 and not retain and properties is None:
+                    mid = self.client.publish_qos1(topic, payload)
+                else:
+                    mid = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties).mid
             except ValueError as exc:  # paho's checks of the topic and payload
                 raise InvalidInput(f"cannot publish to {topic[:100]!r}: {exc}") from exc
             batch.unacked += 1
-            self.pending[info.mid] = batch
+            self.pending[mid] = batch
         done = batch.done = self.loop.create_future()
         batch.settle()
         if not done.done():

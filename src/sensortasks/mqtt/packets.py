@@ -4,10 +4,10 @@ paho baseline alike (so a benchmark's ratio is not flattered by it)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from paho.mqtt import client as paho
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -22,6 +22,9 @@ NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 NO_PUBLISH_PROPERTIES = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
 #: Flags of a PUBLISH's first byte.
 _DUP, _QOS, _RETAIN = 0x08, 0x06, 0x01
+_QOS1 = 0x02
+#: The largest payload a PUBLISH can carry (paho's bound).
+MAX_PAYLOAD = 268_435_455
 
 
 def puback_reason(value: int) -> ReasonCode:
@@ -55,6 +58,39 @@ class BufferedClient(paho.Client):
         self._chunk = b""
         self._taken = 0
         self._filtered = False
+        #: Message ids of `publish_qos1` publishes awaiting their PUBACK.
+        self._unacked: set[int] = set()
+
+    def publish_qos1(self, topic: str, payload: bytes) -> int:
+        """A QoS 1 PUBLISH without retain or properties, queued as paho's ``publish`` queues it
+        but without its `MQTTMessage` and `MQTTMessageInfo` (a `Condition` each): with the
+        `MQTTMessage` of each received message, a fifth of the dispatcher's main thread. Its
+        PUBACK calls ``on_publish`` as paho's would (with `NO_PROPERTIES`). Nothing is kept to
+        send again after a reconnect: the clients of `sensortasks.mqtt.loop` and the benchmark
+        never reconnect (a new connection is a new client). The message id; ``ValueError`` for
+        what paho refuses (a wildcard, a size out of bounds) and for an empty topic (paho sends
+        one, for a topic alias, which a publish without properties cannot carry)."""
+        if (
+            self._sock is None
+            or self._protocol != paho.MQTTv5
+            or self._callback_api_version != CallbackAPIVersion.VERSION2
+        ):
+            return self.publish(topic, payload, qos=1).mid  # paho keeps it for the connection
+        name = topic.encode()
+        if not name:
+            raise ValueError("Invalid topic.")
+        self._raise_for_invalid_topic(name)
+        if len(payload) > MAX_PAYLOAD:
+            raise ValueError("Payload too large.")
+        mid = self._mid_generate()
+        while mid in self._unacked or mid in self._out_messages:  # wrapped round
+            mid = self._mid_generate()
+        self._unacked.add(mid)
+        packet = bytearray((paho.PUBLISH | _QOS1,))
+        self._pack_remaining_length(packet, 2 + len(name) + 3 + len(payload))
+        packet += len(name).to_bytes(2, "big") + name + mid.to_bytes(2, "big") + b"\x00" + payload
+        self._packet_queue(paho.PUBLISH, packet, mid, 1)
+        return mid
 
     def message_callback_add(self, sub: str, callback: Any) -> None:  # noqa: ANN401
         self._filtered = True
@@ -82,6 +118,8 @@ class BufferedClient(paho.Client):
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
+        if cmd == "PUBACK" and len(packet) >= 2 and (packet[0] << 8 | packet[1]) in self._unacked:  # noqa: PLR2004
+            return self._acked(packet)
         if cmd != "PUBACK" or len(packet) not in (2, 3) or self._protocol != paho.MQTTv5:
             return super()._handle_pubackcomp(cmd)
         try:
@@ -92,6 +130,17 @@ class BufferedClient(paho.Client):
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, reason, NO_PROPERTIES)
+        return paho.MQTT_ERR_SUCCESS
+
+    def _acked(self, packet: bytes | bytearray) -> MQTTErrorCode:
+        """The PUBACK of a `publish_qos1` publish (its properties, if any, unread)."""
+        mid = packet[0] << 8 | packet[1]
+        self._unacked.discard(mid)
+        reason = puback_reason(packet[2] if len(packet) > 2 else 0)  # noqa: PLR2004
+        on_publish = cast("paho.CallbackOnPublish_v2 | None", self.on_publish)  # VERSION2 (`publish_qos1`)
+        if on_publish is not None:
+            with self._in_callback_mutex:
+                on_publish(self, self._userdata, mid, reason, NO_PROPERTIES)
         return paho.MQTT_ERR_SUCCESS
 
     def _handle_publish(self) -> MQTTErrorCode:

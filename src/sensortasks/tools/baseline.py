@@ -29,12 +29,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho
 
 from sensortasks.mqtt import MqttTarget, new_client
+from sensortasks.mqtt.packets import BufferedClient
 from sensortasks.protocol import StatusReport, TaskMessage, Topics, parse_sensor_command
 from sensortasks.tools.deployment import cpu_seconds
 from sensortasks.tools.selector import CONNECT_BATCH, START_TIMEOUT_S, SelectorLoop, no_delay, paho_client
@@ -119,7 +120,7 @@ def paho_fleet(host: str, port: int, sensors: int, ready: Any) -> None:  # noqa:
         if isinstance(task, TaskMessage):
             for state in ("ongoing", "completed"):
                 report = StatusReport(task_id=task.task_id, attempt=task.attempt, status=state)
-                client.publish(topics.status(serial), report.to_json(), qos=1)
+                cast(BufferedClient, client).publish_qos1(topics.status(serial), report.to_json())
 
     clients = []
     for serial in range(FIRST_SERIAL, FIRST_SERIAL + sensors):
@@ -156,7 +157,7 @@ def _paho_dispatcher(host: str, port: int, sensors: int, tasks: int, ready: Any,
     def send(serial: int) -> None:
         with acks:
             counts["published"] += 1
-        client.publish(topics.tasks(serial), task_json(queues[serial][0]), qos=1)
+        client.publish_qos1(topics.tasks(serial), task_json(queues[serial][0]))
 
     def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:  # noqa: ANN401
         parsed = topics.parse_sensor(message.topic)

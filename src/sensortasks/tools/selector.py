@@ -23,7 +23,7 @@ CONNECT_BATCH = 50
 MISC_INTERVAL_S = 1.0
 
 
-def paho_client(identifier: str, userdata: Any = None) -> paho.Client:  # noqa: ANN401
+def paho_client(identifier: str, userdata: Any = None) -> BufferedClient:  # noqa: ANN401
     """An MQTT 5 paho client reading as the product's does (`BufferedClient`); connected with
     ``clean_start=True`` and no session expiry, its session ends with its connection."""
     return BufferedClient(CallbackAPIVersion.VERSION2, client_id=identifier, userdata=userdata, protocol=paho.MQTTv5)
