@@ -109,6 +109,8 @@ class Dispatcher:
         self._in_hand: asyncio.Future[None] | None = None
         self._returning = False
         self._commands: Callable[[Incoming], Awaitable[None]] | None = None
+        #: Claims of status batches handed to the link, PUBACKs not yet in (`_send_behind`).
+        self._sending: set[asyncio.Future[None]] = set()
 
     # -- public --------------------------------------------------------------
     @property
@@ -178,9 +180,9 @@ class Dispatcher:
             log.info("dispatcher %s started", self.instance, extra={"instance": self.instance, "action": "started"})
             await self._stop.wait()
             log.debug("dispatcher %s stopping", self.instance)
-            for worker in workers:
+            for worker in (*workers, *self._sending):
                 worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, *self._sending, return_exceptions=True)
             await self._finish_in_hand()
             if self.connected and self.members.leader and len(self.members.live) <= 1:
                 await self.stats.publish(online=False)  # the last one out says so
@@ -262,6 +264,21 @@ class Dispatcher:
         for serial, delay in retries:
             self.clock.call_later(delay, self.kick, (serial,))
 
+    def _send_behind(self, dispatches: Sequence[Dispatch]) -> None:
+        """Send claims a status batch made without holding the batch's acknowledgement and the
+        next batch back for their PUBACKs: the link keeps them in order, and a claim whose
+        publish is lost with the connection is re-sent by the re-sync or times out (G4)."""
+        if not dispatches:
+            return
+        sending = asyncio.ensure_future(self._send(dispatches))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sent)
+
+    def _sent(self, sending: asyncio.Future[None]) -> None:
+        self._sending.discard(sending)
+        if not sending.cancelled() and sending.exception() is not None:
+            log.error("sending the claims of a status batch failed", exc_info=sending.exception())
+
     async def _send(self, dispatches: Sequence[Dispatch]) -> None:
         messages = [
             (
@@ -337,7 +354,7 @@ class Dispatcher:
             # The sensors the batch freed had their next attempts claimed with it: no wake-up.
             self._after(result.transitions, (), result.retries)
             self._claimed(result.dispatches, now)
-            await self._send(result.dispatches)
+            self._send_behind(result.dispatches)
         if intake.back_online:
             serials = sorted(set(intake.back_online))
             if self.members.leader:  # every instance hears it; one re-sends
