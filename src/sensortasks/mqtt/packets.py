@@ -118,29 +118,29 @@ class BufferedClient(paho.Client):
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
-        if cmd == "PUBACK" and len(packet) >= 2 and (packet[0] << 8 | packet[1]) in self._unacked:  # noqa: PLR2004
-            return self._acked(packet)
-        if cmd != "PUBACK" or len(packet) not in (2, 3) or self._protocol != paho.MQTTv5:
+        if cmd != "PUBACK" or len(packet) < 2 or self._protocol != paho.MQTTv5:  # noqa: PLR2004
+            return super()._handle_pubackcomp(cmd)
+        mid = packet[0] << 8 | packet[1]
+        if mid in self._unacked:
+            return self._acked(mid, packet[2] if len(packet) > 2 else 0)  # noqa: PLR2004
+        if len(packet) > 3:  # noqa: PLR2004  (properties: paho's to decode)
             return super()._handle_pubackcomp(cmd)
         try:
             reason = puback_reason(packet[2] if len(packet) == 3 else 0)  # noqa: PLR2004
         except (KeyError, ValueError):
             return super()._handle_pubackcomp(cmd)  # paho's word on a malformed packet
-        mid = packet[0] << 8 | packet[1]
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, reason, NO_PROPERTIES)
         return paho.MQTT_ERR_SUCCESS
 
-    def _acked(self, packet: bytes | bytearray) -> MQTTErrorCode:
+    def _acked(self, mid: int, code: int) -> MQTTErrorCode:
         """The PUBACK of a `publish_qos1` publish (its properties, if any, unread)."""
-        mid = packet[0] << 8 | packet[1]
         self._unacked.discard(mid)
-        reason = puback_reason(packet[2] if len(packet) > 2 else 0)  # noqa: PLR2004
         on_publish = cast("paho.CallbackOnPublish_v2 | None", self.on_publish)  # VERSION2 (`publish_qos1`)
         if on_publish is not None:
             with self._in_callback_mutex:
-                on_publish(self, self._userdata, mid, reason, NO_PROPERTIES)
+                on_publish(self, self._userdata, mid, puback_reason(code), NO_PROPERTIES)
         return paho.MQTT_ERR_SUCCESS
 
     def _handle_publish(self) -> MQTTErrorCode:
