@@ -60,7 +60,7 @@ async def test_the_feed_gets_each_committed_unpublished_event_with_its_id(store:
 async def _create_then_fail(store: TaskStore) -> None:
     async with store._write() as conn:
         tasks = [NewTask(SERIAL, "update_firmware", "f", 3, 60)]
-        await insert_tasks(conn, tasks, customer_id=None, now=utcnow(), origin="")
+        await conn.run_sync(insert_tasks, tasks, customer_id=None, now=utcnow(), origin="")
         raise RuntimeError("rolled back")
 
 

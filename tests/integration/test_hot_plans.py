@@ -48,7 +48,7 @@ async def _statements(store: TaskStore, action: Callable[[], Awaitable[object]])
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Sequence[Any], *_: Any) -> None:
         statements.append((statement, parameters))
 
-    engines = {store.db.writer.sync_engine, store.db.reader.sync_engine}
+    engines = {*store.db.writer_engines, store.db.reader.sync_engine}
     for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     try:
@@ -97,9 +97,9 @@ async def _claim_steps(url: str, queue: int) -> dict[str, int]:
             steps[0] += 1
             return 0
 
-        async with store.db.writer.connect() as conn:  # the pool's one connection, reused below
-            raw = await conn.get_raw_connection()
-            await raw.driver_connection.set_progress_handler(count, 100)
+        assert store.db.thread_writer is not None
+        with store.db.thread_writer.connect() as conn:  # the pool's one connection, reused below
+            conn.connection.driver_connection.set_progress_handler(count, 100)  # type: ignore[union-attr]
         serials = [FIRST + i for i in range(SENSORS)]
         found = {}
         for name, claim in (("named", serials), ("sweep", None)):

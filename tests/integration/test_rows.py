@@ -51,12 +51,12 @@ async def test_the_rows_stored_are_sqlalchemy_s(sqlite_url: str, monkeypatch: py
         async with db.writer.begin() as conn:
             now = utcnow()
             ours, theirs = _tasks(1, 300, now), _tasks(1001, 300, now)
-            await insert_rows(conn, T, ours)
+            await conn.run_sync(insert_rows, T, ours)
             assert converted == [4]  # created_at once, updated_at's two values, deadline_at's None
             await conn.execute(insert(T), theirs)
             events = [{"task_id": 1, "at": now, "kind": "sent", "attempt": 1, "reason": None, "published": b}
                       for b in (True, False)]  # fmt: skip
-            await insert_rows(conn, E, events)
+            await conn.run_sync(insert_rows, E, events)
             stored = [tuple(r) for r in await conn.exec_driver_sql("SELECT * FROM tasks ORDER BY id")]
             stored_events = [tuple(r)[2:] for r in await conn.exec_driver_sql("SELECT * FROM task_events")]
             theirs_at = (await conn.exec_driver_sql("SELECT created_at FROM tasks WHERE id = 1001")).scalar_one()

@@ -9,6 +9,12 @@ executemany and one INSERT of events. A batch of N reports costs a handful of
 statements, not N round trips, and a guard that matches fewer rows than expected
 rolls the whole batch back (`StaleBatch`) to be retried on fresh rows.
 
+Transactions on the hot path are synchronous functions of one connection, run by
+`StoreBase._transact`: on SQLite whole on the writer thread (`store.engine`), on PostgreSQL
+on the asyncio connection through SQLAlchemy's greenlet bridge (``run_sync``). The helpers
+every write shares (`insert_events`, `StoreBase._write_changes`, ...) are synchronous too;
+the other transactions, still ``async with self._write()``, call them through ``run_sync``.
+
 The commit feed (`StoreBase.watch_commits`): every write transaction collects the unpublished
 events it inserts, with their ids, in a buffer on its connection (``conn.info``); once it has
 committed, the one listener gets them, in commit order, and nothing of a transaction rolled
@@ -21,11 +27,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Select, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import RetryPolicy, TaskStatus
@@ -46,6 +52,8 @@ R = Rollout.__table__  # type: ignore[attr-defined]
 RT = RolloutTarget.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
+Out = TypeVar("Out")
+P = ParamSpec("P")
 
 ACTIVE = (TaskStatus.PENDING, TaskStatus.ONGOING)
 #: Where a write transaction's connection keeps the unpublished events it inserted (`insert_events`).
@@ -124,34 +132,44 @@ def labelled(labels: Mapping[str, str]) -> list[ColumnElement[bool]]:
 _LAST_ROWID = select(func.last_insert_rowid())
 
 
-def _feed_of(conn: AsyncConnection) -> list[tuple[int, Transition]] | None:
+Feed = list[tuple[int, Transition]]
+
+
+def _feed_of(conn: Connection) -> Feed | None:
     feed = conn.info.get(_FEED)
     return feed if isinstance(feed, list) else None
 
 
-async def _inserted_ids(conn: AsyncConnection, events: Sequence[dict[str, Any]]) -> list[int]:
+def _in_transaction(engine: Engine, feed: Feed | None, body: Callable[[Connection], Out]) -> Out:
+    """`body(conn)` in one transaction of `engine`, on the calling thread (SQLite's writer)."""
+    with engine.begin() as conn:
+        conn.info[_FEED] = feed  # set at every start, as in `StoreBase._write`
+        result = body(conn)
+        conn.info[_FEED] = None
+    return result
+
+
+def _inserted_ids(conn: Connection, events: Sequence[dict[str, Any]]) -> list[int]:
     """Insert `events` with one executemany; their ids, in order. SQLite: the writer holds the
     database (``BEGIN IMMEDIATE``) and each row takes the next rowid, so the ids are the ones
     up to ``last_insert_rowid()`` (the reasoning of `store.tasks._insert_in_order`).
     PostgreSQL: ``RETURNING`` in parameter order."""
     if conn.dialect.name == "sqlite":
-        await insert_rows(conn, E, events)
-        last = int((await conn.execute(_LAST_ROWID)).scalar_one())
+        insert_rows(conn, E, events)
+        last = int(conn.execute(_LAST_ROWID).scalar_one())
         return list(range(last - len(events) + 1, last + 1))
-    result = await conn.execute(insert(E).returning(E.c.id, sort_by_parameter_order=True), events)
+    result = conn.execute(insert(E).returning(E.c.id, sort_by_parameter_order=True), events)
     return [int(event_id) for event_id in result.scalars()]
 
 
-async def insert_events(
-    conn: AsyncConnection, events: Sequence[dict[str, Any]], transitions: Sequence[Transition]
-) -> None:
+def insert_events(conn: Connection, events: Sequence[dict[str, Any]], transitions: Sequence[Transition]) -> None:
     """Insert task events; the unpublished ones (in order, one for each of `transitions`) go
     into the transaction's commit feed with their ids, if it has one (a listener watches)."""
     feed = _feed_of(conn)
     if feed is None or not transitions:
-        await insert_rows(conn, E, events)
+        insert_rows(conn, E, events)
         return
-    ids = await _inserted_ids(conn, events)
+    ids = _inserted_ids(conn, events)
     unpublished = [event_id for event_id, event in zip(ids, events, strict=True) if not event["published"]]
     feed.extend(zip(unpublished, transitions, strict=True))
 
@@ -176,9 +194,47 @@ class StoreBase:
         docstring). One listener: a later call replaces it."""
         self._on_commit = listener
 
+    async def _transact(
+        self, body: Callable[Concatenate[Connection, P], Out], *args: P.args, **kwargs: P.kwargs
+    ) -> Out:
+        """``body(conn, *args, **kwargs)`` as one write transaction (module docstring), its commit
+        fed to the listener.
+
+        On SQLite a cancelled caller does not cut the transaction short: the thread finishes it,
+        and what it committed is fed before the cancellation goes on."""
+        if self.db.thread_writer is None or self.db.writer_thread is None or self._write_lock is None:
+            async with self._write() as conn:
+                return await conn.run_sync(body, *args, **kwargs)
+        feed: Feed = []
+        fed = feed if self._on_commit is not None else None
+
+        def bound(conn: Connection) -> Out:
+            return body(conn, *args, **kwargs)
+
+        run = functools.partial(_in_transaction, self.db.thread_writer, fed, bound)
+        async with self._write_lock:
+            done = asyncio.get_running_loop().run_in_executor(self.db.writer_thread, run)
+            try:
+                result = await asyncio.shield(done)
+            except asyncio.CancelledError:
+                await asyncio.wait([done])
+                if done.exception() is None:
+                    self._committed(feed)
+                raise
+        self._committed(feed)
+        return result
+
+    def _committed(self, feed: Feed) -> None:
+        """Hand a committed transaction's unpublished events to the listener, if there are any."""
+        if feed and self._on_commit is not None:
+            try:
+                self._on_commit(feed)
+            except Exception:  # the commit stands; the outbox reads what its feed lost
+                log.exception("the commit listener failed on %d events", len(feed))
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        feed: list[tuple[int, Transition]] = []
+        feed: Feed = []
         async with contextlib.AsyncExitStack() as stack:
             if self._write_lock is not None:
                 await stack.enter_async_context(self._write_lock)
@@ -190,18 +246,14 @@ class StoreBase:
             conn.info[_FEED] = None
         # Committed (an exception rolled back and skipped this), and the writer lock is free;
         # no await since, so the next writer has not committed yet.
-        if feed and self._on_commit is not None:
-            try:
-                self._on_commit(feed)
-            except Exception:  # the commit stands; the outbox reads what its feed lost
-                log.exception("the commit listener failed on %d events", len(feed))
+        self._committed(feed)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         async with self.db.reader.connect() as conn:
             yield conn
 
-    async def _write_changes(self, conn: AsyncConnection, changes: Changes) -> None:
+    def _write_changes(self, conn: Connection, changes: Changes) -> None:
         """Write changed rows with one guarded executemany, and the events; `StaleBatch` if a
         guard missed. Unpublished events wake the other instances' outboxes (`notify`)."""
         shapes: dict[tuple[str, ...], list[Work]] = {}
@@ -211,30 +263,31 @@ class StoreBase:
         for columns, works in shapes.items():
             if self.db.is_sqlite:
                 values = [[w.row[name] for name in columns] + [w.id, w.guard_status, w.guard_attempt] for w in works]
-                changed = await update_rows(conn, T, columns, _GUARDS, values)
+                changed = update_rows(conn, T, columns, _GUARDS, values)
             else:
                 params = [
                     {"g_id": w.id, "g_status": w.guard_status, "g_attempt": w.guard_attempt}
                     | {f"v_{name}": w.row[name] for name in columns}
                     for w in works
                 ]
-                result = await conn.execute(_guarded_update(columns), params)
+                result = conn.execute(_guarded_update(columns), params)
                 # asyncpg's executemany counts nothing; there the loaded rows are locked anyway.
                 changed = result.rowcount if conn.dialect.supports_sane_multi_rowcount else len(works)
             if changed != len(works):
                 raise StaleBatch(f"{len(works) - changed} of {len(works)} rows changed meanwhile")
         if changes.events:
-            await insert_events(conn, changes.events, changes.transitions)
+            insert_events(conn, changes.events, changes.transitions)
             if not all(e["published"] for e in changes.events):
-                await notify(conn, self.origin, ())
+                notify(conn, self.origin, ())
 
     def _locked(self, query: Select[Any], *, skip_locked: bool = False) -> Select[Any]:
         return query.with_for_update(skip_locked=skip_locked) if self._lock_rows else query
 
-    async def _load(
-        self, conn: AsyncConnection, query: Select[Any], changes: Changes, params: Mapping[str, Any] | None = None
+    @staticmethod
+    def _load(
+        conn: Connection, query: Select[Any], changes: Changes, params: Mapping[str, Any] | None = None
     ) -> list[Work]:
-        return [changes.load(dict(row._mapping)) for row in await conn.execute(query, params)]
+        return [changes.load(dict(row._mapping)) for row in conn.execute(query, params)]
 
     async def ping(self) -> None:
         async with self._read() as conn:

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, column, func, or_, select, text, update
+from sqlalchemy import BigInteger, Connection, Select, bindparam, column, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import TaskStatus
 from sensortasks.store.base import E, S, StoreBase, T, chunks
-from sensortasks.store.changes import Changes
+from sensortasks.store.changes import Changes, Work
 from sensortasks.store.interface import CLAIM_BATCH
 from sensortasks.store.records import Dispatch, Expiry, IncomingReport, ReportBatchResult
 from sensortasks.store.tables import ACTIVE_SQL, RUNNING_SQL, UNACKED_SQL, UNPUBLISHED_CANCEL_SQL
@@ -116,20 +115,19 @@ class DispatchQueries(StoreBase):
         # At most one claim per sensor: a group of CLAIM_BATCH sensors fits in one batch.
         groups = [None] if serials is None else list(chunks(serials, CLAIM_BATCH))
         for group in groups:
-            async with self._write() as conn:
-                dispatches += await self._claim(conn, group, now)
+            dispatches += await self._transact(self._claim, group, now)
         return dispatches
 
-    async def _claim(self, conn: AsyncConnection, serials: Sequence[int] | None, now: datetime) -> list[Dispatch]:
+    def _claim(self, conn: Connection, serials: Sequence[int] | None, now: datetime) -> list[Dispatch]:
         """`claim_next` for up to `CLAIM_BATCH` sensors (None: every sensor) in the caller's transaction."""
         params: dict[str, Any] = {"now": now}
         if serials is not None:
             params["serials"] = json.dumps(list(serials)) if self.db.is_sqlite else list(serials)
         changes = Changes(now)
         query = _claim_query(sqlite=self.db.is_sqlite, named=serials is not None)
-        for work in await self._load(conn, query, changes, params):
+        for work in self._load(conn, query, changes, params):
             changes.claim(work)
-        await self._write_changes(conn, changes)
+        self._write_changes(conn, changes)
         return changes.dispatches
 
     async def redeliver(self, serials: Sequence[int] | None, *, now: datetime, reason: str) -> list[Dispatch]:
@@ -152,35 +150,39 @@ class DispatchQueries(StoreBase):
                     query = query.where(T.c.sensor_serial.in_(group))
                 query = query.order_by(T.c.id).limit(CLAIM_BATCH)
                 changes = Changes(now)
-                async with self._write() as conn:
-                    works = await self._load(conn, self._locked(query, skip_locked=True), changes)
-                    for work in works:
-                        changes.redeliver(work, reason)
-                    await self._write_changes(conn, changes)
+                works = await self._transact(self._redeliver, self._locked(query, skip_locked=True), changes, reason)
                 dispatches += changes.dispatches
                 if len(works) < CLAIM_BATCH:
                     break
                 after = works[-1].id
         return dispatches
 
+    def _redeliver(self, conn: Connection, query: Select[Any], changes: Changes, reason: str) -> list[Work]:
+        works = self._load(conn, query, changes)
+        for work in works:
+            changes.redeliver(work, reason)
+        self._write_changes(conn, changes)
+        return works
+
     async def apply_reports(self, reports: Sequence[IncomingReport], *, now: datetime) -> ReportBatchResult:
         """Apply a burst of status reports in one transaction, in arrival order, and claim the
         next attempt of each sensor it freed (`ReportBatchResult.dispatches`) in the same one:
         a claim of its own for them was a quarter of SQLite's writer at saturation."""
+        return await self._transact(self._apply_reports, reports, now)
+
+    def _apply_reports(self, conn: Connection, reports: Sequence[IncomingReport], now: datetime) -> ReportBatchResult:
         changes = Changes(now)
-        ids = sorted({r.task_id for r in reports})
         reported = _REPORTED if self.db.is_sqlite else _REPORTED_LOCKED
+        for group in chunks(sorted({r.task_id for r in reports})):
+            self._load(conn, reported, changes, {"ids": list(group)})
+        refused = [r for r in (changes.report(report, self.policy) for report in reports) if r is not None]
+        self._write_changes(conn, changes)
         claimed: list[Dispatch] = []
-        async with self._write() as conn:
-            for group in chunks(ids):
-                await self._load(conn, reported, changes, {"ids": list(group)})
-            refused = [r for r in (changes.report(report, self.policy) for report in reports) if r is not None]
-            await self._write_changes(conn, changes)
-            for group in chunks(sorted(changes.wake), CLAIM_BATCH):
-                claimed += await self._claim(conn, group, now)
-            # A status proves its sensor is connected: refresh what /v1/sensors shows.
-            for group in chunks(sorted({r.serial for r in reports})):
-                await conn.execute(_SEEN, {"serials": list(group), "now": now})
+        for group in chunks(sorted(changes.wake), CLAIM_BATCH):
+            claimed += self._claim(conn, group, now)
+        # A status proves its sensor is connected: refresh what /v1/sensors shows.
+        for group in chunks(sorted({r.serial for r in reports})):
+            conn.execute(_SEEN, {"serials": list(group), "now": now})
         return changes.report_result(refused, claimed)
 
     async def expire(self, *, now: datetime, ack_timeout_s: float) -> Expiry:
@@ -191,10 +193,12 @@ class DispatchQueries(StoreBase):
         ack_cutoff = now - timedelta(seconds=ack_timeout_s)
         unacked = select(T).where(UNACKED_SQL, T.c.sent_at <= ack_cutoff, _not_offline())
         overdue = select(T).where(RUNNING_SQL, T.c.deadline_at <= now)
-        changes = Changes(now)
-        async with self._write() as conn:
-            for query in (unacked, overdue):
-                for work in await self._load(conn, self._locked(query.limit(CLAIM_BATCH), skip_locked=True), changes):
-                    changes.expire(work, self.policy)
-            await self._write_changes(conn, changes)
+        queries = [self._locked(query.limit(CLAIM_BATCH), skip_locked=True) for query in (unacked, overdue)]
+        return await self._transact(self._expire, queries, Changes(now))
+
+    def _expire(self, conn: Connection, queries: Sequence[Select[Any]], changes: Changes) -> Expiry:
+        for query in queries:
+            for work in self._load(conn, query, changes):
+                changes.expire(work, self.policy)
+        self._write_changes(conn, changes)
         return changes.expiry()

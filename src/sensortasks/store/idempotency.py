@@ -115,7 +115,7 @@ class IdempotencyQueries(StoreBase):
         async with self._write() as conn:
             if (await conn.execute(self._locked(select(I.c.key).where(*_held(claim))))).first() is None:
                 return None
-            created = await insert_tasks(conn, tasks, customer_id=customer_id, now=now, origin=self.origin)
+            created = await conn.run_sync(insert_tasks, tasks, customer_id=customer_id, now=now, origin=self.origin)
             answered = Remembered(claim.request_hash, *answer(created))
             await conn.execute(
                 update(I).where(*_held(claim)).values(status_code=answered.status_code, response=answered.response)

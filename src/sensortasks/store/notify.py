@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,10 @@ def parse(raw: str) -> Wake | None:
         return None
 
 
-async def notify(conn: AsyncConnection, origin: str, serials: Iterable[int] | None) -> None:
+def notify(conn: Connection, origin: str, serials: Iterable[int] | None) -> None:
     """Wake the other instances when this transaction commits (PostgreSQL only)."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload(origin, serials)})
+        conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload(origin, serials)})
 
 
 async def listen(url: str, on_wake: OnWake) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import exists, select, text, update
+from sqlalchemy import Connection, exists, select, text, update
 
 from sensortasks.store.base import E, StoreBase, T, chunks
 from sensortasks.store.changes import transition_of
@@ -60,6 +60,9 @@ class Outbox(StoreBase):
         return [(r.id, transition_of(r._mapping, r.sensor_serial, r.type, r.rollout_id)) for r in rows]
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:
-        async with self._write() as conn:
-            for group in chunks(sorted(event_ids)):
-                await conn.execute(update(E).where(E.c.id.in_(group)).values(published=True))
+        await self._transact(_mark_published, sorted(event_ids))
+
+
+def _mark_published(conn: Connection, event_ids: Sequence[int]) -> None:
+    for group in chunks(event_ids):
+        conn.execute(update(E).where(E.c.id.in_(group)).values(published=True))

@@ -186,7 +186,7 @@ class RolloutQueries(StoreBase):
         async with self._write() as conn:
             listed = sorted(set(new.sensors or ()))
             if customer_id is not None and listed:
-                await _check_owned(conn, set(listed), customer_id)
+                await conn.run_sync(_check_owned, set(listed), customer_id)
             rollout_id = (await conn.execute(insert(R).values(row).returning(R.c.id))).scalar_one()
             await _add_targets(conn, rollout_id, listed, now)
             if new.selector is not None:
@@ -274,7 +274,7 @@ class RolloutQueries(StoreBase):
                     )
                 row |= {"state": str(target), "updated_at": now}
                 await _save_rollouts(conn, [row])
-                await self._write_changes(conn, changes)
+                await conn.run_sync(self._write_changes, changes)
                 log.info("rollout %d %s (%s -> %s)", rollout_id, _DONE[action], state, target)
             return (await _infos(conn, [row]))[0]
 
@@ -287,7 +287,7 @@ class RolloutQueries(StoreBase):
             query = query.where(T.c.status_id.in_(ACTIVE))
         else:
             query = query.where(T.c.status_id == TaskStatus.PENDING, T.c.sent_at.is_(None))
-        for work in await self._load(conn, self._locked(query), changes):
+        for work in await conn.run_sync(self._load, self._locked(query), changes):
             changes.apply(work, _cancel(work, reason))
 
     async def advance_rollouts(self, *, now: datetime, changed_since: datetime | None = None) -> RolloutAdvance:
@@ -327,7 +327,7 @@ class RolloutQueries(StoreBase):
                 if _apply(row, decided, now):
                     changed.append(row)
             await _save_rollouts(conn, changed)
-            await self._write_changes(conn, changes)
+            await conn.run_sync(self._write_changes, changes)
             others = await _updated_since(conn, changed_since, [r["id"] for r in rows])
             totals |= await totals_of(conn, [*aborted, *(r["id"] for r in others)])
             return RolloutAdvance(started, [_info(r, totals[r["id"]]) for r in [*rows, *others]])
@@ -373,7 +373,7 @@ class RolloutQueries(StoreBase):
         new = [
             NewTask(s, row["type"], row["file_id"], row["max_attempts"], row["timeout_s"], rollout_id) for s in chosen
         ]
-        created = await insert_tasks(conn, new, customer_id=customer_id, now=now, origin=self.origin)
+        created = await conn.run_sync(insert_tasks, new, customer_id=customer_id, now=now, origin=self.origin)
         params = [
             {"k_rollout": rollout_id, "k_serial": serial, "v_task": task_id}
             for serial, task_id in zip(chosen, created.ids, strict=True)

@@ -16,9 +16,8 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Connection, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 Converter = Callable[[Any], Any]
 
@@ -56,16 +55,16 @@ def _params(
     return list(zip(*converted, strict=True))
 
 
-async def insert_rows(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """INSERT `rows` (dicts with the same keys) into `table` with one executemany."""
     if not rows:
         return
     if conn.dialect.name != "sqlite":
-        await conn.execute(insert(table), rows)
+        conn.execute(insert(table), rows)
         return
     statement, order = _insert(table, tuple(rows[0]), conn.dialect)
     params = _params(table, order, ([row[name] for row in rows] for name in order), conn.dialect)
-    await conn.exec_driver_sql(statement, params)
+    conn.exec_driver_sql(statement, params)
 
 
 @functools.cache
@@ -81,8 +80,8 @@ def _update(
     return str(compiled), tuple(compiled.positiontup or ())
 
 
-async def update_rows(
-    conn: AsyncConnection, table: Table, columns: tuple[str, ...], keys: tuple[str, ...], rows: Sequence[Sequence[Any]]
+def update_rows(
+    conn: Connection, table: Table, columns: tuple[str, ...], keys: tuple[str, ...], rows: Sequence[Sequence[Any]]
 ) -> int:
     """SQLite: ``UPDATE table SET columns WHERE keys`` for each row (its values for `columns`,
     then for `keys`) with one executemany; how many rows it changed."""
@@ -93,5 +92,5 @@ async def update_rows(
     positions = [given[name] for name in order]
     named = tuple(name[2:] for name in order)
     params = _params(table, named, ([row[at] for row in rows] for at in positions), conn.dialect)
-    result = await conn.exec_driver_sql(statement, params)
+    result = conn.exec_driver_sql(statement, params)
     return int(result.rowcount)

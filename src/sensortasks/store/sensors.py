@@ -110,9 +110,9 @@ class SensorQueries(StoreBase):
             if released.rowcount == 0:
                 raise NotFound(f"sensor {serial} not found")
             active = self._locked(select(T).where(T.c.sensor_serial == serial, T.c.status_id.in_(ACTIVE)))
-            for work in await self._load(conn, active, changes):
+            for work in await conn.run_sync(self._load, active, changes):
                 changes.apply(work, lc.cancel(work.state))
-            await self._write_changes(conn, changes)
+            await conn.run_sync(self._write_changes, changes)
         return len(changes.transitions)
 
     async def record_presence(self, updates: Sequence[tuple[int, bool, datetime]]) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, overload
 
-from sqlalchemy import Select, func, insert, select
+from sqlalchemy import Connection, Select, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks.domain import TaskStatus
@@ -66,13 +66,13 @@ def _changed_ids(where: TaskFilter, before_id: int | None) -> Select[Any]:
     return query.order_by(T.c.updated_at).limit(FEW_CHANGES)
 
 
-async def _check_owned(conn: AsyncConnection, serials: set[int], customer_id: int) -> None:
+def _check_owned(conn: Connection, serials: set[int], customer_id: int) -> None:
     """`InvalidInput` with ``details["unregistered_serials"]`` (all of them, sorted) unless every
     serial is registered to the customer; the service words it for its caller."""
     registered: set[int] = set()
     for group in chunks(sorted(serials)):
         query = select(S.c.serial).where(S.c.serial.in_(group), S.c.customer_id == customer_id)
-        registered |= set((await conn.execute(query)).scalars())
+        registered |= set(conn.execute(query).scalars())
     if missing := sorted(serials - registered):
         raise InvalidInput(
             f"sensor {missing[0]} is not registered to customer {customer_id}",
@@ -86,15 +86,15 @@ _LARGEST_ID = select(func.coalesce(func.max(T.c.id), 0))
 _NO_VALUES = dict.fromkeys(T.c.keys())
 
 
-async def _insert_in_order(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[int]:
+def _insert_in_order(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     """SQLite: one prepared INSERT run for every row; the new ids, in order. SQLAlchemy cannot
     keep ``RETURNING`` in parameter order there and falls back to one statement per row (1,000
     statements for 1,000 tasks). The writer holds the database (``BEGIN IMMEDIATE``) and rowids
     grow by one from the largest, so the new rows have the ids above the old largest, in
     insertion order (reading them back cost 70 µs a task, a third of a create)."""
-    before = (await conn.execute(_LARGEST_ID)).scalar_one()
-    await insert_rows(conn, T, rows)
-    after = (await conn.execute(_LARGEST_ID)).scalar_one()
+    before = conn.execute(_LARGEST_ID).scalar_one()
+    insert_rows(conn, T, rows)
+    after = conn.execute(_LARGEST_ID).scalar_one()
     if after - before != len(rows):  # someone else wrote inside our transaction: impossible on SQLite
         raise RuntimeError(f"inserted {len(rows)} tasks but the largest id grew by {after - before}")
     return list(range(before + 1, after + 1))
@@ -127,35 +127,35 @@ class Created(Sequence[Task]):
         return _task(_NO_VALUES | self._rows[index] | {"id": self.ids[index]})
 
 
-async def _insert_rows(
-    conn: AsyncConnection, rows: Sequence[dict[str, Any]], *, customer_id: int | None, now: datetime, origin: str
+def _insert_rows(
+    conn: Connection, rows: Sequence[dict[str, Any]], customer_id: int | None, now: datetime, origin: str
 ) -> list[int]:
     """Insert task rows with their created events in the caller's transaction (`InvalidInput`
     for a sensor not registered to the customer); their ids. The other instances are woken up
     when it commits."""
     serials = {r["sensor_serial"] for r in rows}
     if customer_id is not None:
-        await _check_owned(conn, serials, customer_id)
+        _check_owned(conn, serials, customer_id)
     if conn.dialect.name == "sqlite":
-        ids = await _insert_in_order(conn, rows)
+        ids = _insert_in_order(conn, rows)
     else:
-        result = await conn.execute(insert(T).returning(T.c.id, sort_by_parameter_order=True), rows)
+        result = conn.execute(insert(T).returning(T.c.id, sort_by_parameter_order=True), rows)
         ids = [int(task_id) for task_id in result.scalars()]
     events = [created_event(task_id, now) for task_id in ids]
     transitions = [
         transition_of(e, r["sensor_serial"], r["type"], r["rollout_id"]) for e, r in zip(events, rows, strict=True)
     ]
-    await insert_events(conn, events, transitions)
-    await notify(conn, origin, serials)
+    insert_events(conn, events, transitions)
+    notify(conn, origin, serials)
     return ids
 
 
-async def insert_tasks(
-    conn: AsyncConnection, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime, origin: str
+def insert_tasks(
+    conn: Connection, tasks: Sequence[NewTask], *, customer_id: int | None, now: datetime, origin: str
 ) -> Created:
     """Insert tasks with their created events in the caller's transaction (`_insert_rows`)."""
     rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
-    return Created(rows, await _insert_rows(conn, rows, customer_id=customer_id, now=now, origin=origin))
+    return Created(rows, _insert_rows(conn, rows, customer_id, now, origin))
 
 
 class TaskQueries(StoreBase):
@@ -164,9 +164,7 @@ class TaskQueries(StoreBase):
         `IdempotencyQueries.create_answering`)."""
         # Rows built outside the writer (a bulk of 10,000 held it 200 ms longer), tasks when read.
         rows = [task_row(t, customer_id=customer_id, now=now) for t in tasks]
-        async with self._write() as conn:
-            ids = await _insert_rows(conn, rows, customer_id=customer_id, now=now, origin=self.origin)
-        return Created(rows, ids)
+        return Created(rows, await self._transact(_insert_rows, rows, customer_id, now, self.origin))
 
     async def bulk_insert(self, tasks: Sequence[PastTask]) -> None:
         """Insert tasks as they are given, in one transaction: for loading a history (the listing
@@ -249,13 +247,13 @@ class TaskQueries(StoreBase):
 
     async def cancel(self, task_id: int, *, customer_id: int | None = None, now: datetime) -> Task:
         """Cancel a task; cancelling a Cancelled task again is a no-op, a finished one a Conflict."""
-        changes = Changes(now)
-        async with self._write() as conn:
-            query = self._locked(owned(select(T).where(T.c.id == task_id), customer_id))
-            works = await self._load(conn, query, changes)
-            if not works:
-                raise NotFound(f"task {task_id} not found")
-            work = works[0]
-            changes.cancel(work)
-            await self._write_changes(conn, changes)
-        return _task(work.row)
+        query = self._locked(owned(select(T).where(T.c.id == task_id), customer_id))
+        return await self._transact(self._cancel, task_id, query, Changes(now))
+
+    def _cancel(self, conn: Connection, task_id: int, query: Select[Any], changes: Changes) -> Task:
+        works = self._load(conn, query, changes)
+        if not works:
+            raise NotFound(f"task {task_id} not found")
+        changes.cancel(works[0])
+        self._write_changes(conn, changes)
+        return _task(works[0].row)
