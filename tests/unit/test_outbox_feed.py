@@ -27,15 +27,21 @@ BACKLOG = 5_000
 
 
 class CountingStore(InMemoryStore):
-    """Counts the outbox reads (`unpublished`)."""
+    """Counts the outbox reads (`unpublished`); `during_read`, if set, runs once, after a read
+    has taken what it found and before it returns."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0
+        self.during_read: Callable[[], Awaitable[None]] | None = None
 
     async def unpublished(self, *, limit: int = 500) -> list[tuple[int, Transition]]:
         self.reads += 1
-        return await super().unpublished(limit=limit)
+        found = await super().unpublished(limit=limit)
+        if self.during_read is not None:
+            during, self.during_read = self.during_read, None
+            await during()
+        return found
 
 
 @dataclass
@@ -186,6 +192,25 @@ async def test_a_read_that_meets_the_feed_publishes_each_event_once(running: Run
     assert_each_once_in_commit_order(r)
     await r.clock.advance(0.5)
     assert len(r.events()) == 3
+
+
+async def test_a_wake_up_that_comes_during_a_read_brings_another_read(running: Running) -> None:
+    """Another instance commits, and wakes us, while a read that began before its commit is under
+    way: that read cannot have seen it, so the wake-up must not be taken as answered by it (it
+    was, and the event waited for the next sweep: up to `OUTBOX_SWEEP_S`)."""
+    r = running
+    theirs: list[int] = []
+
+    async def another_instance_writes() -> None:
+        r.store.watch_commits(lambda _events: None)  # "another process" writes
+        theirs.extend(await r.create([500]))
+        r.store.watch_commits(r.dispatcher.outbox.on_commit)
+        r.dispatcher._on_wake(Wake("another", ()))
+
+    r.store.during_read = another_instance_writes
+    r.dispatcher._on_wake(Wake("another", ()))  # a first wake-up: a read begins
+    await r.clock.advance(OUTBOX_POLL_S / 2)  # well before a quiet feed would read anyway
+    assert r.events() == [(theirs[0], "Pending")]
 
 
 async def test_a_quiet_feed_reads_the_database_for_what_it_never_had(running: Running) -> None:

@@ -173,7 +173,9 @@ class Outbox:
                 self._read_at = self.clock.now()
                 pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
                 full = catch_up and len(pending) >= CLAIM_BATCH
-                self._read = full  # more in the database: the lanes wait for it
+                # More in the database (the lanes wait for it), or a `read_soon` came during the
+                # read, which may have begun before what it announces was committed.
+                self._read = self._read or full
                 pending = self._forget(pending)
             else:
                 pending = self._take(CLAIM_BATCH)
