@@ -123,6 +123,13 @@ def test_bench_scenarios_print_their_figures_before_the_ratio() -> None:
         assert tasks == "200"
         assert float(achieved) == pytest.approx(float(target), rel=0.25)
         assert 0 < float(p50) <= float(p95) <= float(p99)
+    to_sent, to_sent_99, to_started, to_started_99 = found(
+        lines,
+        "paced: sensortasks stages",
+        r"created -> sent_at ([\d.]+) / ([\d.]+); sent_at -> started_at ([\d.]+) / ([\d.]+)$",
+    )
+    assert 0 <= float(to_sent) <= float(to_sent_99)
+    assert 0 < float(to_started) <= float(to_started_99)
 
     assert found(lines, "bulk-during: posted", r"its (\d+) of (\d+) 'created' events received [\d.]+ s after") == (
         "2000",

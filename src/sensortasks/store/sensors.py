@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sensortasks import labels as label_rules
 from sensortasks.domain import TaskStatus
@@ -32,12 +31,25 @@ class ListedSensor:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-async def _add_missing(conn: AsyncConnection, serials: Sequence[int]) -> None:
+#: A presence heard, unless a later one is stored (`SensorQueries.record_presence`).
+_PRESENCE = (
+    update(S)
+    .where(S.c.serial == bindparam("k"), or_(S.c.presence_at.is_(None), S.c.presence_at <= bindparam("v_at")))
+    .values(online=bindparam("v_online"), last_seen=bindparam("v_at"), presence_at=bindparam("v_at"))
+)
+
+
+def _add_missing(conn: Connection, serials: Sequence[int]) -> None:
     """Add the sensors not known yet (``ON CONFLICT DO NOTHING``): several instances may add
     the same sensor at once."""
     if serials:
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        await conn.execute(dialect.insert(S).on_conflict_do_nothing(), [{"serial": s} for s in serials])
+        conn.execute(dialect.insert(S).on_conflict_do_nothing(), [{"serial": s} for s in serials])
+
+
+def _record_presence(conn: Connection, latest: Mapping[int, tuple[bool, datetime]]) -> None:
+    _add_missing(conn, sorted(latest))
+    conn.execute(_PRESENCE, [{"k": s, "v_online": o, "v_at": at} for s, (o, at) in latest.items()])
 
 
 class SensorQueries(StoreBase):
@@ -123,18 +135,8 @@ class SensorQueries(StoreBase):
         for serial, online, at in updates:
             if serial not in latest or latest[serial][1] <= at:
                 latest[serial] = (online, at)
-        async with self._write() as conn:
-            await _add_missing(conn, sorted(latest))
-            stmt = (
-                update(S)
-                .where(
-                    S.c.serial == bindparam("k"),
-                    or_(S.c.presence_at.is_(None), S.c.presence_at <= bindparam("v_at")),
-                )
-                .values(online=bindparam("v_online"), last_seen=bindparam("v_at"), presence_at=bindparam("v_at"))
-            )
-            params = [{"k": s, "v_online": o, "v_at": at} for s, (o, at) in latest.items()]
-            await conn.execute(stmt, params)
+        # On the hot path with thousands of sensors (each connect and disconnect is one).
+        await self._transact(_record_presence, latest)
 
     async def sensor(self, serial: int, *, customer_id: int | None = None) -> SensorInfo:
         async with self._read() as conn:

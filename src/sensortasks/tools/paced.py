@@ -7,7 +7,10 @@ fleet, and are timed the same way. **Dispatch latency** is from a task's creatio
 moment its dispatcher handles the sensor's ``ongoing`` (its acknowledgement), both as that
 dispatcher recorded them: the raw paho dispatcher creates the tasks itself and stamps both
 moments; the product's are ``created_at`` (serve's insert, from a ``POST /v1/tasks/bulk``) and
-``started_at`` (serve applying the ``ongoing``) in its database. No watcher runs.
+``started_at`` (serve applying the ``ongoing``) in its database. No watcher runs. The product's
+is also split at the task's ``sent_at``, stamped when the claim round that sent it began: the
+way to the claim (the create's commit, the dispatch loop's turn), then the claim's transaction,
+the fleet's round trip and the "ongoing" batch.
 
 ``--bulk-during`` adds one large ``POST /v1/tasks/bulk`` (in chunks of the API's `MAX_BULK`) for
 sensors not in the fleet during a paced run, and an `EventTap` in the driver on ``ops/events``:
@@ -26,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -73,10 +76,24 @@ class PacedResult:
     #: Tasks over the span from the first creation to the last.
     rate: float
     latencies: list[float]
+    #: The product's latency split at ``sent_at`` (stamped as its claim round began), in seconds:
+    #: (created -> sent_at, sent_at -> started_at) of each task.
+    stages: list[tuple[float, float]] = field(default_factory=list)
 
     def row(self) -> str:
         cells = " ".join(f"{percentile(self.latencies, p) * 1000:>8.1f}" for p in (50, 95, 99))
         return f"{self.name:<20} {self.tasks:>7} {self.rate:>8.1f} {cells}"
+
+    def stages_line(self) -> str | None:
+        """Where the latency went, for a run that knows (the product's)."""
+        if not self.stages:
+            return None
+        first, second = ([stage[at] * 1000 for stage in self.stages] for at in (0, 1))
+        return (
+            f"paced: {self.name} stages, p50 / p99 ms: created -> sent_at {percentile(first, 50):.1f} / "
+            f"{percentile(first, 99):.1f}; sent_at -> started_at {percentile(second, 50):.1f} / "
+            f"{percentile(second, 99):.1f}"
+        )
 
 
 def due_by(elapsed_s: float, rate: float) -> int:
@@ -225,12 +242,15 @@ async def paced_product(store: TaskStore, deployment: Deployment, sensors: int, 
     """`tasks` tasks at `rate`; each one's dispatch latency as serve recorded it."""
     ids = await pace(deployment, sensors, rate, tasks, asyncio.Event())
     await wait_completed(store, ids, sensors)
+    query = select(T.c.created_at, T.c.sent_at, T.c.started_at).where(fleet_rows(ids, sensors))
     async with store.db.reader.connect() as conn:
-        rows = (await conn.execute(select(T.c.created_at, T.c.started_at).where(fleet_rows(ids, sensors)))).all()
-    created = [as_utc(c) for c, _ in rows]
-    latencies = [(as_utc(started) - as_utc(c)).total_seconds() for c, started in rows]
+        rows = [tuple(map(as_utc, row)) for row in (await conn.execute(query)).all()]
+    created = [c for c, _, _ in rows]
+    latencies = [(started - c).total_seconds() for c, _, started in rows]
+    stages = [((sent - c).total_seconds(), (started - sent).total_seconds()) for c, sent, started in rows]
     span = (max(created) - min(created)).total_seconds()
-    return PacedResult(product_name(deployment), len(ids), len(ids) / span if span > 0 else 0.0, latencies)
+    rate = len(ids) / span if span > 0 else 0.0
+    return PacedResult(product_name(deployment), len(ids), rate, latencies, stages)
 
 
 # -- during a bulk ------------------------------------------------------------------

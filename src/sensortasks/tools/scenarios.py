@@ -86,6 +86,7 @@ class Findings:
                 '"ongoing" (sensortasks: created_at -> started_at in its database)',
                 f"{'paced run':<20} {'tasks':>7} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}",
                 *(run.row() for run in sorted(self.paced, key=lambda run: not run.name.startswith("raw"))),
+                *(line for line in (run.stages_line() for run in self.paced) if line is not None),
             ]
         return lines + self.lines
 
