@@ -89,6 +89,7 @@ async def test_ctrl_c_stops_everything_and_drops_the_scratch_database(postgres_u
         (["bench", "--instances", "2"], "--instances above 1 needs --database postgresql+asyncpg://"),
         (["soak", "--database", "sqlite:///x.db"], "--database: 'sqlite:///x.db' is not a PostgreSQL URL"),
         (["bench", "--database", "nonsense"], "--database: 'nonsense' is not a PostgreSQL URL"),
+        (["bench", "--paced-rate", "500"], "--paced-rate sets the rate of --paced or --bulk-during"),
     ],
 )
 def test_instances_need_postgres_and_nothing_starts_otherwise(args: list[str], message: str) -> None:

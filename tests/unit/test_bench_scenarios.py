@@ -55,5 +55,13 @@ def test_the_paced_table_lists_the_raw_flow_first() -> None:
     assert lines[-1].split()[-3:] == ["10.0", "10.0", "10.0"]
 
 
+def test_a_paced_rate_given_replaces_half_the_saturated_one() -> None:
+    findings = Findings(paced=[PacedResult("sensortasks", 10, 800.0, [0.01] * 10)])
+    assert Scenarios(paced=True).pace(3000.0) == 1500.0
+    assert Scenarios(paced=True, paced_rate=800.0).pace(3000.0) == 800.0
+    line = findings.report(Scenarios(paced=True, paced_rate=800.0), 10, 3000.0, 2**20)[0]
+    assert line.startswith("paced: 10 tasks at 800.0/s (as given)")
+
+
 def test_a_bench_without_scenarios_adds_no_line() -> None:
     assert Findings().report(Scenarios(), 10, 10.0, 2**20) == []

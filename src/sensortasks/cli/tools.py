@@ -98,6 +98,14 @@ def bench(
             min=0, max=1_000_000, help="One bulk of this many tasks during a paced run: how late its events come."
         ),
     ] = 0,
+    paced_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Tasks/s of --paced and --bulk-during instead of half the saturated rate: runs of different "
+            "code compared at one rate.",
+        ),
+    ] = None,
 ) -> None:
     """Lifecycles per second, latency, CPU per lifecycle of every process and serve's peak memory,
     against the raw MQTT flows of the same run on the same broker; the opt-in scenarios after it.
@@ -108,6 +116,8 @@ def bench(
     from sensortasks.tools.bench import summary  # noqa: PLC0415
     from sensortasks.tools.scenarios import Scenarios  # noqa: PLC0415
 
+    if paced_rate is not None and not (paced or bulk_during):
+        fail("--paced-rate sets the rate of --paced or --bulk-during: give one of them", 2)
     server = _database_server(database, instances)
     target = parse_mqtt_url(mqtt_url) if mqtt_url else None
     if target is not None:
@@ -119,7 +129,9 @@ def bench(
         mqtt_port=target.port if target else None,
         instances=instances,
         database=server,
-        scenarios=Scenarios(paced=paced, backlog=backlog, resume=resume, bulk_during=bulk_during),
+        scenarios=Scenarios(
+            paced=paced, backlog=backlog, resume=resume, bulk_during=bulk_during, paced_rate=paced_rate
+        ),
         say=_say,
     )
     for line in summary(report):

@@ -282,9 +282,10 @@ def bench(
                 deployment, env, sensors, tasks, workdir, broker_pid, scenarios, mqtt, say
             )
             if scenarios.paced:
-                say(f"raw paho paced: {tasks} tasks at {product.rate / 2:.1f}/s ...")
+                rate = scenarios.pace(product.rate)
+                say(f"raw paho paced: {tasks} tasks at {rate:.1f}/s ...")
                 clean_broker(mqtt_host, mqtt_port, leftovers)  # the product's sessions would queue its messages
-                raw_paced(mqtt, sensors, tasks, product.rate, findings)
+                raw_paced(mqtt, sensors, tasks, rate, findings)
         finally:
             clean_broker(mqtt_host, mqtt_port, leftovers)
             if broker is not None:

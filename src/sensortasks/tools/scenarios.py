@@ -5,8 +5,8 @@
   mostly Completed, on sensors not in the fleet) go into its database straight through the
   store; the run then reports serve's peak RSS and its lifecycles/s with them there.
 - ``--paced``: after the saturated runs, the product and the raw paho flow (the strongest raw
-  flow) each create as many tasks at half the product's saturated rate; their dispatch latency
-  (`tools.paced`).
+  flow) each create as many tasks at half the product's saturated rate (or at ``--paced-rate``,
+  to compare runs of different code at one rate); their dispatch latency (`tools.paced`).
 - ``--bulk-during N``: N tasks for sensors not in the fleet in one bulk during a paced run of
   the product; how late its own tasks' ``ops/events`` arrive meanwhile (`tools.paced`).
 - ``--resume N``: serve is killed (SIGKILL) with the fleet online, N Pending tasks for the
@@ -46,6 +46,15 @@ class Scenarios:
     backlog: int = 0
     resume: int = 0
     bulk_during: int = 0
+    #: Tasks/s of the paced runs; None: half the saturated product's rate.
+    paced_rate: float | None = None
+
+    def pace(self, saturated: float) -> float:
+        """The paced runs' rate, given the saturated product run's."""
+        return self.paced_rate if self.paced_rate is not None else saturated / 2
+
+    def pace_said(self) -> str:
+        return "as given" if self.paced_rate is not None else "half of the saturated sensortasks run"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +89,8 @@ class Findings:
             ]
         if self.paced:
             lines += [
-                f"paced: {self.paced[0].tasks} tasks at {rate / 2:.1f}/s (half of the saturated sensortasks "
-                f"run), those due created every {PACE_S * 1000:.0f} ms",
+                f"paced: {self.paced[0].tasks} tasks at {scenarios.pace(rate):.1f}/s ({scenarios.pace_said()}), "
+                f"those due created every {PACE_S * 1000:.0f} ms",
                 "paced: dispatch latency = from a task's creation to its dispatcher handling the sensor's "
                 '"ongoing" (sensortasks: created_at -> started_at in its database)',
                 f"{'paced run':<20} {'tasks':>7} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}",
@@ -160,7 +169,7 @@ async def resume(store: TaskStore, product: Product, rows: int) -> list[str]:
 
 async def _with_product(product: Product, scenarios: Scenarios, findings: Findings, say: Callable[[str], None]) -> None:
     store = TaskStore(open_database(product.deployment.database_url))
-    rate = product.rate / 2
+    rate = scenarios.pace(product.rate)
     try:
         if scenarios.paced:
             say(f"sensortasks paced: {product.tasks} tasks at {rate:.1f}/s ...")
@@ -182,5 +191,5 @@ def with_product(product: Product, scenarios: Scenarios, findings: Findings, say
 
 
 def raw_paced(mqtt: tuple[str, int], sensors: int, tasks: int, rate: float, findings: Findings) -> None:
-    """The raw paho flow paced at half the product's saturated `rate` (the product's processes gone)."""
-    findings.paced.append(run_raw_paced(*mqtt, sensors, tasks, rate / 2))
+    """The raw paho flow paced at `rate` (the product's processes gone)."""
+    findings.paced.append(run_raw_paced(*mqtt, sensors, tasks, rate))
