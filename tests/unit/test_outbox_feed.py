@@ -24,16 +24,27 @@ from sensortasks.testing import FakeClock, FakeLink, InMemoryStore
 FILE_ID = "a3e4aed2-b091-41a6-8265-2185040e2c32"
 SENSORS = range(100, 110)
 BACKLOG = 5_000
+#: Event-loop turns a test spins for something the clock cannot wait for.
+LOOP_TURNS = 1_000
 
 
 class CountingStore(InMemoryStore):
-    """Counts the outbox reads (`unpublished`); `during_read`, if set, runs once, after a read
-    has taken what it found and before it returns."""
+    """Counts the outbox reads (`unpublished`) and marks begun; `during_read`, if set, runs once,
+    after a read has taken what it found and before it returns; a mark waits for `writer_free`
+    (a writer held by someone else, a bulk create say)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0
+        self.marks = 0
         self.during_read: Callable[[], Awaitable[None]] | None = None
+        self.writer_free = asyncio.Event()
+        self.writer_free.set()
+
+    async def mark_published(self, event_ids: Sequence[int]) -> None:
+        self.marks += 1
+        await self.writer_free.wait()
+        await super().mark_published(event_ids)
 
     async def unpublished(self, *, limit: int = 500) -> list[tuple[int, Transition]]:
         self.reads += 1
@@ -123,6 +134,31 @@ async def test_steady_state_events_go_out_from_the_feed_with_no_outbox_read(runn
     assert_each_once_in_commit_order(r)
     assert r.store.reads == reads_at_start
     assert r.dispatcher.outbox.reads == reads_at_start
+
+
+async def test_a_round_goes_out_while_the_one_before_waits_to_be_marked(running: Running) -> None:
+    r = running
+    r.store.writer_free.clear()
+    marks = r.store.marks
+    await r.create([1000])
+    await r.clock.advance(OUTBOX_COALESCE_S)
+    assert len(r.events()) == 1
+    assert r.store.marks == marks + 1  # and held
+    await r.create([1001])
+    # The outbox now waits for the first mark, as for a database thread: the clock cannot settle.
+    advancing = asyncio.ensure_future(r.clock.advance(OUTBOX_COALESCE_S))
+    for _ in range(LOOP_TURNS):
+        if len(r.events()) == 2:
+            break
+        await asyncio.sleep(0)
+    assert r.events() == r.committed()  # the second round published, the first still unmarked
+    assert r.store.marks == marks + 1  # its own mark waits for the first one: one outstanding
+    assert not r.dispatcher.outbox.idle
+    r.store.writer_free.set()
+    await advancing
+    assert r.store.marks == marks + 2
+    assert_each_once_in_commit_order(r)
+    assert r.dispatcher.outbox.idle
 
 
 def _serial_of(r: Running, task_id: int) -> int:

@@ -13,7 +13,11 @@ for it.) A change whose task's creation is still queued takes that creation out 
 itself, so each task's events keep their commit order. A round publishes up to `CLAIM_BATCH` of them, cancels
 first (the sensor hears of a cancel before its next task), marks them published in one
 transaction, and only then wakes the sensors they finished (the claim refuses a sensor whose
-cancel is not marked published yet).
+cancel is not marked published yet). The mark goes on beside the next round: that round
+publishes at once and waits for it only before marking its own (one mark outstanding at most),
+so an event committed while the writer is held, by a bulk create say, is not also held back
+behind the previous round's mark. A database read waits for it (it would find that round's
+events still unpublished).
 
 The database stays the truth: an event is unpublished there until a round marks it, so none
 is lost between its commit and its publication. What the feed cannot know is read from it
@@ -100,6 +104,8 @@ class Outbox:
         #: when it was marked, oldest first (a dict popped from its front is O(n) a pop).
         self._recent: set[int] = set()
         self._marked: deque[tuple[float, list[int]]] = deque()
+        #: The last round's mark, going on beside the next round (module docstring).
+        self._marking: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         #: The database may hold what the feed does not: read it before the lanes (module docstring).
         self._read = True
@@ -148,11 +154,19 @@ class Outbox:
 
     @property
     def idle(self) -> bool:
-        """Nothing queued and no read due (the database may still hold another process's events)."""
-        return not self.queued and not self._read
+        """Nothing queued or being marked and no read due (the database may still hold another
+        process's events)."""
+        return not self.queued and not self._read and (self._marking is None or self._marking.done())
 
     # -- the loop ---------------------------------------------------------------------
     async def run(self) -> None:
+        try:
+            await self._rounds()
+        finally:
+            if self._marking is not None:
+                self._marking.cancel()  # unmarked, so published again by the next life: consumers dedupe
+
+    async def _rounds(self) -> None:
         full = False
         while True:
             if not full:  # a full round goes on at once; otherwise let commits gather
@@ -169,6 +183,7 @@ class Outbox:
             sweep = (self.clock.now() - self._read_at).total_seconds() >= OUTBOX_SWEEP_S
             if self._read or sweep:
                 catch_up, self._read = self._read, False
+                await self._marked_before()
                 self.reads += 1
                 self._read_at = self.clock.now()
                 pending = await self._retrying("outbox", self.store.unpublished, limit=CLAIM_BATCH)
@@ -219,8 +234,8 @@ class Outbox:
         self._creations.clear()
 
     async def _publish(self, pending: Sequence[Event]) -> bool:
-        """Publish a round, mark it published, wake the sensors it finished; False if the broker
-        went away (publish them all again later: consumers dedupe)."""
+        """Publish a round and start its mark, which then wakes the sensors it finished; False if
+        the broker went away (publish them all again later: consumers dedupe)."""
         cancels = [
             (self.topics.tasks(t.sensor_serial), CancelMessage(task_id=t.task_id).to_json())
             for _, t in pending
@@ -234,12 +249,22 @@ class Outbox:
         if sent < len(cancels) + len(events):
             self._recent.difference_update(ids)
             return False
+        await self._marked_before()
+        self._marking = asyncio.ensure_future(self._mark(pending, ids))
+        return True
+
+    async def _marked_before(self) -> None:
+        """Wait for the previous round's mark (and raise what it raised)."""
+        if self._marking is not None:
+            await self._marking
+            self._marking = None
+
+    async def _mark(self, pending: Sequence[Event], ids: list[int]) -> None:
         await self._retrying("outbox mark", self.store.mark_published, ids)
         now = self.clock.now().timestamp()
         self._marked.append((now, ids))
         self._prune(now)
         self._on_finished(t.sensor_serial for _, t in pending if t.target.terminal)
-        return True
 
     def _prune(self, now: float) -> None:
         """Forget ids marked more than `RECENT_S` ago (oldest first: rounds mark in turn)."""
