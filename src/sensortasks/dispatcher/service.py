@@ -383,11 +383,12 @@ class Dispatcher:
             if self._sweep:
                 next_sweep = self.clock.now() + timedelta(seconds=SWEEP_INTERVAL_S)
             await self.link.connected.wait()
-            now = self.clock.now()
             if self._resync is not None:
                 reason, self._resync = self._resync, None
                 log.info("re-sending every attempt in flight: %s", reason)
-                redelivered = await self._retrying("re-sync", self.store.redeliver, None, now=now, reason=reason)
+                redelivered = await self._retrying(
+                    "re-sync", self.store.redeliver, None, now=self.clock.now(), reason=reason
+                )
                 self.counters.redelivered += len(redelivered)
                 await self._send(redelivered)
                 self._sweep = True
@@ -401,6 +402,8 @@ class Dispatcher:
                 if not serials:
                     continue
             while True:
+                # Each batch's own now: its sent_at starts the attempt's acknowledgement timeout.
+                now = self.clock.now()
                 claimed = await self._retrying("claim", self.store.claim_next, serials, now=now)
                 self._claimed(claimed, now)
                 await self._send(claimed)
