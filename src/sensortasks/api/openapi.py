@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
+from sensortasks.api.body import BODIES
 from sensortasks.api.responses import DECLARED
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,19 @@ def _restore_examples(node: Any, declared: list[Any]) -> None:  # noqa: ANN401
                 _restore_examples(value, declared)
 
 
+def _add_bodies(schemas: dict[str, Any]) -> None:
+    """The schemas of the bodies read by `json_body` (FastAPI sees no body parameter there), each
+    with those it refers to, in FastAPI's order (by name)."""
+    for name, model in BODIES.items():
+        schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode="validation")
+        for inner, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(inner, definition)
+        schemas.setdefault(name, schema)
+    ordered = sorted(schemas.items())
+    schemas.clear()
+    schemas.update(ordered)
+
+
 class DocumentedAPI(FastAPI):
     """FastAPI, with a faithful OpenAPI document and the docs pages served offline."""
 
@@ -142,7 +156,8 @@ class DocumentedAPI(FastAPI):
                 terms_of_service=self.terms_of_service,
                 separate_input_output_schemas=self.separate_input_output_schemas,
             )
-            schemas = document.get("components", {}).get("schemas", {})
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            _add_bodies(schemas)
             models = _models()
             for name, lossy in schemas.items():
                 schemas[name] = _exact_schema(name, lossy, models)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from sensortasks.api import examples
+from sensortasks.api.body import documented, json_body
 from sensortasks.api.deps import CustomerId, State
 from sensortasks.api.models import (
     CSV_COLUMNS,
@@ -140,9 +141,13 @@ async def create_task(
         **errors(*V1, 400, 422),
         409: _IDEMPOTENCY_CONFLICT,
     },
+    openapi_extra=documented(TasksBulkCreate),
 )
 async def create_tasks(
-    body: TasksBulkCreate, state: State, customer_id: CustomerId, idempotency_key: IdempotencyKey = None
+    state: State,
+    customer_id: CustomerId,  # before the body: a request without a valid key learns nothing of it
+    body: Annotated[TasksBulkCreate, Depends(json_body(TasksBulkCreate))],
+    idempotency_key: IdempotencyKey = None,
 ) -> TasksBulkCreated:
     """All or nothing: one invalid item refuses the whole request, and the error names its index
     (`tasks.<index>.<field>`)."""
