@@ -12,6 +12,7 @@ from typing import Annotated
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
+from starlette.types import Message
 
 from sensortasks.api import body as body_module
 from sensortasks.api import create_app, errors
@@ -41,6 +42,8 @@ BODIES = [
     pytest.param(json.dumps({"tasks": []}).encode(), JSON, id="no-tasks"),
     pytest.param(b'{"tasks": [], "tasks": [%s]}' % json.dumps(TASK).encode(), JSON, id="duplicate-key"),
     pytest.param(b'{"tasks": [{"sensor_serial": NaN}]}', JSON, id="nan"),
+    pytest.param(b"[" * 3000, JSON, id="nested-too-deep"),
+    pytest.param(b'{"tasks": [{"sensor_serial": %s}]}' % (b"9" * 5000), JSON, id="integer-of-5000-digits"),
 ]
 
 
@@ -75,6 +78,29 @@ async def test_every_body_gets_the_answer_fastapi_gives(
     declared = await echo.post("/declared", content=content, headers=headers)
     read = await echo.post("/read", content=content, headers=headers)
     assert (read.status_code, read.json()) == (declared.status_code, declared.json())
+
+
+async def _post_then_hang_up(app: FastAPI, path: str) -> int:
+    """POST half a body and disconnect (raw ASGI: httpx cannot); the status answered."""
+    received: list[Message] = [{"type": "http.request", "body": b'{"tasks": [', "more_body": True}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return received.pop(0) if received else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", JSON.encode()), (b"content-length", b"1000")]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http"}
+    scope |= {"path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers}
+    await app(scope | {"client": ("127.0.0.1", 1), "server": ("testserver", 80)}, receive, send)
+    return int(sent[0]["status"])
+
+
+async def test_a_client_gone_mid_upload_gets_fastapis_400() -> None:
+    app = _echo_app()
+    assert await _post_then_hang_up(app, "/read") == await _post_then_hang_up(app, "/declared") == 400
 
 
 async def test_a_valid_body_is_read_without_fastapis_steps(

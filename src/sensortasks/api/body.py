@@ -3,10 +3,14 @@
 FastAPI decodes a JSON body with ``json.loads`` and validates the Python objects that made: for
 a bulk of 10,000 tasks that is about 80 ms with the event loop stopped (and the allocations set
 off full collections), where ``model_validate_json`` takes about 25 ms (docs/performance.md).
-Only the valid body takes that path. Anything it refuses goes again through FastAPI's own steps
-(`_as_fastapi_would`), so errors, their fields and their wording stay exactly what FastAPI says
-for a declared body. The route documents the body with `documented` (FastAPI no longer sees a
-body parameter), and `DocumentedAPI` adds the model's schema to the document (`BODIES`).
+Only a valid body takes that path. One it refuses goes again through FastAPI's own steps
+(`_as_fastapi_would`: the body parsed twice, which only invalid input pays for), so a body's
+errors, their fields and their wording are FastAPI's for a declared body, and so are its 400s
+for a body that cannot be read (a client gone mid-upload, JSON nested too deep). Two answers
+differ, by design: the API key is checked before the body is read (401 before any 422), and an
+invalid body is refused at once, so an invalid header sent with it is not reported beside it.
+The route documents the body with `documented` (FastAPI sees no body parameter there), and
+`DocumentedAPI` adds the model's schema to the document (`BODIES`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     BODIES[model.__name__] = model
 
     async def read(request: Request) -> M:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except Exception as exc:  # FastAPI's answer to a body it could not read
+            raise _unreadable() from exc
         if body and _is_json(request.headers.get("content-type")):
             try:
                 return model.model_validate_json(body)
@@ -42,9 +49,13 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
 
 
 def documented(model: type[BaseModel]) -> dict[str, Any]:
-    """The route's ``openapi_extra``: the JSON body it reads with `json_body`, required."""
+    """The route's ``openapi_extra``: FastAPI documents no body it does not read itself."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"content": {"application/json": {"schema": schema}}, "required": True}}
+
+
+def _unreadable() -> HTTPException:
+    return HTTPException(status_code=400, detail="There was an error parsing the body")
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -69,10 +80,10 @@ def _as_fastapi_would(model: type[M], body: bytes, content_type: str | None) -> 
         except json.JSONDecodeError as exc:
             error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
             raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}], body=exc.doc) from None
-        except ValueError as exc:  # not UTF-8 (UnicodeDecodeError)
-            raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
+        except Exception as exc:  # not UTF-8, nested too deep, an integer of 4,300 digits or more
+            raise _unreadable() from exc
     try:
         return model.model_validate(value, from_attributes=True)
     except ValidationError as exc:
-        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
         raise RequestValidationError(errors, body=value) from None

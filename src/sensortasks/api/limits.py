@@ -1,8 +1,9 @@
 """Request bodies are bounded: larger ones get a 413 before they are read into memory.
 
 A streamed (chunked) body is counted as it arrives and cut off at the limit. FastAPI turns any
-error raised while it reads a body into its own 400 ("error parsing the body"), so the app's
-answer to a body cut short is dropped here and replaced with the 413.
+error raised while it reads a body into its own 400 ("error parsing the body"), and so does
+`api.body.json_body`, so the app's answer to a body cut short is dropped here and replaced
+with the 413.
 """
 
 from __future__ import annotations
