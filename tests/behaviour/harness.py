@@ -315,6 +315,8 @@ async def running(backend: str, backing: Backing, **overrides: Any) -> AsyncIter
             clock.quiet_when(mqtt.quiet)
             link, sensors = observed, mqtt
         dispatcher = Dispatcher(settings, store, link, clock=clock)
+        # A round's mark runs beside the outbox's loop, on the database's thread: wait for it too.
+        clock.quiet_when(lambda: not dispatcher.outbox.marking)
         runner = asyncio.create_task(dispatcher.run(), name="dispatcher")
         stack.push_async_callback(_stop, dispatcher, runner)
         async with asyncio.timeout(START_TIMEOUT_S):

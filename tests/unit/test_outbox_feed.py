@@ -31,7 +31,7 @@ LOOP_TURNS = 1_000
 class CountingStore(InMemoryStore):
     """Counts the outbox reads (`unpublished`) and marks begun; `during_read`, if set, runs once,
     after a read has taken what it found and before it returns; a mark waits for `writer_free`
-    (a writer held by someone else, a bulk create say)."""
+    (a writer held by someone else, a bulk create say), then raises `mark_fails` if set."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,10 +40,13 @@ class CountingStore(InMemoryStore):
         self.during_read: Callable[[], Awaitable[None]] | None = None
         self.writer_free = asyncio.Event()
         self.writer_free.set()
+        self.mark_fails: Exception | None = None
 
     async def mark_published(self, event_ids: Sequence[int]) -> None:
         self.marks += 1
         await self.writer_free.wait()
+        if self.mark_fails is not None:
+            raise self.mark_fails
         await super().mark_published(event_ids)
 
     async def unpublished(self, *, limit: int = 500) -> list[tuple[int, Transition]]:
@@ -159,6 +162,25 @@ async def test_a_round_goes_out_while_the_one_before_waits_to_be_marked(running:
     assert r.store.marks == marks + 2
     assert_each_once_in_commit_order(r)
     assert r.dispatcher.outbox.idle
+
+
+async def test_a_mark_that_fails_stops_the_dispatcher_without_waiting_for_another_round() -> None:
+    """Store errors are retried inside the mark; anything else is a bug, raised at once (it
+    would otherwise wait for the next round's mark, which a quiet feed may never bring)."""
+    clock = FakeClock()
+    store, link = CountingStore(), FakeLink(clock)
+    settings = Settings(instance="feed", database_url="sqlite+aiosqlite:///unused.db")
+    dispatcher = Dispatcher(settings, store, link, clock=clock)
+    runner = asyncio.create_task(dispatcher.run())
+    await clock.advance(0.1)
+    store.mark_fails = RuntimeError("a bug in the mark")
+    await store.create([NewTask(5, "update_firmware", FILE_ID, 3, 60)], now=clock.now())
+    dispatcher.outbox.wake()
+    await clock.advance(OUTBOX_COALESCE_S)  # the round: published, its mark fails
+    await clock.advance(OUTBOX_COALESCE_S)  # the loop, woken by it, raises it
+    with pytest.raises(ExceptionGroup) as raised:
+        await asyncio.wait_for(runner, 5)
+    assert raised.group_contains(RuntimeError, match="a bug in the mark")
 
 
 def _serial_of(r: Running, task_id: int) -> int:

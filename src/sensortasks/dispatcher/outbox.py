@@ -153,18 +153,24 @@ class Outbox:
         return len(self._changes) + len(self._creations)
 
     @property
+    def marking(self) -> bool:
+        """A round's mark is still being written (a test's clock waits for it: `FakeClock.quiet_when`)."""
+        return self._marking is not None and not self._marking.done()
+
+    @property
     def idle(self) -> bool:
         """Nothing queued or being marked and no read due (the database may still hold another
         process's events)."""
-        return not self.queued and not self._read and (self._marking is None or self._marking.done())
+        return not self.queued and not self._read and not self.marking
 
     # -- the loop ---------------------------------------------------------------------
     async def run(self) -> None:
         try:
             await self._rounds()
         finally:
-            if self._marking is not None:
-                self._marking.cancel()  # unmarked, so published again by the next life: consumers dedupe
+            if self._marking is not None:  # unmarked, so published again by the next life: consumers dedupe
+                self._marking.cancel()
+                await asyncio.gather(self._marking, return_exceptions=True)
 
     async def _rounds(self) -> None:
         full = False
@@ -175,6 +181,7 @@ class Outbox:
                 else:
                     self._read = True  # the feed was quiet: what did others write?
             self._wake.clear()
+            self._reap()
             await self.link.connected.wait()
             if not self.members.leader:
                 self._drop()  # the leader publishes; it reads these when it wakes on our writes
@@ -251,15 +258,31 @@ class Outbox:
             return False
         await self._marked_before()
         self._marking = asyncio.ensure_future(self._mark(pending, ids))
+        self._marking.add_done_callback(self._mark_done)
         return True
 
     async def _marked_before(self) -> None:
-        """Wait for the previous round's mark (and raise what it raised)."""
+        """One mark outstanding at most, and none under a read: a read would find its round's
+        events still unpublished, and a full catch-up would read them again and again."""
         if self._marking is not None:
             await self._marking
             self._marking = None
 
+    def _mark_done(self, marking: asyncio.Future[None]) -> None:
+        """A mark that failed wakes the loop, which raises it (`_reap`): store errors are retried
+        in the mark, so this is a bug, and it stops the dispatcher now, not at the next round."""
+        if not marking.cancelled() and marking.exception() is not None:
+            self._wake.set()
+
+    def _reap(self) -> None:
+        """Forget a finished mark, raising what it raised."""
+        if self._marking is not None and self._marking.done():
+            marking, self._marking = self._marking, None
+            marking.result()
+
     async def _mark(self, pending: Sequence[Event], ids: list[int]) -> None:
+        """Mark a published round and only then wake the sensors it finished: the claim refuses
+        a sensor whose cancel is not marked yet, and would find nothing to do."""
         await self._retrying("outbox mark", self.store.mark_published, ids)
         now = self.clock.now().timestamp()
         self._marked.append((now, ids))
