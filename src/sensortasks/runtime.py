@@ -116,8 +116,8 @@ def build_service(
 def _freeze_the_heap() -> None:
     """What is alive once the server is built (modules, the app, its models and routes: about
     150,000 objects) lives as long as the process: out of every collection from here on. Each
-    full collection scanned it all again, 66-125 ms with the loop stopped, every second or two
-    under load (12-42 ms frozen; docs/performance.md)."""
+    full collection scanned it all again, 55-125 ms with the loop stopped, every second or two
+    under load (12-48 ms frozen; docs/performance.md)."""
     gc.collect()  # the start-up's garbage is not frozen with it
     gc.freeze()
 

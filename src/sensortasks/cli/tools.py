@@ -79,7 +79,8 @@ def bench(
         bool,
         typer.Option(
             "--paced",
-            help="Then pace the product and raw paho at half the product's rate: dispatch latency of each.",
+            help="Then pace the product and raw paho at half the product's rate (or --paced-rate): "
+            "dispatch latency of each.",
         ),
     ] = False,
     backlog: Annotated[
