@@ -164,6 +164,31 @@ async def test_a_round_goes_out_while_the_one_before_waits_to_be_marked(running:
     assert r.dispatcher.outbox.idle
 
 
+async def test_a_sensor_whose_cancel_waits_to_be_marked_gets_its_next_task_once_it_is(running: Running) -> None:
+    """The claim refuses a sensor whose cancel is not marked published; the mark, not the next
+    sweep (`SWEEP_INTERVAL_S`), is what lets its next task go."""
+    r = running
+    serial = SENSORS[0]
+    first, second = await r.create([serial, serial])
+    r.dispatcher.kick([serial])
+    await r.clock.advance(OUTBOX_COALESCE_S)
+    assert [m.task_id for m in r.sent()] == [first]
+    r.store.writer_free.clear()
+    await r.store.cancel(first, now=r.clock.now())
+    r.dispatcher.notify_outbox()
+    # The cancel is published, its mark held: the clock cannot settle, so spin the loop instead.
+    advancing = asyncio.ensure_future(r.clock.advance(OUTBOX_COALESCE_S))
+    for _ in range(LOOP_TURNS):
+        if r.dispatcher.outbox.marking:
+            break
+        await asyncio.sleep(0)
+    assert r.dispatcher.outbox.marking
+    assert [m.task_id for m in r.sent()] == [first]
+    r.store.writer_free.set()
+    await advancing
+    assert [m.task_id for m in r.sent()] == [first, second]
+
+
 async def test_a_mark_that_fails_stops_the_dispatcher_without_waiting_for_another_round() -> None:
     """Store errors are retried inside the mark; anything else is a bug, raised at once (it
     would otherwise wait for the next round's mark, which a quiet feed may never bring)."""
