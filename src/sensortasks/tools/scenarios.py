@@ -50,10 +50,12 @@ class Scenarios:
     paced_rate: float | None = None
 
     def pace(self, saturated: float) -> float:
-        """The paced runs' rate, given the saturated product run's."""
+        """The paced runs' rate, given the saturated product run's: half of it by default, so that
+        latency is read with headroom left; one rate given compares two versions of the code."""
         return self.paced_rate if self.paced_rate is not None else saturated / 2
 
     def pace_said(self) -> str:
+        """Where the rate came from, for the report (a reader of the figures must know)."""
         return "as given" if self.paced_rate is not None else "half of the saturated sensortasks run"
 
 
