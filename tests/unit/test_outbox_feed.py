@@ -96,15 +96,32 @@ class Running:
         return [t.id or 0 for t in created]
 
 
+async def _started(
+    clock: FakeClock, store: CountingStore, **settings: Any
+) -> tuple[FakeLink, Dispatcher, asyncio.Task[None]]:
+    """A dispatcher on `store`, running: the start's read is done, this instance leads."""
+    link = FakeLink(clock)
+    config = Settings(instance="feed", database_url="sqlite+aiosqlite:///unused.db", **settings)
+    dispatcher = Dispatcher(config, store, link, clock=clock)
+    runner = asyncio.create_task(dispatcher.run())
+    await clock.advance(0.1)
+    assert dispatcher.members.leader
+    return link, dispatcher, runner
+
+
+async def _spin_until(condition: Callable[[], bool]) -> None:
+    """Turn the event loop until `condition()` (at most `LOOP_TURNS`), for what the clock
+    cannot wait for: a mark held on the database's side."""
+    for _ in range(LOOP_TURNS):
+        if condition():
+            return
+        await asyncio.sleep(0)
+
+
 @pytest.fixture
 async def running() -> AsyncIterator[Running]:
-    clock = FakeClock()
-    store, link = CountingStore(), FakeLink(clock)
-    settings = Settings(instance="feed", database_url="sqlite+aiosqlite:///unused.db", ack_timeout_s=3600)
-    dispatcher = Dispatcher(settings, store, link, clock=clock)
-    runner = asyncio.create_task(dispatcher.run())
-    await clock.advance(0.1)  # started: the start's read is done, this instance leads
-    assert dispatcher.members.leader
+    clock, store = FakeClock(), CountingStore()
+    link, dispatcher, runner = await _started(clock, store, ack_timeout_s=3600)
     yield Running(clock, store, link, dispatcher)
     dispatcher.stop()
     await asyncio.wait_for(runner, 5)
@@ -150,10 +167,7 @@ async def test_a_round_goes_out_while_the_one_before_waits_to_be_marked(running:
     await r.create([1001])
     # The outbox now waits for the first mark, as for a database thread: the clock cannot settle.
     advancing = asyncio.ensure_future(r.clock.advance(OUTBOX_COALESCE_S))
-    for _ in range(LOOP_TURNS):
-        if len(r.events()) == 2:
-            break
-        await asyncio.sleep(0)
+    await _spin_until(lambda: len(r.events()) == 2)
     assert r.events() == r.committed()  # the second round published, the first still unmarked
     assert r.store.marks == marks + 1  # its own mark waits for the first one: one outstanding
     assert not r.dispatcher.outbox.idle
@@ -178,10 +192,7 @@ async def test_a_sensor_whose_cancel_waits_to_be_marked_gets_its_next_task_once_
     r.dispatcher.notify_outbox()
     # The cancel is published, its mark held: the clock cannot settle, so spin the loop instead.
     advancing = asyncio.ensure_future(r.clock.advance(OUTBOX_COALESCE_S))
-    for _ in range(LOOP_TURNS):
-        if r.dispatcher.outbox.marking:
-            break
-        await asyncio.sleep(0)
+    await _spin_until(lambda: r.dispatcher.outbox.marking)
     assert r.dispatcher.outbox.marking
     assert [m.task_id for m in r.sent()] == [first]
     r.store.writer_free.set()
@@ -192,12 +203,8 @@ async def test_a_sensor_whose_cancel_waits_to_be_marked_gets_its_next_task_once_
 async def test_a_mark_that_fails_stops_the_dispatcher_without_waiting_for_another_round() -> None:
     """Store errors are retried inside the mark; anything else is a bug, raised at once (it
     would otherwise wait for the next round's mark, which a quiet feed may never bring)."""
-    clock = FakeClock()
-    store, link = CountingStore(), FakeLink(clock)
-    settings = Settings(instance="feed", database_url="sqlite+aiosqlite:///unused.db")
-    dispatcher = Dispatcher(settings, store, link, clock=clock)
-    runner = asyncio.create_task(dispatcher.run())
-    await clock.advance(0.1)
+    clock, store = FakeClock(), CountingStore()
+    _link, dispatcher, runner = await _started(clock, store)
     store.mark_fails = RuntimeError("a bug in the mark")
     await store.create([NewTask(5, "update_firmware", FILE_ID, 3, 60)], now=clock.now())
     dispatcher.outbox.wake()
@@ -325,13 +332,9 @@ async def test_a_feed_that_never_goes_quiet_still_lets_a_read_in(running: Runnin
 
 async def test_what_was_committed_before_the_start_is_published_at_the_start() -> None:
     """A crash between a commit and its round leaves the event unpublished: the start reads it."""
-    clock = FakeClock()
-    store, link = CountingStore(), FakeLink(clock)
+    clock, store = FakeClock(), CountingStore()
     (task,) = await store.create([NewTask(5, "update_firmware", FILE_ID, 3, 60)], now=clock.now())
-    settings = Settings(instance="feed", database_url="sqlite+aiosqlite:///unused.db")
-    dispatcher = Dispatcher(settings, store, link, clock=clock)
-    runner = asyncio.create_task(dispatcher.run())
-    await clock.advance(0.1)
+    link, dispatcher, runner = await _started(clock, store)
     ops = [OpsEvent.model_validate_json(p.payload) for p in link.published if "/events/" in p.topic]
     assert [(e.task_id, e.to) for e in ops] == [(task.id, "Pending")]
     dispatcher.stop()

@@ -38,12 +38,13 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
             body = await request.body()
         except Exception as exc:  # FastAPI's answer to a body it could not read
             raise _unreadable() from exc
-        if body and _is_json(request.headers.get("content-type")):
+        content_type = request.headers.get("content-type")
+        if body and _is_json(content_type):
             try:
                 return model.model_validate_json(body)
             except ValidationError:
                 pass  # said below, in FastAPI's words
-        return _as_fastapi_would(model, body, request.headers.get("content-type"))
+        return _as_fastapi_would(model, body, content_type)
 
     return read
 
